@@ -1,0 +1,295 @@
+/* The allocation API and its router.
+ *
+ * hak_malloc and hak_free hold the fast paths of the tiny and mid tiers:
+ * a table lookup for the size class, then a pop or a push on the thread's
+ * list, with no call, no loop and no atomic.  Every other case leaves the
+ * fast path through one branch.  The exported glibc names (malloc, free,
+ * ...) are aliases of these functions, so LD_PRELOAD and -lhakmem callers
+ * run exactly this code.
+ * SPDX-License-Identifier: MIT */
+#include "registry.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Fast paths                                                           */
+
+HAK_API void *hak_malloc(size_t size)
+{
+    if (likely(size <= HAK_SMALL_MAX)) {
+        ThreadCache *tc = &hak_tc;
+        unsigned cls = size_class(size);
+        Block *b = tc->free[cls];
+        if (likely(b != NULL)) {
+            tc->free[cls] = block_next(b);
+            return b;
+        }
+        return heap_alloc_slow(size);
+    }
+    return large_alloc(size, 0, false);
+}
+
+static HAK_NOINLINE void free_other(void *p, unsigned kind)
+{
+    if (kind == CHUNK_ARENA)
+        large_free(p);
+    else if (p)
+        foreign_free(p);
+}
+
+HAK_API void hak_free(void *p)
+{
+    unsigned kind = registry_kind(p);
+    if (likely(kind == CHUNK_SUPERSLAB)) {
+        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+        Span *s = span_of(ss, p);
+        ThreadCache *tc = &hak_tc;
+        Block *b = p;
+        if (likely(ss->owner == tc->heap)) {
+            unsigned cls = s->cls;
+            if (likely(s == tc->cur[cls])) {
+                Block *head = tc->free[cls];
+                if (unlikely(b == head)) {
+                    hak_invalid_pointer("double free", p);
+                    return;
+                }
+                block_set_next(b, head);
+                tc->free[cls] = b;
+                return;
+            }
+            span_free_local(ss, s, b);
+            return;
+        }
+        span_free_remote(ss, s, b);
+        return;
+    }
+    free_other(p, kind);
+}
+
+/* ------------------------------------------------------------------ */
+/* The rest of the family                                               */
+
+static void ensure_runtime(void)
+{
+    if (unlikely(!hak_tc.heap))
+        hak_free(hak_malloc(1)); /* creates the thread heap and the class tables */
+}
+
+HAK_API void *hak_calloc(size_t count, size_t size)
+{
+    size_t total;
+    if (unlikely(__builtin_mul_overflow(count, size, &total))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (total > HAK_SMALL_MAX)
+        return large_alloc(total, 0, true); /* fresh extents are known zero */
+    void *p = hak_malloc(total);
+    if (likely(p != NULL))
+        memset(p, 0, total);
+    return p;
+}
+
+/* Usable size of a block of hakmem's slab tiers, 0 if p is not one. */
+static size_t small_usable(const void *p)
+{
+    SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+    Span *s = span_of(ss, p);
+    if (!s->nslabs || ((size_t)((const char *)p - span_start(ss, s)) % s->block_size) != 0)
+        return 0;
+    return s->block_size;
+}
+
+HAK_API void *hak_realloc(void *p, size_t size)
+{
+    if (p == NULL)
+        return hak_malloc(size);
+    if (size == 0) { /* glibc semantics: free and return NULL */
+        hak_free(p);
+        return NULL;
+    }
+    unsigned kind = registry_kind(p);
+    if (kind == CHUNK_SUPERSLAB) {
+        size_t usable = small_usable(p);
+        if (!usable) {
+            hak_invalid_pointer("realloc of a pointer that is not an allocated block", p);
+            errno = EINVAL;
+            return NULL;
+        }
+        if (size <= usable && size >= usable / 2)
+            return p; /* fits, and not worth moving to a smaller class */
+        void *q = hak_malloc(size);
+        if (q) {
+            memcpy(q, p, usable < size ? usable : size);
+            hak_free(p);
+        }
+        return q;
+    }
+    if (kind == CHUNK_ARENA)
+        return large_realloc(p, size);
+    return foreign_realloc(p, size);
+}
+
+HAK_API void *hak_reallocarray(void *p, size_t count, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(count, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return hak_realloc(p, total);
+}
+
+/* Aligned allocation.  A slab block is aligned to every power of two that
+ * divides its class size (spans start 64 KiB-aligned), so small aligned
+ * requests take the first class that is a multiple of the alignment;
+ * the rest are large blocks placed at an aligned address. */
+static void *alloc_aligned(size_t align, size_t size)
+{
+    if (align <= 16)
+        return hak_malloc(size);
+    if (size <= HAK_SMALL_MAX && align <= HAK_SMALL_MAX) {
+        ensure_runtime();
+        for (unsigned c = size_class(size); c < HAK_NCLASS; c++)
+            if (hak_classes[c].block_size % align == 0)
+                return hak_malloc(hak_classes[c].block_size);
+    }
+    return large_alloc(size, align, false);
+}
+
+HAK_API int hak_posix_memalign(void **out, size_t align, size_t size)
+{
+    if (align < sizeof(void *) || !is_pow2(align))
+        return EINVAL;
+    int saved = errno;
+    void *p = alloc_aligned(align, size);
+    errno = saved;
+    if (!p)
+        return ENOMEM;
+    *out = p;
+    return 0;
+}
+
+HAK_API void *hak_aligned_alloc(size_t align, size_t size)
+{
+    if (!is_pow2(align)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return alloc_aligned(align, size);
+}
+
+HAK_API void *hak_memalign(size_t align, size_t size)
+{
+    if (!is_pow2(align)) { /* glibc rounds a bad alignment up */
+        if (align > ((size_t)1 << 62)) {
+            errno = EINVAL;
+            return NULL;
+        }
+        size_t a = 1;
+        while (a < align) a <<= 1;
+        align = a;
+    }
+    return alloc_aligned(align, size);
+}
+
+static void *hak_valloc(size_t size) { return alloc_aligned(HAK_PAGE_SIZE, size); }
+
+static void *hak_pvalloc(size_t size)
+{
+    if (size > SIZE_MAX - HAK_PAGE_SIZE) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return alloc_aligned(HAK_PAGE_SIZE, align_up(size ? size : 1, HAK_PAGE_SIZE));
+}
+
+HAK_API size_t hak_usable_size(const void *p)
+{
+    if (p == NULL)
+        return 0;
+    unsigned kind = registry_kind(p);
+    if (kind == CHUNK_SUPERSLAB)
+        return small_usable(p);
+    if (kind == CHUNK_ARENA) {
+        LargeHeader *h = large_header(p);
+        return h ? large_usable(h, p) : 0;
+    }
+    return foreign_usable(p);
+}
+
+HAK_API enum hak_kind hak_ptr_kind(const void *p)
+{
+    unsigned kind = registry_kind(p);
+    if (kind == CHUNK_SUPERSLAB) {
+        if (!small_usable(p))
+            return HAK_KIND_FOREIGN;
+        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+        return span_of(ss, p)->cls < HAK_NCLASS_TINY ? HAK_KIND_TINY : HAK_KIND_MID;
+    }
+    if (kind == CHUNK_ARENA && large_header(p))
+        return HAK_KIND_LARGE;
+    return HAK_KIND_FOREIGN;
+}
+
+HAK_API int hak_trim(void)
+{
+    heap_collect_abandoned(true);
+    return extent_trim() > 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The exported glibc names.                                            */
+
+#define EXPORT(name, target) \
+    __typeof__(target) name __attribute__((alias(#target), visibility("default")))
+
+EXPORT(malloc, hak_malloc);
+EXPORT(free, hak_free);
+EXPORT(calloc, hak_calloc);
+EXPORT(realloc, hak_realloc);
+EXPORT(reallocarray, hak_reallocarray);
+EXPORT(posix_memalign, hak_posix_memalign);
+EXPORT(aligned_alloc, hak_aligned_alloc);
+EXPORT(memalign, hak_memalign);
+EXPORT(valloc, hak_valloc);
+EXPORT(pvalloc, hak_pvalloc);
+EXPORT(malloc_usable_size, hak_usable_size);
+
+HAK_API int malloc_trim(size_t pad) { return hak_trim(); }
+HAK_API void malloc_stats(void) { hak_stats_print(); }
+
+/* mallopt: glibc's tuning parameters do not apply to hakmem; they are
+ * accepted (return 1, "success") and have no effect.  See docs/OPTIONS.md. */
+HAK_API int mallopt(int param, int value) { return 1; }
+
+/* glibc's struct mallinfo2 / mallinfo layouts (ABI). */
+struct mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,
+                   uordblks, fordblks, keepcost; };
+struct mallinfo { int arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,
+                  uordblks, fordblks, keepcost; };
+
+HAK_API struct mallinfo2 mallinfo2(void)
+{
+    struct hak_stats st;
+    hak_stats_get(&st);
+    struct mallinfo2 mi = { 0 };
+    mi.arena = st.bytes_mapped;                         /* bytes reserved from the OS */
+    mi.hblks = st.large_allocs - st.large_frees;        /* live large blocks */
+    mi.hblkhd = st.large_bytes_in_use;                  /* their bytes */
+    mi.uordblks = st.tiny_bytes_in_use + st.mid_bytes_in_use + st.large_bytes_in_use;
+    mi.fordblks = st.bytes_cached;                      /* free bytes kept for reuse */
+    mi.keepcost = st.bytes_dirty;                       /* of which still resident */
+    mi.usmblks = st.peak_rss;
+    return mi;
+}
+
+HAK_API struct mallinfo mallinfo(void)
+{
+    struct mallinfo2 m = mallinfo2();
+    struct mallinfo r = { (int)m.arena, (int)m.ordblks, (int)m.smblks, (int)m.hblks,
+                          (int)m.hblkhd, (int)m.usmblks, (int)m.fsmblks, (int)m.uordblks,
+                          (int)m.fordblks, (int)m.keepcost };
+    return r;
+}

@@ -1,0 +1,307 @@
+/* Extents: the one place where memory comes from and goes back to the OS.
+ *
+ * Address space is reserved from the OS in large 2 MiB-aligned
+ * reservations (32 MiB growing to 1 GiB), registered as CHUNK_ARENA.  The
+ * page-granular free ranges of all reservations are kept in one array
+ * sorted by address; allocation is best fit (warm, not-yet-purged ranges
+ * first), frees coalesce with their neighbours.  SuperSlabs (2 MiB,
+ * 2 MiB-aligned) and large blocks both come from here, so an emptied
+ * SuperSlab and a freed large block are the same kind of cached memory.
+ *
+ * Nothing is unmapped in steady state.  Free ranges stay "dirty" (resident)
+ * until the decay policy purges them with madvise: after HAKMEM_DECAY_MS, or
+ * at once when dirty bytes exceed HAKMEM_CACHE_MAX_MB.  extent_trim()
+ * (malloc_trim) purges everything and unmaps wholly free reservations.
+ *
+ * All of this runs under one mutex, taken only when a SuperSlab or a large
+ * block changes hands.
+ * SPDX-License-Identifier: MIT */
+#include "os.h"
+#include "registry.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#define MAX_RANGES       16384
+#define MAX_RESERVATIONS 4096
+#define RESERVE_MIN      ((size_t)32 << 20)
+#define RESERVE_MAX      ((size_t)1 << 30)
+
+typedef struct FreeRange {
+    uintptr_t start;
+    size_t    len;
+    uint64_t  dirty_since; /* ms timestamp of the last free; 0 = purged (reads zero) */
+} FreeRange;
+
+typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
+
+static pthread_mutex_t ext_mutex = PTHREAD_MUTEX_INITIALIZER;
+static FreeRange   ranges[MAX_RANGES];
+static size_t      nranges;
+static Reservation reservations[MAX_RESERVATIONS];
+static size_t      nreservations;
+static size_t      bytes_mapped, bytes_free, bytes_dirty, bytes_purged, bytes_lost;
+
+static uint64_t    last_decay_ms;
+
+void extent_lock(void) { pthread_mutex_lock(&ext_mutex); }
+void extent_unlock(void) { pthread_mutex_unlock(&ext_mutex); }
+void extent_fork_child(void) { pthread_mutex_init(&ext_mutex, NULL); }
+
+static void range_remove(size_t i)
+{
+    bytes_free -= ranges[i].len;
+    if (ranges[i].dirty_since)
+        bytes_dirty -= ranges[i].len;
+    memmove(&ranges[i], &ranges[i + 1], (nranges - i - 1) * sizeof(FreeRange));
+    nranges--;
+}
+
+/* Insert a free range, merging with its neighbours.  Returns false when
+ * the table is full (the caller then purges and forgets the range). */
+static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since)
+{
+    size_t lo = 0, hi = nranges;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (ranges[mid].start < start) lo = mid + 1; else hi = mid;
+    }
+    size_t i = lo;
+    HAK_ASSERT(i == 0 || ranges[i - 1].start + ranges[i - 1].len <= start);
+    HAK_ASSERT(i == nranges || start + len <= ranges[i].start);
+    bool merge_prev = i > 0 && ranges[i - 1].start + ranges[i - 1].len == start;
+    bool merge_next = i < nranges && start + len == ranges[i].start;
+    if (merge_prev || merge_next) {
+        if (merge_prev) {
+            i--;
+            start = ranges[i].start;
+            len += ranges[i].len;
+            if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
+            range_remove(i);
+        }
+        if (merge_next) {
+            len += ranges[i].len;
+            if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
+            range_remove(i);
+        }
+    } else if (nranges == MAX_RANGES) {
+        return false;
+    }
+    memmove(&ranges[i + 1], &ranges[i], (nranges - i) * sizeof(FreeRange));
+    ranges[i] = (FreeRange){ start, len, dirty_since };
+    nranges++;
+    bytes_free += len;
+    if (dirty_since)
+        bytes_dirty += len;
+    return true;
+}
+
+static void purge_range(size_t i)
+{
+    if (os_purge((void *)ranges[i].start, ranges[i].len)) {
+        bytes_dirty -= ranges[i].len;
+        bytes_purged += ranges[i].len;
+        ranges[i].dirty_since = 0;
+    }
+}
+
+/* Decay: purge ranges that stayed free longer than the decay time, and
+ * the oldest ones while the dirty cache is above its cap.  Runs at most
+ * every decay/4 ms, and only inside extent operations (never on the
+ * malloc/free fast path). */
+static void decay(void)
+{
+    uint64_t now = os_now_ms();
+    uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
+    size_t cap = (size_t)hak_opt.cache_max_mb << 20;
+    if (now - last_decay_ms < period && bytes_dirty <= cap)
+        return;
+    last_decay_ms = now;
+    for (size_t i = 0; i < nranges; i++)
+        if (ranges[i].dirty_since && now - ranges[i].dirty_since >= (uint64_t)hak_opt.decay_ms)
+            purge_range(i);
+    while (bytes_dirty > cap) {
+        size_t oldest = nranges;
+        for (size_t i = 0; i < nranges; i++)
+            if (ranges[i].dirty_since &&
+                (oldest == nranges || ranges[i].dirty_since < ranges[oldest].dirty_since))
+                oldest = i;
+        if (oldest == nranges)
+            break;
+        purge_range(oldest);
+        if (ranges[oldest].dirty_since) /* madvise failed: give up for now */
+            break;
+    }
+}
+
+/* dirty_since: the time the range became free, or 0 if it reads as zero. */
+static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since)
+{
+    if (!range_insert(start, len, dirty_since)) {
+        /* Table full (extreme fragmentation): release the pages, keep the
+         * address range reserved but unused, and count it. */
+        os_purge((void *)start, len);
+        bytes_lost += len;
+    }
+}
+
+static bool reserve(size_t len, size_t align)
+{
+    size_t want = RESERVE_MIN << (nreservations / 2 < 5 ? nreservations / 2 : 5);
+    if (want > RESERVE_MAX) want = RESERVE_MAX;
+    size_t need = align_up(len + (align > HAK_CHUNK_SIZE ? align : 0), HAK_CHUNK_SIZE);
+    if (need > want) want = need;
+    if (nreservations == MAX_RESERVATIONS)
+        return false;
+    void *p = os_map_aligned(want, HAK_CHUNK_SIZE);
+    if (!p && want > need) {
+        want = need; /* low on address space: try the bare minimum */
+        p = os_map_aligned(want, HAK_CHUNK_SIZE);
+    }
+    if (!p)
+        return false;
+    registry_set(p, want, CHUNK_ARENA);
+    reservations[nreservations++] = (Reservation){ (uintptr_t)p, want };
+    bytes_mapped += want;
+    free_range_locked((uintptr_t)p, want, 0);
+    return true;
+}
+
+/* Find a range for len bytes such that (start + offset) is a multiple of
+ * align.  Warm (dirty) ranges are preferred: reusing them costs no page
+ * faults and keeps RSS from growing; among those the smallest fit. */
+static bool find_fit(size_t len, size_t align, size_t offset, size_t *idx, uintptr_t *at)
+{
+    size_t best = nranges;
+    for (size_t i = 0; i < nranges; i++) {
+        FreeRange *r = &ranges[i];
+        if (r->len < len)
+            continue;
+        uintptr_t s = align_up(r->start + offset, align) - offset;
+        if (s + len > r->start + r->len)
+            continue;
+        if (best == nranges) { best = i; continue; }
+        FreeRange *b = &ranges[best];
+        bool rd = r->dirty_since != 0, bd = b->dirty_since != 0;
+        if (rd != bd ? rd : r->len < b->len)
+            best = i;
+    }
+    if (best == nranges)
+        return false;
+    *idx = best;
+    *at = align_up(ranges[best].start + offset, align) - offset;
+    return true;
+}
+
+void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
+{
+    HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && is_pow2(align) && align >= HAK_PAGE_SIZE);
+    size_t i;
+    uintptr_t at;
+    extent_lock();
+    decay();
+    if (!find_fit(len, align, offset, &i, &at)) {
+        if (!reserve(len + offset, align) || !find_fit(len, align, offset, &i, &at)) {
+            extent_unlock();
+            return NULL;
+        }
+    }
+    FreeRange r = ranges[i];
+    range_remove(i);
+    if (at > r.start)
+        free_range_locked(r.start, at - r.start, r.dirty_since);
+    if (at + len < r.start + r.len)
+        free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since);
+    extent_unlock();
+    if (zeroed)
+        *zeroed = r.dirty_since == 0;
+    return (void *)at;
+}
+
+void extent_free(void *p, size_t len)
+{
+    HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
+    extent_lock();
+    free_range_locked((uintptr_t)p, len, os_now_ms() | 1);
+    decay();
+    extent_unlock();
+}
+
+bool extent_grow(void *end, size_t extra)
+{
+    bool ok = false;
+    extent_lock();
+    for (size_t i = 0; i < nranges; i++) {
+        FreeRange r = ranges[i];
+        if (r.start > (uintptr_t)end)
+            break;
+        if (r.start == (uintptr_t)end && r.len >= extra) {
+            range_remove(i);
+            if (r.len > extra)
+                free_range_locked(r.start + extra, r.len - extra, r.dirty_since);
+            ok = true;
+            break;
+        }
+    }
+    extent_unlock();
+    return ok;
+}
+
+void extent_replace(void *p, size_t len)
+{
+    extent_lock();
+    if (os_map_fixed(p, len))
+        free_range_locked((uintptr_t)p, len, 0);
+    else
+        bytes_lost += len;
+    extent_unlock();
+}
+
+size_t extent_trim(void)
+{
+    size_t released = 0;
+    extent_lock();
+    for (size_t i = 0; i < nranges; i++)
+        if (ranges[i].dirty_since) {
+            size_t len = ranges[i].len;
+            purge_range(i);
+            if (!ranges[i].dirty_since)
+                released += len;
+        }
+    /* Unmap reservations that are entirely free. */
+    for (size_t k = 0; k < nreservations;) {
+        Reservation rv = reservations[k];
+        bool unmapped = false;
+        for (size_t i = 0; i < nranges; i++) {
+            FreeRange r = ranges[i];
+            if (r.start <= rv.start && r.start + r.len >= rv.start + rv.len) {
+                range_remove(i);
+                if (r.start < rv.start)
+                    range_insert(r.start, rv.start - r.start, r.dirty_since);
+                if (r.start + r.len > rv.start + rv.len)
+                    range_insert(rv.start + rv.len, r.start + r.len - (rv.start + rv.len), r.dirty_since);
+                registry_set((void *)rv.start, rv.len, CHUNK_NONE);
+                os_unmap((void *)rv.start, rv.len);
+                bytes_mapped -= rv.len;
+                released += rv.len;
+                reservations[k] = reservations[--nreservations];
+                unmapped = true;
+                break;
+            }
+        }
+        if (!unmapped)
+            k++;
+    }
+    extent_unlock();
+    return released;
+}
+
+void extent_stats(struct hak_stats *st)
+{
+    extent_lock();
+    st->bytes_mapped = bytes_mapped;
+    st->bytes_cached = bytes_free;
+    st->bytes_dirty = bytes_dirty;
+    st->bytes_purged = bytes_purged;
+    extent_unlock();
+}

@@ -1,0 +1,91 @@
+/* Foreign pointers: memory hakmem did not hand out.
+ *
+ * Under LD_PRELOAD some blocks still come from glibc's malloc: those made
+ * by the dynamic loader before hakmem was bound, and those of code that
+ * calls __libc_malloc directly.  When the registry does not know a
+ * pointer, we look at the glibc chunk header in front of it, but only
+ * after mincore() has confirmed that its page is mapped (pages of glibc's
+ * arenas are remembered, so repeated foreign frees cost no syscall).  A
+ * plausible glibc chunk goes to glibc's own free; anything else is an
+ * invalid free.
+ * SPDX-License-Identifier: MIT */
+#include "os.h"
+
+#include <errno.h>
+#include <string.h>
+
+extern void __libc_free(void *);
+
+#define CHUNK_MMAPPED ((size_t)2)
+#define PAGE_CACHE    8
+
+static __thread uintptr_t known_pages[PAGE_CACHE] __attribute__((tls_model("initial-exec")));
+static __thread unsigned  known_next __attribute__((tls_model("initial-exec")));
+
+static bool page_known(uintptr_t page)
+{
+    for (unsigned i = 0; i < PAGE_CACHE; i++)
+        if (known_pages[i] == page)
+            return true;
+    return false;
+}
+
+/* Usable size of the glibc chunk at p, or 0 if p does not look like one. */
+static size_t glibc_usable(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    if (a < 4096 || (a & 15))
+        return 0;
+    uintptr_t page = align_down(a - 16, HAK_PAGE_SIZE); /* p-16..p-1: one page */
+    bool known = page_known(page);
+    if (!known && !os_page_mapped((void *)page))
+        return 0;
+    size_t prev = ((const size_t *)p)[-2], field = ((const size_t *)p)[-1];
+    size_t size = field & ~(size_t)7;
+    if (size < 32 || (size & 15) || size >= ((size_t)1 << 46))
+        return 0;
+    if (field & CHUNK_MMAPPED) {
+        /* an mmapped chunk starts prev bytes after a page boundary */
+        if (((a - 16 - prev) & (HAK_PAGE_SIZE - 1)) != 0)
+            return 0;
+        return size - 16;
+    }
+    /* Arena pages stay mapped: remember them.  (mmapped chunks are not
+     * remembered: glibc unmaps them when they are freed.) */
+    if (!known) {
+        known_pages[known_next++ % PAGE_CACHE] = page;
+    }
+    return size - 8;
+}
+
+void foreign_free(void *p)
+{
+    if (!glibc_usable(p)) {
+        hak_invalid_pointer("free of a pointer hakmem did not allocate", p);
+        return;
+    }
+    STAT_INC(foreign_frees);
+    __libc_free(p);
+}
+
+size_t foreign_usable(const void *p)
+{
+    return glibc_usable(p);
+}
+
+void *foreign_realloc(void *p, size_t size)
+{
+    size_t usable = glibc_usable(p);
+    if (!usable) {
+        hak_invalid_pointer("realloc of a pointer hakmem did not allocate", p);
+        errno = EINVAL;
+        return NULL;
+    }
+    void *q = hak_malloc(size);
+    if (q) {
+        memcpy(q, p, usable < size ? usable : size);
+        STAT_INC(foreign_frees);
+        __libc_free(p);
+    }
+    return q;
+}

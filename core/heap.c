@@ -1,0 +1,611 @@
+/* Thread heaps: the slow paths of the tiny and mid tiers.
+ *
+ * The fast paths (api.c) only pop and push tc.free[cls].  Everything else
+ * about spans happens here: refilling the front from the current span,
+ * switching spans, carving new spans out of the heap's SuperSlabs,
+ * cross-thread frees, giving emptied spans and SuperSlabs back, and the
+ * life cycle of heaps (thread start, thread exit, fork).  See types.h for
+ * the data structures.
+ * SPDX-License-Identifier: MIT */
+#include "os.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/auxv.h>
+
+__thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
+uintptr_t hak_secret;
+uint8_t   hak_class_of[(HAK_SMALL_MAX >> 4) + 1];
+ClassInfo hak_classes[HAK_NCLASS];
+
+static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
+static Heap  *all_heaps;          /* every heap, linked by all_next      */
+static Heap  *abandoned_heaps;    /* heaps of exited threads, LIFO       */
+static char  *heap_store;         /* storage that new heaps are cut from */
+static size_t heap_store_left;
+static pthread_key_t exit_key;
+static bool   runtime_ready;
+static uint64_t last_collect_ms;
+
+#define FULL_MASK   (~(uint32_t)1)  /* slabs 1..31: slab 0 is the header */
+#define CARVE_BYTES 4096            /* fresh blocks linked per refill     */
+#define HEAP_STRIDE align_up(sizeof(Heap), 64)
+
+/* ------------------------------------------------------------------ */
+/* Size classes: 16..128 by 16, then four classes per power of two up to
+ * 52 KiB (at most 25% apart, so internal waste stays low).              */
+
+unsigned size_class_compute(size_t size)
+{
+    if (size <= 128)
+        return size ? (unsigned)((size - 1) >> 4) : 0;
+    size_t s = size - 1;
+    unsigned lg = 63 - (unsigned)__builtin_clzl(s);
+    return 8 + (lg - 7) * 4 + (unsigned)((s >> (lg - 2)) & 3);
+}
+
+static void classes_init(void)
+{
+    for (unsigned c = 0; c < HAK_NCLASS; c++) {
+        size_t size;
+        if (c < 8) {
+            size = 16 * (c + 1);
+        } else {
+            unsigned lg = 7 + (c - 8) / 4, sub = (c - 8) % 4;
+            size = ((size_t)1 << lg) + (sub + 1) * ((size_t)1 << (lg - 2));
+        }
+        if (size > HAK_SMALL_MAX)
+            size = HAK_SMALL_MAX;
+        /* Span length: the fewest slabs whose blocks waste at most 1/32,
+         * else the least waste (mid classes only; tiny spans are 1 slab). */
+        unsigned best = 1;
+        if (c >= HAK_NCLASS_TINY) {
+            size_t best_waste = HAK_SLAB_SIZE;
+            for (unsigned k = 1; k <= HAK_MAX_SPAN; k++) {
+                size_t bytes = k * HAK_SLAB_SIZE, waste = bytes % size;
+                if (waste * 32 <= bytes) { best = k; break; }
+                if (waste * best * HAK_SLAB_SIZE < best_waste * bytes) {
+                    best = k;
+                    best_waste = waste;
+                }
+            }
+        }
+        hak_classes[c] = (ClassInfo){ (uint32_t)size,
+                                      (uint32_t)(best * HAK_SLAB_SIZE / size), (uint8_t)best };
+    }
+    for (size_t i = 0; i <= (HAK_SMALL_MAX >> 4); i++)
+        hak_class_of[i] = (uint8_t)size_class_compute(i << 4);
+}
+
+void runtime_init(void)
+{
+    /* The kernel gives every process 16 random bytes (AT_RANDOM). */
+    const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
+    uintptr_t s = rnd ? (uintptr_t)rnd[1] : 0;
+    s ^= (uintptr_t)&s * 0x9E3779B97F4A7C15ull;
+    hak_secret = s | 1;
+    options_init();
+    classes_init();
+    pthread_key_create(&exit_key, heap_thread_exit);
+    runtime_ready = true;
+    if (hak_opt.verbose)
+        options_print();
+}
+
+/* ------------------------------------------------------------------ */
+/* Spans                                                                */
+
+static void partial_push(Heap *h, Span *s)
+{
+    s->state = SPAN_PARTIAL;
+    s->prev = NULL;
+    s->next = h->partial[s->cls];
+    if (s->next)
+        s->next->prev = s;
+    h->partial[s->cls] = s;
+}
+
+static void partial_remove(Heap *h, Span *s)
+{
+    if (s->prev) s->prev->next = s->next; else h->partial[s->cls] = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+}
+
+static void superslab_release(Heap *h, SuperSlab *ss)
+{
+    if (ss->prev) ss->prev->next = ss->next; else h->superslabs = ss->next;
+    if (ss->next) ss->next->prev = ss->prev;
+    h->superslabs_live--;
+    if (!h->spare && h->state == HEAP_ACTIVE) {
+        h->spare = ss; /* keep one, so a heap that breathes does not churn */
+        return;
+    }
+    registry_set(ss, HAK_CHUNK_SIZE, CHUNK_ARENA);
+    extent_free(ss, HAK_CHUNK_SIZE);
+}
+
+static void superslab_link_front(Heap *h, SuperSlab *ss)
+{
+    ss->prev = NULL;
+    ss->next = h->superslabs;
+    if (ss->next)
+        ss->next->prev = ss;
+    h->superslabs = ss;
+}
+
+/* An empty span goes back to its SuperSlab; an empty SuperSlab to the heap's
+ * spare slot or the extent cache.  Returns true if the SuperSlab went too. */
+static bool span_release(Heap *h, SuperSlab *ss, Span *s)
+{
+    if (s->state == SPAN_PARTIAL)
+        partial_remove(h, s);
+    unsigned idx = (unsigned)(s - ss->spans);
+    uint32_t bits = (uint32_t)(((1ull << s->nslabs) - 1) << idx);
+    s->nslabs = 0;
+    s->state = 0;
+    bool was_full = ss->free_mask == 0;
+    ss->free_mask |= bits;
+    if (ss->free_mask == FULL_MASK) {
+        superslab_release(h, ss);
+        return true;
+    }
+    if (was_full && h->superslabs != ss) {
+        /* it has room again: move it to the front where span_new looks first */
+        ss->prev->next = ss->next;
+        if (ss->next) ss->next->prev = ss->prev;
+        superslab_link_front(h, ss);
+    }
+    return false;
+}
+
+static SuperSlab *superslab_get(Heap *h)
+{
+    SuperSlab *ss = h->spare;
+    if (ss) {
+        h->spare = NULL;
+    } else {
+        if (__atomic_load_n(&abandoned_heaps, __ATOMIC_RELAXED))
+            heap_collect_abandoned(false);
+        bool zeroed;
+        ss = extent_alloc(HAK_CHUNK_SIZE, HAK_CHUNK_SIZE, 0, &zeroed);
+        if (!ss)
+            return NULL;
+        if (zeroed) STAT_INC(superslabs_mapped); else STAT_INC(superslabs_reused);
+        memset(ss, 0, sizeof(SuperSlab));
+        ss->owner = h;
+        ss->free_mask = FULL_MASK;
+        registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
+    }
+    superslab_link_front(h, ss);
+    h->superslabs_live++;
+    return ss;
+}
+
+static int find_run(uint32_t mask, unsigned k)
+{
+    uint32_t m = mask;
+    for (unsigned i = 1; i < k; i++)
+        m &= mask >> i;
+    return m ? __builtin_ctz(m) : -1;
+}
+
+static Span *span_new(Heap *h, unsigned cls)
+{
+    unsigned k = hak_classes[cls].nslabs;
+    SuperSlab *ss;
+    int idx = -1;
+    for (ss = h->superslabs; ss && ss->free_mask; ss = ss->next)
+        if ((idx = find_run(ss->free_mask, k)) >= 0)
+            break;
+    if (idx < 0) {
+        if (!(ss = superslab_get(h)))
+            return NULL;
+        idx = find_run(ss->free_mask, k);
+    }
+    ss->free_mask &= ~(uint32_t)(((1ull << k) - 1) << idx);
+    for (unsigned i = 0; i < k; i++)
+        ss->span_head[idx + i] = (uint8_t)idx;
+    if (ss->free_mask == 0 && ss->next) {
+        /* full: move it to the back so span_new stops at the first full one */
+        SuperSlab *last = ss;
+        while (last->next) last = last->next;
+        if (ss->prev) ss->prev->next = ss->next; else h->superslabs = ss->next;
+        ss->next->prev = ss->prev;
+        last->next = ss;
+        ss->prev = last;
+        ss->next = NULL;
+    }
+    Span *s = &ss->spans[idx];
+    memset(s, 0, sizeof *s);
+    const ClassInfo *ci = &hak_classes[cls];
+    s->cls = (uint8_t)cls;
+    s->nslabs = (uint8_t)k;
+    s->block_size = ci->block_size;
+    s->bump = span_start(ss, s);
+    s->end = s->bump + (size_t)ci->capacity * ci->block_size;
+    return s;
+}
+
+/* Take all free blocks of a span for the thread front: its own list, the
+ * frees other threads sent, or a run of never-used blocks. */
+static Block *span_take(Heap *h, Span *s)
+{
+    if (atomic_load_explicit(&s->thread_free, memory_order_relaxed) > SPAN_NOTIFY) {
+        Block *b = (Block *)atomic_exchange_explicit(&s->thread_free, 0, memory_order_acquire);
+        uint32_t k = 0;
+        while (b) {
+            Block *next = block_next(b);
+            block_set_next(b, s->free);
+            s->free = b;
+            b = next;
+            k++;
+        }
+        s->nfree += k;
+        s->used -= k;
+        h->blocks_out[s->cls] -= k;
+    }
+    Block *list = s->free;
+    uint32_t n = s->nfree;
+    if (list) {
+        s->free = NULL;
+        s->nfree = 0;
+    } else if (s->bump < s->end) {
+        size_t bs = s->block_size;
+        size_t want = CARVE_BYTES / bs > 4 ? CARVE_BYTES / bs : 4;
+        size_t left = (size_t)(s->end - s->bump) / bs;
+        n = (uint32_t)(want < left ? want : left);
+        list = (Block *)s->bump;
+        char *p = s->bump;
+        for (uint32_t i = 1; i < n; i++, p += bs)
+            block_set_next((Block *)p, (Block *)(p + bs));
+        block_set_next((Block *)p, NULL);
+        s->bump = p + bs;
+    } else {
+        return NULL;
+    }
+    s->used += n;
+    int64_t out = h->blocks_out[s->cls] += n;
+    if (out > h->blocks_peak[s->cls])
+        h->blocks_peak[s->cls] = out;
+    h->refills[s->cls]++;
+    return list;
+}
+
+/* Return a block to a span of the heap, by its owner (or the collector of
+ * an abandoned heap): push on span->free, wake a FULL span, release an
+ * empty one.  Returns true if that released the whole SuperSlab. */
+static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
+{
+    block_set_next(b, s->free);
+    s->free = b;
+    s->nfree++;
+    s->used--;
+    h->blocks_out[s->cls]--;
+    if (s->state == SPAN_FULL) {
+        uintptr_t notify = SPAN_NOTIFY; /* stop asking remote frees to wake us */
+        atomic_compare_exchange_strong(&s->thread_free, &notify, 0);
+        partial_push(h, s);
+    }
+    if (s->used == 0 && s->state == SPAN_PARTIAL)
+        return span_release(h, ss, s);
+    return false;
+}
+
+static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
+{
+    if (s->nslabs == 0)
+        return false;
+    size_t off = (size_t)((const char *)p - span_start(ss, s));
+    return off % s->block_size == 0 && (const char *)p < s->bump;
+}
+
+void span_free_local(SuperSlab *ss, Span *s, Block *b)
+{
+    if (unlikely(!block_is_valid(ss, s, b))) {
+        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        return;
+    }
+    if (unlikely(b == s->free)) {
+        hak_invalid_pointer("double free", b);
+        return;
+    }
+    span_put(ss->owner, ss, s, b);
+}
+
+static void delayed_push(Heap *h, Block *b)
+{
+    Block *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
+    do {
+        block_set_next(b, head);
+    } while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, b,
+                                                    memory_order_release, memory_order_relaxed));
+}
+
+void span_free_remote(SuperSlab *ss, Span *s, Block *b)
+{
+    /* Read everything we need before publishing the block: once it is on
+     * thread_free the owner may empty and release the span. */
+    Heap *owner = ss->owner;
+    if (unlikely(!block_is_valid(ss, s, b))) {
+        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        return;
+    }
+    Heap *mine = hak_tc.heap;
+    if (mine) mine->remote_frees++; else STAT_INC(remote_frees_exited);
+    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
+    for (;;) {
+        if (tf == SPAN_NOTIFY) {
+            /* The span is FULL and its owner is not watching: claim the
+             * notification and give the block to the heap, which puts the
+             * span back on its partial list. */
+            if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, 0,
+                                                      memory_order_acq_rel, memory_order_relaxed)) {
+                delayed_push(owner, b);
+                return;
+            }
+            continue;
+        }
+        block_set_next(b, (Block *)tf);
+        if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
+    }
+}
+
+/* Blocks on the delayed list come from many SuperSlabs: decode the links
+ * without the same-SuperSlab check, but require each to be in one. */
+static void heap_drain_delayed(Heap *h)
+{
+    Block *b = atomic_exchange_explicit(&h->delayed, NULL, memory_order_acquire);
+    while (b) {
+        Block *next = (Block *)(b->next_enc ^ hak_secret);
+        if (next && registry_kind(next) != CHUNK_SUPERSLAB)
+            hak_fatal("corrupted delayed-free list at", b);
+        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
+        span_put(h, ss, span_of(ss, b), b);
+        b = next;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Refill                                                               */
+
+static Block *refill(Heap *h, ThreadCache *tc, unsigned cls)
+{
+    Span *s = tc->cur[cls];
+    for (;;) {
+        if (s) {
+            Block *list = span_take(h, s);
+            if (list)
+                return list;
+            /* Exhausted: mark it FULL unless remote frees just arrived. */
+            uintptr_t expected = 0;
+            if (!atomic_compare_exchange_strong(&s->thread_free, &expected, SPAN_NOTIFY))
+                continue;
+            s->state = SPAN_FULL;
+            tc->cur[cls] = NULL;
+        }
+        if ((s = h->partial[cls]) != NULL) {
+            partial_remove(h, s);
+        } else if ((s = span_new(h, cls)) == NULL) {
+            return NULL;
+        }
+        s->state = SPAN_CURRENT;
+        tc->cur[cls] = s;
+    }
+}
+
+static Heap *heap_acquire(ThreadCache *tc)
+{
+    pthread_mutex_lock(&heaps_mutex);
+    if (!runtime_ready)
+        runtime_init();
+    Heap *h = abandoned_heaps;
+    if (h) {
+        abandoned_heaps = h->abandoned_next;
+        STAT_INC(heaps_adopted);
+    } else {
+        if (heap_store_left < HEAP_STRIDE) {
+            bool zeroed;
+            size_t len = 64 * 1024;
+            heap_store = extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed);
+            if (!heap_store) {
+                pthread_mutex_unlock(&heaps_mutex);
+                return NULL;
+            }
+            if (!zeroed)
+                memset(heap_store, 0, len);
+            heap_store_left = len;
+        }
+        h = (Heap *)heap_store;
+        heap_store += HEAP_STRIDE;
+        heap_store_left -= HEAP_STRIDE;
+        h->all_next = all_heaps;
+        all_heaps = h;
+        STAT_INC(heaps_created);
+    }
+    atomic_store(&h->state, HEAP_ACTIVE);
+    pthread_mutex_unlock(&heaps_mutex);
+    tc->heap = h;
+    pthread_setspecific(exit_key, h); /* heap_thread_exit runs at thread exit */
+    return h;
+}
+
+void *heap_alloc_slow(size_t size)
+{
+    ThreadCache *tc = &hak_tc;
+    Heap *h = tc->heap;
+    if (unlikely(!h) && !(h = heap_acquire(tc))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    unsigned cls = size_class_compute(size);
+    Block *b = tc->free[cls];
+    if (!b) {
+        if (atomic_load_explicit(&h->delayed, memory_order_relaxed))
+            heap_drain_delayed(h);
+        if (!(b = refill(h, tc, cls))) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+    tc->free[cls] = block_next(b);
+    return b;
+}
+
+/* ------------------------------------------------------------------ */
+/* Heap life cycle                                                      */
+
+/* Collect the remote frees of every span of a heap nobody runs, and give
+ * back what became empty.  The caller owns h exclusively (HEAP_BUSY). */
+static void heap_collect(Heap *h)
+{
+    heap_drain_delayed(h);
+    SuperSlab *ss = h->superslabs;
+    while (ss) {
+        SuperSlab *next = ss->next; /* ss may be released below */
+        for (unsigned i = 1; i < HAK_SLABS_PER_SS; i++) {
+            Span *s = &ss->spans[i];
+            if (!s->nslabs || ss->span_head[i] != i)
+                continue;
+            if (atomic_load_explicit(&s->thread_free, memory_order_relaxed) <= SPAN_NOTIFY)
+                continue;
+            Block *b = (Block *)atomic_exchange_explicit(&s->thread_free, 0, memory_order_acquire);
+            bool gone = false;
+            while (b) {
+                Block *n = block_next(b);
+                gone = span_put(h, ss, s, b);
+                b = n;
+            }
+            if (gone)
+                break; /* every span of ss was empty, and ss is no longer ours */
+        }
+        ss = next;
+    }
+    if (h->spare) {
+        registry_set(h->spare, HAK_CHUNK_SIZE, CHUNK_ARENA);
+        extent_free(h->spare, HAK_CHUNK_SIZE);
+        h->spare = NULL;
+    }
+}
+
+void heap_thread_exit(void *unused)
+{
+    ThreadCache *tc = &hak_tc;
+    Heap *h = tc->heap;
+    if (!h)
+        return;
+    /* Hand the front's blocks back to their spans, which become PARTIAL. */
+    for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
+        Span *s = tc->cur[cls];
+        if (!s)
+            continue;
+        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)s, HAK_CHUNK_SIZE);
+        partial_push(h, s);
+        Block *b = tc->free[cls];
+        tc->free[cls] = NULL;
+        tc->cur[cls] = NULL;
+        if (!b && s->used == 0)
+            span_release(h, ss, s);
+        while (b) {
+            Block *n = block_next(b);
+            span_put(h, ss, s, b);
+            b = n;
+        }
+    }
+    tc->heap = NULL;
+    pthread_mutex_lock(&heaps_mutex);
+    atomic_store(&h->state, HEAP_BUSY);
+    pthread_mutex_unlock(&heaps_mutex);
+    heap_collect(h);
+    pthread_mutex_lock(&heaps_mutex);
+    atomic_store(&h->state, HEAP_ABANDONED);
+    h->abandoned_next = abandoned_heaps;
+    abandoned_heaps = h;
+    pthread_mutex_unlock(&heaps_mutex);
+}
+
+/* Reclaim the memory that other threads freed into abandoned heaps.  Runs
+ * before mapping a new SuperSlab (rate-limited) and in malloc_trim. */
+void heap_collect_abandoned(bool all)
+{
+    uint64_t now = os_now_ms();
+    if (!all && now - __atomic_load_n(&last_collect_ms, __ATOMIC_RELAXED) < 50)
+        return;
+    __atomic_store_n(&last_collect_ms, now, __ATOMIC_RELAXED);
+    Heap *done = NULL;
+    for (;;) {
+        pthread_mutex_lock(&heaps_mutex);
+        Heap *h = abandoned_heaps;
+        if (h) {
+            abandoned_heaps = h->abandoned_next;
+            atomic_store(&h->state, HEAP_BUSY);
+        }
+        pthread_mutex_unlock(&heaps_mutex);
+        if (!h)
+            break;
+        heap_collect(h);
+        h->abandoned_next = done;
+        done = h;
+    }
+    pthread_mutex_lock(&heaps_mutex);
+    while (done) {
+        Heap *h = done;
+        done = h->abandoned_next;
+        atomic_store(&h->state, HEAP_ABANDONED);
+        h->abandoned_next = abandoned_heaps;
+        abandoned_heaps = h;
+    }
+    pthread_mutex_unlock(&heaps_mutex);
+}
+
+void heaps_fork_prepare(void)
+{
+    pthread_mutex_lock(&heaps_mutex);
+    extent_lock();
+}
+
+void heaps_fork_parent(void)
+{
+    extent_unlock();
+    pthread_mutex_unlock(&heaps_mutex);
+}
+
+/* In the child only the forking thread exists.  The heaps of the other
+ * threads may have been in the middle of an update: they are left alone
+ * (leaked, like glibc leaks their tcaches), never adopted. */
+void heaps_fork_child(void)
+{
+    extent_fork_child();
+    pthread_mutex_init(&heaps_mutex, NULL);
+    for (Heap *h = all_heaps; h; h = h->all_next) {
+        int st = atomic_load(&h->state);
+        if (h != hak_tc.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY))
+            atomic_store(&h->state, HEAP_ORPHAN);
+    }
+}
+
+void heaps_stats(struct hak_stats *st, int64_t *out_by_class, int64_t *peak_by_class,
+                 uint64_t *refills_by_class)
+{
+    pthread_mutex_lock(&heaps_mutex);
+    for (Heap *h = all_heaps; h; h = h->all_next) {
+        for (unsigned c = 0; c < HAK_NCLASS; c++) {
+            int64_t out = __atomic_load_n(&h->blocks_out[c], __ATOMIC_RELAXED);
+            uint64_t bytes = (uint64_t)(out > 0 ? out : 0) * hak_classes[c].block_size;
+            if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
+            uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
+            st->slab_refills += r;
+            if (out_by_class) out_by_class[c] += out;
+            if (peak_by_class) peak_by_class[c] += __atomic_load_n(&h->blocks_peak[c], __ATOMIC_RELAXED);
+            if (refills_by_class) refills_by_class[c] += r;
+        }
+        st->remote_frees += __atomic_load_n(&h->remote_frees, __ATOMIC_RELAXED);
+        st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&heaps_mutex);
+    st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
+}

@@ -1,0 +1,126 @@
+/* Declarations shared by the files of core/.  Nothing here is exported.
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_INTERNAL_H
+#define HAK_INTERNAL_H
+
+#include "types.h"
+#include "hakmem.h"
+
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define HAK_API     __attribute__((visibility("default")))
+#define HAK_NOINLINE __attribute__((noinline))
+#define HAK_COLD    __attribute__((noinline, cold))
+
+#ifdef HAK_DEBUG
+#define HAK_ASSERT(c) ((c) ? (void)0 : hak_assert_fail(#c, __FILE__, __LINE__))
+#else
+#define HAK_ASSERT(c) ((void)0)
+#endif
+
+static inline uintptr_t align_up(uintptr_t x, uintptr_t a) { return (x + a - 1) & ~(a - 1); }
+static inline uintptr_t align_down(uintptr_t x, uintptr_t a) { return x & ~(a - 1); }
+static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
+
+/* ---- errors (error.c) ---- */
+__attribute__((noreturn)) void hak_assert_fail(const char *cond, const char *file, int line);
+/* Heap corruption: one line on stderr, then abort(). */
+__attribute__((noreturn)) void hak_fatal(const char *what, const void *addr);
+/* Invalid free/realloc: abort, or count and ignore (HAKMEM_INVALID_FREE). */
+void hak_invalid_pointer(const char *what, const void *addr);
+/* Write a message to stderr without allocating. */
+void hak_write_stderr(const char *msg);
+
+/* ---- options (options.c) ---- */
+typedef struct Options {
+    long stats;          /* HAKMEM_STATS */
+    long verbose;        /* HAKMEM_VERBOSE */
+    long invalid_free;   /* HAKMEM_INVALID_FREE: 0 abort, 1 ignore */
+    long decay_ms;       /* HAKMEM_DECAY_MS */
+    long cache_max_mb;   /* HAKMEM_CACHE_MAX_MB */
+} Options;
+extern Options hak_opt;
+void options_init(void);
+void options_print(void);
+
+/* ---- free-list link encoding ---- */
+extern uintptr_t hak_secret;
+static inline Block *block_next(const Block *b)
+{
+    Block *n = (Block *)(b->next_enc ^ hak_secret);
+    /* A link leaves its SuperSlab only at the end of a list. */
+    if (unlikely((((uintptr_t)n ^ (uintptr_t)b) >> HAK_CHUNK_SHIFT) != 0) && n != NULL)
+        hak_fatal("corrupted free list (use after free?) at", b);
+    return n;
+}
+static inline void block_set_next(Block *b, Block *next)
+{
+    b->next_enc = (uintptr_t)next ^ hak_secret;
+}
+
+/* ---- size classes (heap.c) ---- */
+extern uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
+extern ClassInfo hak_classes[HAK_NCLASS];
+unsigned size_class_compute(size_t size);
+static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15) >> 4]; }
+
+/* ---- thread heaps (heap.c) ---- */
+extern __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
+void *heap_alloc_slow(size_t size);
+void  span_free_local(SuperSlab *ss, Span *s, Block *b);
+void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
+void  heap_thread_exit(void *unused);
+void  heap_collect_abandoned(bool all);
+void  heaps_fork_prepare(void);
+void  heaps_fork_parent(void);
+void  heaps_fork_child(void);
+void  heaps_stats(struct hak_stats *st, int64_t *out_by_class, int64_t *peak_by_class,
+                  uint64_t *refills_by_class);
+void  runtime_init(void);  /* first heap: secret, options, classes */
+static inline Span *span_of(SuperSlab *ss, const void *p)
+{
+    unsigned slab = ((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);
+    return &ss->spans[ss->span_head[slab]];
+}
+static inline char *span_start(SuperSlab *ss, Span *s)
+{
+    return (char *)ss + ((size_t)(s - ss->spans) << HAK_SLAB_SHIFT);
+}
+
+/* ---- extents (extent.c): all memory from the OS goes through here ---- */
+void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);
+void  extent_free(void *p, size_t len);
+bool  extent_grow(void *end, size_t extra);
+void  extent_replace(void *p, size_t len); /* range lost its pages: re-map */
+size_t extent_trim(void);
+void  extent_lock(void);
+void  extent_unlock(void);
+void  extent_fork_child(void);
+void  extent_stats(struct hak_stats *st);
+
+/* ---- large blocks (large.c) ---- */
+void  *large_alloc(size_t size, size_t align, bool zero);
+void   large_free(void *p);
+void  *large_realloc(void *p, size_t size);
+LargeHeader *large_header(const void *p); /* NULL if p is no live large block */
+bool   large_was_freed(const void *p);
+size_t large_usable(const LargeHeader *h, const void *p);
+void   large_stats(struct hak_stats *st);
+
+/* ---- foreign pointers (foreign.c) ---- */
+void   foreign_free(void *p);
+size_t foreign_usable(const void *p);   /* 0 if not a glibc block */
+void  *foreign_realloc(void *p, size_t size);
+
+/* ---- statistics (stats.c) ---- */
+typedef struct GlobalStats {
+    _Atomic uint64_t os_mmap, os_munmap, os_madvise, os_mremap, os_mincore, os_failures;
+    _Atomic uint64_t superslabs_mapped, superslabs_reused;
+    _Atomic uint64_t heaps_created, heaps_adopted;
+    _Atomic uint64_t foreign_frees, invalid_frees;
+    _Atomic uint64_t remote_frees_exited; /* remote frees by threads without a heap */
+} GlobalStats;
+extern GlobalStats hak_gstats;
+#define STAT_INC(f) atomic_fetch_add_explicit(&hak_gstats.f, 1, memory_order_relaxed)
+
+#endif /* HAK_INTERNAL_H */

@@ -1,0 +1,176 @@
+/* The large tier: blocks above 52 KiB, each in its own page-granular
+ * extent with a LargeHeader right in front of the user pointer.
+ *
+ * The header's cookie mixes its own address with the process secret, so a
+ * pointer is recognised as a live large block only if it is exactly one
+ * (a pointer into the middle of a block, or a block freed twice, is not).
+ * Freed extents go back to the extent cache (extent.c), which is what
+ * makes repeated multi-megabyte allocations syscall-free.
+ * SPDX-License-Identifier: MIT */
+#include "os.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LARGE_LIVE   ((uintptr_t)0x4c41524745u)      /* "LARGE" */
+#define LARGE_FREED  ((uintptr_t)0x4652454544u)      /* "FREED" */
+#define HDR          sizeof(LargeHeader)
+#define MREMAP_MIN   ((size_t)1 << 20) /* move pages instead of copying above this */
+
+_Static_assert(sizeof(LargeHeader) == 64, "LargeHeader is 64 bytes");
+
+static _Atomic uint64_t n_allocs, n_frees, live_bytes;
+
+static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
+{
+    return (uintptr_t)h ^ hak_secret ^ tag;
+}
+
+static LargeHeader *header_at(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    if ((a & 15) || a < HDR)
+        return NULL;
+    LargeHeader *h = (LargeHeader *)(a - HDR);
+    /* p may sit at the start of its chunk: the header must be ours too. */
+    if (registry_kind(h) != CHUNK_ARENA)
+        return NULL;
+    return h;
+}
+
+LargeHeader *large_header(const void *p)
+{
+    LargeHeader *h = header_at(p);
+    return h && h->cookie == cookie(h, LARGE_LIVE) ? h : NULL;
+}
+
+bool large_was_freed(const void *p)
+{
+    LargeHeader *h = header_at(p);
+    return h && h->cookie == cookie(h, LARGE_FREED);
+}
+
+size_t large_usable(const LargeHeader *h, const void *p)
+{
+    return (size_t)(h->extent + h->extent_len - (const char *)p);
+}
+
+static void *place(char *ext, size_t len, size_t off, size_t size)
+{
+    LargeHeader *h = (LargeHeader *)(ext + off - HDR);
+    h->cookie = cookie(h, LARGE_LIVE);
+    h->extent = ext;
+    h->extent_len = len;
+    h->size = size;
+    return ext + off;
+}
+
+void *large_alloc(size_t size, size_t align, bool zero)
+{
+    if (align < 16)
+        align = 16;
+    /* Offset of the user pointer in its extent: room for the header, and
+     * for alignments above a page the extent starts one page before an
+     * aligned address. */
+    size_t off = align <= HDR ? HDR : (align <= HAK_PAGE_SIZE ? align : HAK_PAGE_SIZE);
+    if (size > (size_t)PTRDIFF_MAX - off - HAK_PAGE_SIZE - align) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t len = align_up(off + size, HAK_PAGE_SIZE);
+    bool zeroed;
+    char *ext = align <= HAK_PAGE_SIZE ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
+                                       : extent_alloc(len, align, HAK_PAGE_SIZE, &zeroed);
+    if (!ext) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = place(ext, len, off, size);
+    if (zero && !zeroed)
+        memset(p, 0, size);
+    atomic_fetch_add_explicit(&n_allocs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&live_bytes, len, memory_order_relaxed);
+    return p;
+}
+
+void large_free(void *p)
+{
+    LargeHeader *h = large_header(p);
+    if (!h) {
+        hak_invalid_pointer(large_was_freed(p) ? "double free" :
+                            "free of a pointer hakmem did not allocate", p);
+        return;
+    }
+    h->cookie = cookie(h, LARGE_FREED);
+    atomic_fetch_add_explicit(&n_frees, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&live_bytes, h->extent_len, memory_order_relaxed);
+    extent_free(h->extent, h->extent_len);
+}
+
+void *large_realloc(void *p, size_t size)
+{
+    LargeHeader *h = large_header(p);
+    if (!h) {
+        hak_invalid_pointer("realloc of a pointer hakmem did not allocate", p);
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t off = (size_t)((char *)p - h->extent);
+    if (size <= HAK_SMALL_MAX || size > (size_t)PTRDIFF_MAX - off - HAK_PAGE_SIZE) {
+        if (size > HAK_SMALL_MAX) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        void *q = hak_malloc(size); /* small enough for the slab tiers */
+        if (q) {
+            memcpy(q, p, size);
+            large_free(p);
+        }
+        return q;
+    }
+    size_t need = align_up(off + size, HAK_PAGE_SIZE);
+    if (need <= h->extent_len) { /* shrink in place, give the tail back */
+        if (need < h->extent_len) {
+            extent_free(h->extent + need, h->extent_len - need);
+            atomic_fetch_sub_explicit(&live_bytes, h->extent_len - need, memory_order_relaxed);
+            h->extent_len = need;
+        }
+        h->size = size;
+        return p;
+    }
+    size_t old_len = h->extent_len;
+    if (extent_grow(h->extent + old_len, need - old_len)) { /* grow in place */
+        h->extent_len = need;
+        h->size = size;
+        atomic_fetch_add_explicit(&live_bytes, need - old_len, memory_order_relaxed);
+        return p;
+    }
+    if (old_len >= MREMAP_MIN) {
+        /* Move the pages, not the bytes: mremap onto a new extent, then
+         * map fresh pages where the old extent was. */
+        char *old = h->extent; /* h moves with the pages */
+        char *ext = extent_alloc(need, HAK_PAGE_SIZE, 0, NULL);
+        if (ext && os_move_pages(old, old_len, ext)) {
+            extent_replace(old, old_len);
+            atomic_fetch_add_explicit(&live_bytes, need - old_len, memory_order_relaxed);
+            return place(ext, need, off, size);
+        }
+        if (ext)
+            extent_free(ext, need);
+    }
+    void *q = large_alloc(size, 16, false);
+    if (!q)
+        return NULL;
+    memcpy(q, p, h->size < size ? h->size : size);
+    large_free(p);
+    return q;
+}
+
+void large_stats(struct hak_stats *st)
+{
+    st->large_allocs = atomic_load(&n_allocs);
+    st->large_frees = atomic_load(&n_frees);
+    st->large_bytes_in_use = atomic_load(&live_bytes);
+}

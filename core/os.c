@@ -1,0 +1,116 @@
+/* The OS layer (see os.h).
+ * SPDX-License-Identifier: MIT */
+#include "os.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef HAK_FAULT_INJECTION
+static _Atomic int fault_countdown = -1, fault_remaining;
+void hak_fault_inject(int fail_after, int fail_count)
+{
+    atomic_store(&fault_remaining, fail_count);
+    atomic_store(&fault_countdown, fail_after);
+}
+static bool fault_now(void)
+{
+    if (atomic_load(&fault_countdown) < 0)
+        return false;
+    if (atomic_fetch_sub(&fault_countdown, 1) > 0)
+        return false;
+    if (atomic_fetch_sub(&fault_remaining, 1) > 0)
+        return true;
+    atomic_store(&fault_countdown, -1);
+    return false;
+}
+#else
+static inline bool fault_now(void) { return false; }
+#endif
+
+static void *map_anon(void *hint, size_t len, int extra_flags)
+{
+    STAT_INC(os_mmap);
+    if (fault_now()) {
+        STAT_INC(os_failures);
+        return NULL;
+    }
+    void *p = mmap(hint, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags, -1, 0);
+    if (p == MAP_FAILED) {
+        STAT_INC(os_failures);
+        return NULL;
+    }
+    return p;
+}
+
+void os_unmap(void *p, size_t len)
+{
+    STAT_INC(os_munmap);
+    if (munmap(p, len) != 0)
+        STAT_INC(os_failures);
+}
+
+void *os_map_aligned(size_t len, size_t align)
+{
+    /* Over-map by the alignment and trim both ends: mmap has no alignment
+     * argument.  This happens once per reservation, never per allocation. */
+    char *raw = map_anon(NULL, len + align, 0);
+    if (!raw)
+        return NULL;
+    char *p = (char *)align_up((uintptr_t)raw, align);
+    if (p > raw)
+        os_unmap(raw, (size_t)(p - raw));
+    size_t tail = (size_t)(raw + len + align - (p + len));
+    if (tail)
+        os_unmap(p + len, tail);
+    return p;
+}
+
+bool os_map_fixed(void *p, size_t len)
+{
+    return map_anon(p, len, MAP_FIXED) != NULL;
+}
+
+bool os_purge(void *p, size_t len)
+{
+    STAT_INC(os_madvise);
+    if (fault_now() || madvise(p, len, MADV_DONTNEED) != 0) {
+        STAT_INC(os_failures);
+        return false;
+    }
+    return true;
+}
+
+bool os_move_pages(void *old, size_t len, void *dst)
+{
+    STAT_INC(os_mremap);
+    if (fault_now()) {
+        STAT_INC(os_failures);
+        return false;
+    }
+    void *r = mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+    if (r == MAP_FAILED) {
+        STAT_INC(os_failures);
+        return false;
+    }
+    return true;
+}
+
+bool os_page_mapped(const void *p)
+{
+    unsigned char vec;
+    STAT_INC(os_mincore);
+    int saved = errno;
+    bool ok = mincore((void *)align_down((uintptr_t)p, HAK_PAGE_SIZE), 1, &vec) == 0;
+    errno = saved;
+    return ok;
+}
+
+uint64_t os_now_ms(void)
+{
+    struct timespec ts; /* the coarse clock is read from the vDSO: no syscall */
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -1,0 +1,29 @@
+/* The OS layer: every system call hakmem makes goes through here, so that
+ * each one is counted (HAKMEM_STATS) and can be failed on purpose in the
+ * fault-injection build (HAK_FAULT_INJECTION).
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_OS_H
+#define HAK_OS_H
+
+#include "internal.h"
+
+/* Reserve len bytes aligned to align (a power of two >= page size);
+ * the memory reads as zero.  NULL on failure. */
+void *os_map_aligned(size_t len, size_t align);
+/* Map fresh zero pages over [p, p+len), which hakmem already owns. */
+bool  os_map_fixed(void *p, size_t len);
+void  os_unmap(void *p, size_t len);
+/* Give the pages back; they read as zero afterwards. */
+bool  os_purge(void *p, size_t len);
+/* Move the pages of [old, old+len) to dst (replacing what was there). */
+bool  os_move_pages(void *old, size_t len, void *dst);
+/* Is the page holding p mapped?  (mincore) */
+bool  os_page_mapped(const void *p);
+uint64_t os_now_ms(void);
+
+#ifdef HAK_FAULT_INJECTION
+/* Test hook: the next n calls that would map or purge memory fail. */
+HAK_API void hak_fault_inject(int fail_after, int fail_count);
+#endif
+
+#endif

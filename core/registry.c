@@ -1,0 +1,6 @@
+/* Storage of the ownership registry (see registry.h).
+ * SPDX-License-Identifier: MIT */
+#include "registry.h"
+
+uint8_t hak_chunk_kind[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)]
+    __attribute__((visibility("hidden")));

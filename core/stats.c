@@ -1,0 +1,80 @@
+/* Statistics: hak_stats_get() and the report that HAKMEM_STATS=1 prints at
+ * exit (also malloc_stats()).  The fast paths count nothing: per-class
+ * figures are kept per heap on the slow paths (blocks moved between spans
+ * and thread fronts), syscalls and fallbacks in global relaxed counters.
+ * SPDX-License-Identifier: MIT */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+GlobalStats hak_gstats;
+
+HAK_API void hak_stats_get(struct hak_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    heaps_stats(st, NULL, NULL, NULL);
+    extent_stats(st);
+    large_stats(st);
+    st->superslabs_mapped = atomic_load(&hak_gstats.superslabs_mapped);
+    st->superslabs_reused = atomic_load(&hak_gstats.superslabs_reused);
+    st->os_mmap = atomic_load(&hak_gstats.os_mmap);
+    st->os_munmap = atomic_load(&hak_gstats.os_munmap);
+    st->os_madvise = atomic_load(&hak_gstats.os_madvise);
+    st->os_mremap = atomic_load(&hak_gstats.os_mremap);
+    st->os_mincore = atomic_load(&hak_gstats.os_mincore);
+    st->os_failures = atomic_load(&hak_gstats.os_failures);
+    st->foreign_frees = atomic_load(&hak_gstats.foreign_frees);
+    st->invalid_frees = atomic_load(&hak_gstats.invalid_frees);
+    st->heaps_created = atomic_load(&hak_gstats.heaps_created);
+    st->heaps_adopted = atomic_load(&hak_gstats.heaps_adopted);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        st->peak_rss = (uint64_t)ru.ru_maxrss * 1024;
+}
+
+#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); hak_write_stderr(buf); } while (0)
+
+static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
+
+HAK_API void hak_stats_print(void)
+{
+    char buf[256];
+    struct hak_stats st;
+    int64_t out[HAK_NCLASS] = { 0 }, peak[HAK_NCLASS] = { 0 };
+    uint64_t refills[HAK_NCLASS] = { 0 };
+    hak_stats_get(&st);
+    heaps_stats(&(struct hak_stats){ 0 }, out, peak, refills);
+
+    LINE("hakmem " HAKMEM_VERSION " statistics\n");
+    LINE("  tiny+mid classes (blocks out = in use or in a thread cache):\n");
+    LINE("  %5s %6s %12s %12s %12s %10s\n", "class", "size", "blocks out", "peak sum", "MiB out", "refills");
+    for (unsigned c = 0; c < HAK_NCLASS; c++) {
+        if (!refills[c])
+            continue;
+        LINE("  %5u %6u %12lld %12lld %12.2f %10llu\n", c, hak_classes[c].block_size,
+             (long long)out[c], (long long)peak[c],
+             mib((uint64_t)(out[c] > 0 ? out[c] : 0) * hak_classes[c].block_size),
+             (unsigned long long)refills[c]);
+    }
+    LINE("  tiny in use %.2f MiB, mid in use %.2f MiB, remote frees %llu\n",
+         mib(st.tiny_bytes_in_use), mib(st.mid_bytes_in_use), (unsigned long long)st.remote_frees);
+    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use\n",
+         (unsigned long long)st.large_allocs, (unsigned long long)st.large_frees,
+         mib(st.large_bytes_in_use));
+    LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu from the cache\n",
+         (unsigned long long)st.superslabs_live, (unsigned long long)st.superslabs_mapped,
+         (unsigned long long)st.superslabs_reused);
+    LINE("  memory: %.2f MiB reserved, %.2f MiB cached free (%.2f MiB resident), %.2f MiB purged\n",
+         mib(st.bytes_mapped), mib(st.bytes_cached), mib(st.bytes_dirty), mib(st.bytes_purged));
+    LINE("  syscalls: mmap %llu, munmap %llu, madvise %llu, mremap %llu, mincore %llu, failed %llu\n",
+         (unsigned long long)st.os_mmap, (unsigned long long)st.os_munmap,
+         (unsigned long long)st.os_madvise, (unsigned long long)st.os_mremap,
+         (unsigned long long)st.os_mincore, (unsigned long long)st.os_failures);
+    LINE("  heaps: %llu created, %llu adopted from exited threads\n",
+         (unsigned long long)st.heaps_created, (unsigned long long)st.heaps_adopted);
+    LINE("  foreign frees passed to glibc %llu, invalid frees %llu\n",
+         (unsigned long long)st.foreign_frees, (unsigned long long)st.invalid_frees);
+    LINE("  peak RSS %.2f MiB\n", mib(st.peak_rss));
+}

@@ -1,0 +1,156 @@
+/* hakmem data structures.
+ *
+ * Memory layout
+ * -------------
+ * Every byte hakmem hands out lives in a *reservation*: an anonymous
+ * mapping of a multiple of 2 MiB, aligned to 2 MiB.  Each 2 MiB *chunk*
+ * has one byte in the registry (registry.h) saying what it is:
+ *
+ *   CHUNK_NONE       not hakmem's (a "foreign" address)
+ *   CHUNK_SUPERSLAB  a SuperSlab: tiny and mid blocks
+ *   CHUNK_ARENA      extent space: large blocks, metadata and free extents
+ *
+ * A free(p) therefore classifies p with one load and no syscall.
+ *
+ * SuperSlab (2 MiB, 2 MiB aligned)           slab = 64 KiB
+ * +---------+---------+---------+-----+---------+
+ * | slab 0  | slab 1  | slab 2  | ... | slab 31 |
+ * | header  |  span of 1..8 slabs for one class  |
+ * +---------+---------+---------+-----+---------+
+ * Slab 0 holds the SuperSlab header with the descriptors of all slabs.
+ * A *span* is a run of slabs given to one size class; its descriptor is
+ * the one of its first slab and span_head[] maps any slab to it.  Tiny
+ * classes use one-slab spans, mid classes up to 8 slabs so that the
+ * span divides into blocks with little waste.
+ *
+ * Ownership
+ * ---------
+ * A SuperSlab belongs to one Heap.  A Heap belongs to at most one thread
+ * at a time and is never freed: when its thread exits it is *abandoned*
+ * and adopted whole by the next thread that starts.  Because heaps are
+ * immortal, a free from any thread can always reach the owner of a block.
+ *
+ * Life of a tiny/mid block
+ * ------------------------
+ * malloc pops the thread's list tc.free[class] (ThreadCache).  That list
+ * holds the free blocks of exactly one span, the class's *current* span.
+ * When it is empty the slow path (heap.c) refills it with the current
+ * span's pending frees, then another span of the heap, then a new span.
+ * free(p) masks p to its SuperSlab and finds the span descriptor:
+ *   - owner thread, current span:  push on tc.free[class]
+ *   - owner thread, other span:    push on span->free  (no atomics)
+ *   - another thread:              CAS-push on span->thread_free
+ * Large blocks (> 52 KiB) carry a LargeHeader and live in extents.
+ *
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_TYPES_H
+#define HAK_TYPES_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define HAK_CHUNK_SHIFT   21
+#define HAK_CHUNK_SIZE    ((size_t)1 << HAK_CHUNK_SHIFT)        /* 2 MiB */
+#define HAK_SLAB_SHIFT    16
+#define HAK_SLAB_SIZE     ((size_t)1 << HAK_SLAB_SHIFT)         /* 64 KiB */
+#define HAK_SLABS_PER_SS  32
+#define HAK_PAGE_SIZE     ((size_t)4096)
+#define HAK_MAX_SPAN      8          /* slabs in the longest span */
+
+#define HAK_NCLASS        43         /* size classes of tiny + mid */
+#define HAK_NCLASS_TINY   20         /* classes 0..19 are <= 1 KiB */
+#define HAK_SMALL_MAX     ((size_t)53248)                       /* 52 KiB */
+
+/* A free block: its first word links to the next free block.  The link is
+ * stored XOR-encoded with a per-process secret, and every decoded link is
+ * checked to stay inside the same SuperSlab, so that a stray write into a
+ * freed block cannot steer a later malloc to an arbitrary address. */
+typedef struct Block { uintptr_t next_enc; } Block;
+
+/* Where a span currently is, from its owner's point of view. */
+enum span_state {
+    SPAN_CURRENT = 1,  /* its free blocks are in tc.free[cls]               */
+    SPAN_PARTIAL = 2,  /* on heap->partial[cls]: has or will have free blocks */
+    SPAN_FULL    = 3   /* no free block; thread_free carries SPAN_NOTIFY      */
+};
+
+/* thread_free low bit: the span is FULL and the owner is not looking at it;
+ * the first remote free must hand its block to heap->delayed instead, which
+ * wakes the span up (see heap.c, span_free_remote). */
+#define SPAN_NOTIFY ((uintptr_t)1)
+
+struct Heap;
+
+/* Span descriptor, 64 bytes, in the SuperSlab header. */
+typedef struct Span {
+    Block     *free;        /* owner-only list of free blocks                */
+    uint32_t   nfree;       /* length of free                                */
+    uint32_t   used;        /* blocks out of the span (user + thread cache)  */
+    _Atomic uintptr_t thread_free; /* blocks freed by other threads | NOTIFY */
+    char      *bump;        /* next never-used block                         */
+    char      *end;         /* end of the block area                         */
+    struct Span *next, *prev; /* heap->partial[cls] links                    */
+    uint32_t   block_size;
+    uint8_t    cls;
+    uint8_t    nslabs;      /* 0 = slab is free */
+    uint8_t    state;       /* enum span_state */
+    uint8_t    _pad;
+} Span;
+
+/* SuperSlab header, at the start of its own slab 0. */
+typedef struct SuperSlab {
+    /* First line: everything free() reads. */
+    struct Heap *owner;                 /* never NULL while in use          */
+    uint8_t   span_head[HAK_SLABS_PER_SS]; /* slab index -> span's first slab */
+    uint32_t  free_mask;                /* bit i: slab i is unused           */
+    uint32_t  _pad;
+    struct SuperSlab *next, *prev;      /* heap->superslabs                  */
+    Span      spans[HAK_SLABS_PER_SS] __attribute__((aligned(64))); /* [0] unused */
+} SuperSlab;
+
+/* A thread's heap.  Immortal: recycled through the abandoned list. */
+enum heap_state { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_BUSY = 3, HEAP_ORPHAN = 4 };
+
+typedef struct Heap {
+    Span      *partial[HAK_NCLASS];     /* spans with free blocks, by class  */
+    SuperSlab *superslabs;              /* SuperSlabs with unused slabs first */
+    SuperSlab *spare;                   /* one empty SuperSlab kept for reuse */
+    _Atomic(Block *) delayed;           /* remote frees into FULL spans      */
+    _Atomic int state;
+    struct Heap *all_next;              /* every heap ever made              */
+    struct Heap *abandoned_next;
+    /* Statistics, written by the owner only. */
+    int64_t   blocks_out[HAK_NCLASS];   /* blocks out of their spans         */
+    int64_t   blocks_peak[HAK_NCLASS];
+    uint64_t  refills[HAK_NCLASS];
+    uint64_t  remote_frees;             /* frees this heap's thread sent away */
+    uint64_t  superslabs_live;
+} Heap;
+
+/* The thread-local front.  tc.free[cls] is the free list of the class's
+ * current span tc.cur[cls]; malloc and free of the owner touch nothing else. */
+typedef struct ThreadCache {
+    Block *free[HAK_NCLASS];
+    Span  *cur[HAK_NCLASS];
+    Heap  *heap;
+} ThreadCache;
+
+/* Header in front of every large block (exactly 64 bytes). */
+typedef struct LargeHeader {
+    uintptr_t cookie;     /* address ^ secret ^ LARGE_LIVE while allocated   */
+    char     *extent;     /* start of the extent holding the block          */
+    size_t    extent_len; /* bytes of the extent                            */
+    size_t    size;       /* bytes requested                                */
+    uint64_t  _pad[4];
+} LargeHeader;
+
+/* Size class description, filled once at start-up. */
+typedef struct ClassInfo {
+    uint32_t block_size;
+    uint32_t capacity;   /* blocks in a span */
+    uint8_t  nslabs;     /* slabs in a span  */
+} ClassInfo;
+
+#endif /* HAK_TYPES_H */
