@@ -40,31 +40,35 @@ static HAK_NOINLINE void free_other(void *p, unsigned kind)
 
 HAK_API void hak_free(void *p)
 {
-    unsigned kind = registry_kind(p);
-    if (likely(kind == CHUNK_SUPERSLAB)) {
-        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+    uintptr_t addr = (uintptr_t)p;
+    /* One test rejects NULL-ish, misaligned and non-user addresses alike. */
+    if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
+               hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
+        SuperSlab *ss = (SuperSlab *)align_down(addr, HAK_CHUNK_SIZE);
         Span *s = span_of(ss, p);
-        ThreadCache *tc = &hak_tc;
         Block *b = p;
-        if (likely(ss->owner == tc->heap)) {
-            unsigned cls = s->cls;
-            if (likely(s == tc->cur[cls])) {
-                Block *head = tc->free[cls];
-                if (unlikely(b == head)) {
-                    hak_invalid_pointer("double free", p);
-                    return;
-                }
-                block_set_next(b, head);
-                tc->free[cls] = b;
+        if (likely(ss->owner == hak_tc.heap)) {
+            /* The owner: push on the span's list, no atomics.  The list
+             * reaches the thread front at the next refill. */
+            Block *head = s->free;
+            uint32_t used = s->used - 1, nfree = s->nfree + 1;
+            unsigned state = s->state; /* all loads before the store to b */
+            if (unlikely(b == head)) {
+                span_free_invalid(ss, s, b);
                 return;
             }
-            span_free_local(ss, s, b);
+            block_set_next(b, head);
+            s->free = b;
+            s->used = used;
+            s->nfree = nfree;
+            if (unlikely(used == 0 || state == SPAN_FULL))
+                span_free_local_slow(ss, s, b);
             return;
         }
         span_free_remote(ss, s, b);
         return;
     }
-    free_other(p, kind);
+    free_other(p, registry_kind(p));
 }
 
 /* ------------------------------------------------------------------ */

@@ -100,17 +100,16 @@ void runtime_init(void)
 static void partial_push(Heap *h, Span *s)
 {
     s->state = SPAN_PARTIAL;
-    s->prev = NULL;
-    s->next = h->partial[s->cls];
-    if (s->next)
-        s->next->prev = s;
-    h->partial[s->cls] = s;
+    s->next = NULL;
+    s->prev = h->partial_tail[s->cls];
+    if (s->prev) s->prev->next = s; else h->partial[s->cls] = s;
+    h->partial_tail[s->cls] = s;
 }
 
 static void partial_remove(Heap *h, Span *s)
 {
     if (s->prev) s->prev->next = s->next; else h->partial[s->cls] = s->next;
-    if (s->next) s->next->prev = s->prev;
+    if (s->next) s->next->prev = s->prev; else h->partial_tail[s->cls] = s->prev;
     s->next = s->prev = NULL;
 }
 
@@ -224,8 +223,9 @@ static Span *span_new(Heap *h, unsigned cls)
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
     s->block_size = ci->block_size;
+    s->recip = (uint32_t)(((uint64_t)1 << 32) / ci->block_size + 1);
     s->bump = span_start(ss, s);
-    s->end = s->bump + (size_t)ci->capacity * ci->block_size;
+    s->fresh = ci->capacity;
     return s;
 }
 
@@ -245,18 +245,17 @@ static Block *span_take(Heap *h, Span *s)
         }
         s->nfree += k;
         s->used -= k;
-        h->blocks_out[s->cls] -= k;
     }
     Block *list = s->free;
     uint32_t n = s->nfree;
     if (list) {
         s->free = NULL;
         s->nfree = 0;
-    } else if (s->bump < s->end) {
+    } else if (s->fresh) {
         size_t bs = s->block_size;
-        size_t want = CARVE_BYTES / bs > 4 ? CARVE_BYTES / bs : 4;
-        size_t left = (size_t)(s->end - s->bump) / bs;
-        n = (uint32_t)(want < left ? want : left);
+        uint32_t want = CARVE_BYTES / bs > 4 ? (uint32_t)(CARVE_BYTES / bs) : 4;
+        n = want < s->fresh ? want : s->fresh;
+        s->fresh -= n;
         list = (Block *)s->bump;
         char *p = s->bump;
         for (uint32_t i = 1; i < n; i++, p += bs)
@@ -267,9 +266,6 @@ static Block *span_take(Heap *h, Span *s)
         return NULL;
     }
     s->used += n;
-    int64_t out = h->blocks_out[s->cls] += n;
-    if (out > h->blocks_peak[s->cls])
-        h->blocks_peak[s->cls] = out;
     h->refills[s->cls]++;
     return list;
 }
@@ -277,13 +273,8 @@ static Block *span_take(Heap *h, Span *s)
 /* Return a block to a span of the heap, by its owner (or the collector of
  * an abandoned heap): push on span->free, wake a FULL span, release an
  * empty one.  Returns true if that released the whole SuperSlab. */
-static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
+static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
 {
-    block_set_next(b, s->free);
-    s->free = b;
-    s->nfree++;
-    s->used--;
-    h->blocks_out[s->cls]--;
     if (s->state == SPAN_FULL) {
         uintptr_t notify = SPAN_NOTIFY; /* stop asking remote frees to wake us */
         atomic_compare_exchange_strong(&s->thread_free, &notify, 0);
@@ -294,25 +285,39 @@ static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
     return false;
 }
 
-static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
+static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
 {
-    if (s->nslabs == 0)
-        return false;
-    size_t off = (size_t)((const char *)p - span_start(ss, s));
-    return off % s->block_size == 0 && (const char *)p < s->bump;
+    block_set_next(b, s->free);
+    s->free = b;
+    s->nfree++;
+    s->used--;
+    return span_after_put(h, ss, s);
 }
 
-void span_free_local(SuperSlab *ss, Span *s, Block *b)
+static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
+{
+    return s->nslabs != 0 && span_is_block_start(ss, s, p) && (const char *)p < s->bump;
+}
+
+/* hak_free pushed block b on a span that is FULL or now empty.  This is
+ * also where a span is checked before it changes state: b must really be
+ * one of its blocks (not an interior pointer, not a stale one). */
+void span_free_local_slow(SuperSlab *ss, Span *s, Block *b)
 {
     if (unlikely(!block_is_valid(ss, s, b))) {
+        s->free = block_next(b); /* undo the push */
+        s->nfree--;
+        s->used++;
         hak_invalid_pointer("free of a pointer that is not an allocated block", b);
         return;
     }
-    if (unlikely(b == s->free)) {
-        hak_invalid_pointer("double free", b);
-        return;
-    }
-    span_put(ss->owner, ss, s, b);
+    span_after_put(ss->owner, ss, s);
+}
+
+void span_free_invalid(SuperSlab *ss, Span *s, Block *b)
+{
+    hak_invalid_pointer(block_is_valid(ss, s, b) ? "double free" :
+                        "free of a pointer that is not an allocated block", b);
 }
 
 static void delayed_push(Heap *h, Block *b)
@@ -588,24 +593,41 @@ void heaps_fork_child(void)
     }
 }
 
-void heaps_stats(struct hak_stats *st, int64_t *out_by_class, int64_t *peak_by_class,
-                 uint64_t *refills_by_class)
+/* Bytes in use are summed over the spans of every heap.  Other threads
+ * change their lists meanwhile: each SuperSlab pointer is checked against
+ * the registry before it is followed, and the extent lock keeps every
+ * reservation mapped, so the walk may be inexact but never faults. */
+void heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refills_by_class)
 {
     pthread_mutex_lock(&heaps_mutex);
+    extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
         for (unsigned c = 0; c < HAK_NCLASS; c++) {
-            int64_t out = __atomic_load_n(&h->blocks_out[c], __ATOMIC_RELAXED);
-            uint64_t bytes = (uint64_t)(out > 0 ? out : 0) * hak_classes[c].block_size;
-            if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
             uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
             st->slab_refills += r;
-            if (out_by_class) out_by_class[c] += out;
-            if (peak_by_class) peak_by_class[c] += __atomic_load_n(&h->blocks_peak[c], __ATOMIC_RELAXED);
             if (refills_by_class) refills_by_class[c] += r;
+        }
+        SuperSlab *ss = __atomic_load_n(&h->superslabs, __ATOMIC_RELAXED);
+        for (unsigned n = 0; ss && n < (1u << 20); n++) {
+            if (((uintptr_t)ss & (HAK_CHUNK_SIZE - 1)) || registry_kind(ss) != CHUNK_SUPERSLAB)
+                break;
+            for (unsigned i = 1; i < HAK_SLABS_PER_SS; i++) {
+                Span *s = &ss->spans[i];
+                uint8_t k = __atomic_load_n(&s->nslabs, __ATOMIC_RELAXED);
+                uint8_t c = __atomic_load_n(&s->cls, __ATOMIC_RELAXED);
+                if (!k || ss->span_head[i] != i || c >= HAK_NCLASS)
+                    continue;
+                uint64_t used = __atomic_load_n(&s->used, __ATOMIC_RELAXED);
+                uint64_t bytes = used * hak_classes[c].block_size;
+                if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
+                if (used_by_class) used_by_class[c] += used;
+            }
+            ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
         }
         st->remote_frees += __atomic_load_n(&h->remote_frees, __ATOMIC_RELAXED);
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
     }
+    extent_unlock();
     pthread_mutex_unlock(&heaps_mutex);
     st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
 }

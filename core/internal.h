@@ -67,24 +67,34 @@ static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15)
 /* ---- thread heaps (heap.c) ---- */
 extern __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size);
-void  span_free_local(SuperSlab *ss, Span *s, Block *b);
+void  span_free_local_slow(SuperSlab *ss, Span *s, Block *b);
+void  span_free_invalid(SuperSlab *ss, Span *s, Block *b);
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);
 void  heap_collect_abandoned(bool all);
 void  heaps_fork_prepare(void);
 void  heaps_fork_parent(void);
 void  heaps_fork_child(void);
-void  heaps_stats(struct hak_stats *st, int64_t *out_by_class, int64_t *peak_by_class,
-                  uint64_t *refills_by_class);
+void  heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refills_by_class);
 void  runtime_init(void);  /* first heap: secret, options, classes */
 static inline Span *span_of(SuperSlab *ss, const void *p)
 {
     unsigned slab = ((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);
-    return &ss->spans[ss->span_head[slab]];
+    uintptr_t head = ss->span_head[slab];
+    _Static_assert(sizeof(Span) == 64 && offsetof(SuperSlab, spans) == 64, "span layout");
+    return (Span *)((uintptr_t)ss + 64 + (head << 6));
 }
 static inline char *span_start(SuperSlab *ss, Span *s)
 {
     return (char *)ss + ((size_t)(s - ss->spans) << HAK_SLAB_SHIFT);
+}
+/* Is p the start of a block of span s?  off * recip >> 32 is exactly
+ * off / block_size for multiples (off < 2^19), so one multiply tells. */
+static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
+{
+    uint32_t off = (uint32_t)((const char *)p - span_start(ss, s));
+    uint32_t idx = (uint32_t)(((uint64_t)off * s->recip) >> 32);
+    return idx * s->block_size == off;
 }
 
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */

@@ -14,7 +14,7 @@ GlobalStats hak_gstats;
 HAK_API void hak_stats_get(struct hak_stats *st)
 {
     memset(st, 0, sizeof *st);
-    heaps_stats(st, NULL, NULL, NULL);
+    heaps_stats(st, NULL, NULL);
     extent_stats(st);
     large_stats(st);
     st->superslabs_mapped = atomic_load(&hak_gstats.superslabs_mapped);
@@ -42,20 +42,18 @@ HAK_API void hak_stats_print(void)
 {
     char buf[256];
     struct hak_stats st;
-    int64_t out[HAK_NCLASS] = { 0 }, peak[HAK_NCLASS] = { 0 };
-    uint64_t refills[HAK_NCLASS] = { 0 };
+    uint64_t used[HAK_NCLASS] = { 0 }, refills[HAK_NCLASS] = { 0 };
     hak_stats_get(&st);
-    heaps_stats(&(struct hak_stats){ 0 }, out, peak, refills);
+    heaps_stats(&(struct hak_stats){ 0 }, used, refills);
 
     LINE("hakmem " HAKMEM_VERSION " statistics\n");
     LINE("  tiny+mid classes (blocks out = in use or in a thread cache):\n");
-    LINE("  %5s %6s %12s %12s %12s %10s\n", "class", "size", "blocks out", "peak sum", "MiB out", "refills");
+    LINE("  %5s %6s %12s %12s %10s\n", "class", "size", "blocks out", "MiB out", "refills");
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
         if (!refills[c])
             continue;
-        LINE("  %5u %6u %12lld %12lld %12.2f %10llu\n", c, hak_classes[c].block_size,
-             (long long)out[c], (long long)peak[c],
-             mib((uint64_t)(out[c] > 0 ? out[c] : 0) * hak_classes[c].block_size),
+        LINE("  %5u %6u %12llu %12.2f %10llu\n", c, hak_classes[c].block_size,
+             (unsigned long long)used[c], mib(used[c] * hak_classes[c].block_size),
              (unsigned long long)refills[c]);
     }
     LINE("  tiny in use %.2f MiB, mid in use %.2f MiB, remote frees %llu\n",

@@ -72,7 +72,7 @@ typedef struct Block { uintptr_t next_enc; } Block;
 /* Where a span currently is, from its owner's point of view. */
 enum span_state {
     SPAN_CURRENT = 1,  /* its free blocks are in tc.free[cls]               */
-    SPAN_PARTIAL = 2,  /* on heap->partial[cls]: has or will have free blocks */
+    SPAN_PARTIAL = 2,  /* queued on heap->partial[cls]: has free blocks      */
     SPAN_FULL    = 3   /* no free block; thread_free carries SPAN_NOTIFY      */
 };
 
@@ -90,7 +90,8 @@ typedef struct Span {
     uint32_t   used;        /* blocks out of the span (user + thread cache)  */
     _Atomic uintptr_t thread_free; /* blocks freed by other threads | NOTIFY */
     char      *bump;        /* next never-used block                         */
-    char      *end;         /* end of the block area                         */
+    uint32_t   fresh;       /* never-used blocks left at bump                */
+    uint32_t   recip;       /* 2^32 / block_size + 1: exact multiple test    */
     struct Span *next, *prev; /* heap->partial[cls] links                    */
     uint32_t   block_size;
     uint8_t    cls;
@@ -114,7 +115,9 @@ typedef struct SuperSlab {
 enum heap_state { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_BUSY = 3, HEAP_ORPHAN = 4 };
 
 typedef struct Heap {
-    Span      *partial[HAK_NCLASS];     /* spans with free blocks, by class  */
+    Span      *partial[HAK_NCLASS];     /* spans with free blocks, by class: */
+    Span      *partial_tail[HAK_NCLASS];/* a FIFO, so the span that gathered */
+                                        /* frees longest is reused first     */
     SuperSlab *superslabs;              /* SuperSlabs with unused slabs first */
     SuperSlab *spare;                   /* one empty SuperSlab kept for reuse */
     _Atomic(Block *) delayed;           /* remote frees into FULL spans      */
@@ -122,8 +125,6 @@ typedef struct Heap {
     struct Heap *all_next;              /* every heap ever made              */
     struct Heap *abandoned_next;
     /* Statistics, written by the owner only. */
-    int64_t   blocks_out[HAK_NCLASS];   /* blocks out of their spans         */
-    int64_t   blocks_peak[HAK_NCLASS];
     uint64_t  refills[HAK_NCLASS];
     uint64_t  remote_frees;             /* frees this heap's thread sent away */
     uint64_t  superslabs_live;
