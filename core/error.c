@@ -31,6 +31,7 @@ void hak_fatal(const char *what, const void *addr)
 void hak_invalid_pointer(const char *what, const void *addr)
 {
     STAT_INC(invalid_frees);
+    hak_ensure_runtime(); /* the policy is an option */
     if (hak_opt.invalid_free == 1) /* HAKMEM_INVALID_FREE=ignore */
         return;
     char buf[192];

@@ -44,7 +44,7 @@ static size_t      bytes_mapped, bytes_free, bytes_dirty, bytes_purged, bytes_lo
 
 static uint64_t    last_decay_ms;
 
-void extent_lock(void) { pthread_mutex_lock(&ext_mutex); }
+void extent_lock(void) { hak_lock(&ext_mutex); }
 void extent_unlock(void) { pthread_mutex_unlock(&ext_mutex); }
 void extent_fork_child(void) { pthread_mutex_init(&ext_mutex, NULL); }
 
@@ -145,21 +145,27 @@ static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since)
     }
 }
 
-static bool reserve(size_t len, size_t align)
+/* Map a new reservation.  Called with the lock released (mmap is slow and
+ * must not make other threads wait); returns with the lock held. */
+static bool reserve_and_lock(size_t len, size_t align)
 {
-    size_t want = RESERVE_MIN << (nreservations / 2 < 5 ? nreservations / 2 : 5);
+    size_t n = __atomic_load_n(&nreservations, __ATOMIC_RELAXED);
+    size_t want = RESERVE_MIN << (n / 2 < 5 ? n / 2 : 5);
     if (want > RESERVE_MAX) want = RESERVE_MAX;
     size_t need = align_up(len + (align > HAK_CHUNK_SIZE ? align : 0), HAK_CHUNK_SIZE);
     if (need > want) want = need;
-    if (nreservations == MAX_RESERVATIONS)
-        return false;
     void *p = os_map_aligned(want, HAK_CHUNK_SIZE);
     if (!p && want > need) {
         want = need; /* low on address space: try the bare minimum */
         p = os_map_aligned(want, HAK_CHUNK_SIZE);
     }
+    extent_lock();
     if (!p)
         return false;
+    if (nreservations == MAX_RESERVATIONS) {
+        os_unmap(p, want);
+        return false;
+    }
     registry_set(p, want, CHUNK_ARENA);
     reservations[nreservations++] = (Reservation){ (uintptr_t)p, want };
     bytes_mapped += want;
@@ -200,8 +206,9 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     uintptr_t at;
     extent_lock();
     decay();
-    if (!find_fit(len, align, offset, &i, &at)) {
-        if (!reserve(len + offset, align) || !find_fit(len, align, offset, &i, &at)) {
+    while (!find_fit(len, align, offset, &i, &at)) {
+        extent_unlock();
+        if (!reserve_and_lock(len + offset, align)) {
             extent_unlock();
             return NULL;
         }

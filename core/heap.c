@@ -27,6 +27,7 @@ static char  *heap_store;         /* storage that new heaps are cut from */
 static size_t heap_store_left;
 static pthread_key_t exit_key;
 static bool   runtime_ready;
+static bool   atfork_registered;
 static uint64_t last_collect_ms;
 
 #define FULL_MASK   (~(uint32_t)1)  /* slabs 1..31: slab 0 is the header */
@@ -79,7 +80,7 @@ static void classes_init(void)
         hak_class_of[i] = (uint8_t)size_class_compute(i << 4);
 }
 
-void runtime_init(void)
+static void runtime_init(void)
 {
     /* The kernel gives every process 16 random bytes (AT_RANDOM). */
     const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
@@ -89,7 +90,7 @@ void runtime_init(void)
     options_init();
     classes_init();
     pthread_key_create(&exit_key, heap_thread_exit);
-    runtime_ready = true;
+    __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);
     if (hak_opt.verbose)
         options_print();
 }
@@ -405,7 +406,7 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls)
 
 static Heap *heap_acquire(ThreadCache *tc)
 {
-    pthread_mutex_lock(&heaps_mutex);
+    hak_lock(&heaps_mutex);
     if (!runtime_ready)
         runtime_init();
     Heap *h = abandoned_heaps;
@@ -433,10 +434,27 @@ static Heap *heap_acquire(ThreadCache *tc)
         STAT_INC(heaps_created);
     }
     atomic_store(&h->state, HEAP_ACTIVE);
+    bool first = !atfork_registered;
+    atfork_registered = true;
     pthread_mutex_unlock(&heaps_mutex);
     tc->heap = h;
     pthread_setspecific(exit_key, h); /* heap_thread_exit runs at thread exit */
+    if (first) /* may allocate: only now that this thread has a heap */
+        pthread_atfork(heaps_fork_prepare, heaps_fork_parent, heaps_fork_child);
     return h;
+}
+
+void hak_ensure_runtime(void)
+{
+    if (!__atomic_load_n(&runtime_ready, __ATOMIC_ACQUIRE))
+        hak_free(hak_malloc(1)); /* the first heap sets up the runtime */
+}
+
+/* Set up before main when hakmem is preloaded or linked, so that
+ * HAKMEM_VERBOSE reports early and fork handlers exist before threads. */
+__attribute__((constructor)) static void hak_process_start(void)
+{
+    hak_ensure_runtime();
 }
 
 void *heap_alloc_slow(size_t size)
@@ -522,11 +540,11 @@ void heap_thread_exit(void *unused)
         }
     }
     tc->heap = NULL;
-    pthread_mutex_lock(&heaps_mutex);
+    hak_lock(&heaps_mutex);
     atomic_store(&h->state, HEAP_BUSY);
     pthread_mutex_unlock(&heaps_mutex);
     heap_collect(h);
-    pthread_mutex_lock(&heaps_mutex);
+    hak_lock(&heaps_mutex);
     atomic_store(&h->state, HEAP_ABANDONED);
     h->abandoned_next = abandoned_heaps;
     abandoned_heaps = h;
@@ -543,7 +561,7 @@ void heap_collect_abandoned(bool all)
     __atomic_store_n(&last_collect_ms, now, __ATOMIC_RELAXED);
     Heap *done = NULL;
     for (;;) {
-        pthread_mutex_lock(&heaps_mutex);
+        hak_lock(&heaps_mutex);
         Heap *h = abandoned_heaps;
         if (h) {
             abandoned_heaps = h->abandoned_next;
@@ -556,7 +574,7 @@ void heap_collect_abandoned(bool all)
         h->abandoned_next = done;
         done = h;
     }
-    pthread_mutex_lock(&heaps_mutex);
+    hak_lock(&heaps_mutex);
     while (done) {
         Heap *h = done;
         done = h->abandoned_next;
@@ -569,7 +587,7 @@ void heap_collect_abandoned(bool all)
 
 void heaps_fork_prepare(void)
 {
-    pthread_mutex_lock(&heaps_mutex);
+    hak_lock(&heaps_mutex);
     extent_lock();
 }
 
@@ -599,7 +617,7 @@ void heaps_fork_child(void)
  * reservation mapped, so the walk may be inexact but never faults. */
 void heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refills_by_class)
 {
-    pthread_mutex_lock(&heaps_mutex);
+    hak_lock(&heaps_mutex);
     extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
         for (unsigned c = 0; c < HAK_NCLASS; c++) {

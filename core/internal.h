@@ -22,6 +22,20 @@ static inline uintptr_t align_up(uintptr_t x, uintptr_t a) { return (x + a - 1) 
 static inline uintptr_t align_down(uintptr_t x, uintptr_t a) { return x & ~(a - 1); }
 static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 
+/* The shared locks (extents, heap list) are held for a few hundred
+ * instructions and never across a syscall in steady state: spin briefly
+ * before sleeping, so that two threads meeting there do not futex. */
+#include <pthread.h>
+static inline void hak_lock(pthread_mutex_t *m)
+{
+    for (int i = 0; i < 256; i++) {
+        if (pthread_mutex_trylock(m) == 0)
+            return;
+        __builtin_ia32_pause();
+    }
+    pthread_mutex_lock(m);
+}
+
 /* ---- errors (error.c) ---- */
 __attribute__((noreturn)) void hak_assert_fail(const char *cond, const char *file, int line);
 /* Heap corruption: one line on stderr, then abort(). */
@@ -76,7 +90,9 @@ void  heaps_fork_prepare(void);
 void  heaps_fork_parent(void);
 void  heaps_fork_child(void);
 void  heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refills_by_class);
-void  runtime_init(void);  /* first heap: secret, options, classes */
+/* Secret, options and class tables are set up by the first thread heap;
+ * paths that may run before any heap exists call this first. */
+void  hak_ensure_runtime(void);
 static inline Span *span_of(SuperSlab *ss, const void *p)
 {
     unsigned slab = ((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);

@@ -69,6 +69,7 @@ static void *place(char *ext, size_t len, size_t off, size_t size)
 
 void *large_alloc(size_t size, size_t align, bool zero)
 {
+    hak_ensure_runtime(); /* the cookie needs the secret */
     if (align < 16)
         align = 16;
     /* Offset of the user pointer in its extent: room for the header, and

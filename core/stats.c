@@ -76,3 +76,10 @@ HAK_API void hak_stats_print(void)
          (unsigned long long)st.foreign_frees, (unsigned long long)st.invalid_frees);
     LINE("  peak RSS %.2f MiB\n", mib(st.peak_rss));
 }
+
+/* HAKMEM_STATS=1: the report at exit. */
+__attribute__((destructor)) static void hak_stats_at_exit(void)
+{
+    if (hak_opt.stats)
+        hak_stats_print();
+}
