@@ -6,7 +6,7 @@ MODE    ?= release
 
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 BASE    := -std=gnu11 -fPIC -fvisibility=hidden -pthread -D_GNU_SOURCE -Iinclude -Icore $(WARN)
-CFLAGS_release := $(BASE) -O2 -DNDEBUG -fno-tree-slp-vectorize -fno-plt -ftls-model=initial-exec -fno-semantic-interposition
+CFLAGS_release := $(BASE) -O2 -g -DNDEBUG -fno-tree-slp-vectorize -fno-plt -ftls-model=initial-exec -fno-semantic-interposition
 CFLAGS_debug   := $(BASE) -O1 -g -DHAK_DEBUG=1 -ftls-model=initial-exec
 LDLIBS  := -pthread
 

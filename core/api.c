@@ -22,10 +22,10 @@ HAK_API void *hak_malloc(size_t size)
         unsigned cls = size_class(size);
         Block *b = tc->free[cls];
         if (likely(b != NULL)) {
-            tc->free[cls] = block_next(b);
+            tc->free[cls] = block_next_fast(b);
             return b;
         }
-        return heap_alloc_slow(size);
+        return heap_alloc_slow(size, cls);
     }
     return large_alloc(size, 0, false);
 }
@@ -45,27 +45,29 @@ HAK_API void hak_free(void *p)
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
                hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = (SuperSlab *)align_down(addr, HAK_CHUNK_SIZE);
-        Span *s = span_of(ss, p);
-        Block *b = p;
-        if (likely(ss->owner == hak_tc.heap)) {
-            /* The owner: push on the span's list, no atomics.  The list
-             * reaches the thread front at the next refill. */
-            Block *head = s->free;
-            uint32_t used = s->used - 1, nfree = s->nfree + 1;
-            unsigned state = s->state; /* all loads before the store to b */
-            if (unlikely(b == head)) {
-                span_free_invalid(ss, s, b);
-                return;
-            }
-            block_set_next(b, head);
-            s->free = b;
-            s->used = used;
-            s->nfree = nfree;
-            if (unlikely(used == 0 || state == SPAN_FULL))
-                span_free_local_slow(ss, s, b);
+        uintptr_t head = ss->span_head[(addr >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1)];
+        Span *s = (Span *)((uintptr_t)ss + offsetof(SuperSlab, spans) + head * sizeof(Span));
+        if (unlikely(ss->owner != hak_tc.heap)) {
+            span_free_remote(ss, s, p);
             return;
         }
-        span_free_remote(ss, s, b);
+        /* The owner: push on the span's list, no atomics; the list reaches
+         * the thread front at the next refill.  The block freed just before
+         * and pointers into the middle of a block stop here. */
+        uint32_t off = (uint32_t)((addr - (head << HAK_SLAB_SHIFT)) & (HAK_CHUNK_SIZE - 1));
+        Block *b = p, *top = s->free;
+        uint32_t used = s->used; /* loads before the store to b */
+        if (unlikely(b == top || !span_offset_is_block(s, off))) {
+            span_free_invalid(ss, s, b);
+            return;
+        }
+        block_set_next(b, top);
+        s->free = b;
+        s->used = used - 1;
+        /* Slow path when the span becomes empty (used == 1 before) or was
+         * full (used == capacity before, it may be FULL): one compare. */
+        if (unlikely(used - 2 >= s->limit))
+            span_free_local_slow(ss, s, b);
         return;
     }
     free_other(p, registry_kind(p));
@@ -100,9 +102,9 @@ static size_t small_usable(const void *p)
 {
     SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
     Span *s = span_of(ss, p);
-    if (!s->nslabs || ((size_t)((const char *)p - span_start(ss, s)) % s->block_size) != 0)
+    if (!s->nslabs || !span_is_block_start(ss, s, p) || (const char *)p >= s->bump)
         return 0;
-    return s->block_size;
+    return span_block_size(s);
 }
 
 HAK_API void *hak_realloc(void *p, size_t size)

@@ -223,8 +223,8 @@ static Span *span_new(Heap *h, unsigned cls)
     const ClassInfo *ci = &hak_classes[cls];
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
-    s->block_size = ci->block_size;
-    s->recip = (uint32_t)(((uint64_t)1 << 32) / ci->block_size + 1);
+    s->div_magic = UINT64_MAX / ci->block_size + 1;
+    s->limit = ci->capacity - 2;
     s->bump = span_start(ss, s);
     s->fresh = ci->capacity;
     return s;
@@ -244,16 +244,14 @@ static Block *span_take(Heap *h, Span *s)
             b = next;
             k++;
         }
-        s->nfree += k;
         s->used -= k;
     }
     Block *list = s->free;
-    uint32_t n = s->nfree;
+    uint32_t n = s->limit + 2 - s->fresh - s->used;
     if (list) {
         s->free = NULL;
-        s->nfree = 0;
     } else if (s->fresh) {
-        size_t bs = s->block_size;
+        size_t bs = span_block_size(s);
         uint32_t want = CARVE_BYTES / bs > 4 ? (uint32_t)(CARVE_BYTES / bs) : 4;
         n = want < s->fresh ? want : s->fresh;
         s->fresh -= n;
@@ -290,7 +288,6 @@ static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
 {
     block_set_next(b, s->free);
     s->free = b;
-    s->nfree++;
     s->used--;
     return span_after_put(h, ss, s);
 }
@@ -305,9 +302,9 @@ static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
  * one of its blocks (not an interior pointer, not a stale one). */
 void span_free_local_slow(SuperSlab *ss, Span *s, Block *b)
 {
-    if (unlikely(!block_is_valid(ss, s, b))) {
+    /* hak_free checked the block boundary; here also that it was handed out */
+    if (unlikely(!s->nslabs || (char *)b >= s->bump)) {
         s->free = block_next(b); /* undo the push */
-        s->nfree--;
         s->used++;
         hak_invalid_pointer("free of a pointer that is not an allocated block", b);
         return;
@@ -457,15 +454,17 @@ __attribute__((constructor)) static void hak_process_start(void)
     hak_ensure_runtime();
 }
 
-void *heap_alloc_slow(size_t size)
+void *heap_alloc_slow(size_t size, unsigned cls)
 {
     ThreadCache *tc = &hak_tc;
     Heap *h = tc->heap;
-    if (unlikely(!h) && !(h = heap_acquire(tc))) {
-        errno = ENOMEM;
-        return NULL;
+    if (unlikely(!h)) {
+        if (!(h = heap_acquire(tc))) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        cls = size_class_compute(size); /* the table was empty until now */
     }
-    unsigned cls = size_class_compute(size);
     Block *b = tc->free[cls];
     if (!b) {
         if (atomic_load_explicit(&h->delayed, memory_order_relaxed))

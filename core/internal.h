@@ -59,9 +59,18 @@ void options_print(void);
 
 /* ---- free-list link encoding ---- */
 extern uintptr_t hak_secret;
+/* Links are stored XOR-ed with a per-process secret, so a stray or hostile
+ * write into a freed block cannot aim a later malloc at a chosen address.
+ * block_next() also checks that a link stays inside its SuperSlab; it is
+ * used wherever lists are walked (spans, cross-thread lists), while the
+ * malloc fast path decodes without the check (block_next_fast). */
+static inline Block *block_next_fast(const Block *b)
+{
+    return (Block *)(b->next_enc ^ hak_secret);
+}
 static inline Block *block_next(const Block *b)
 {
-    Block *n = (Block *)(b->next_enc ^ hak_secret);
+    Block *n = block_next_fast(b);
     /* A link leaves its SuperSlab only at the end of a list. */
     if (unlikely((((uintptr_t)n ^ (uintptr_t)b) >> HAK_CHUNK_SHIFT) != 0) && n != NULL)
         hak_fatal("corrupted free list (use after free?) at", b);
@@ -80,7 +89,7 @@ static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15)
 
 /* ---- thread heaps (heap.c) ---- */
 extern __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
-void *heap_alloc_slow(size_t size);
+void *heap_alloc_slow(size_t size, unsigned cls);
 void  span_free_local_slow(SuperSlab *ss, Span *s, Block *b);
 void  span_free_invalid(SuperSlab *ss, Span *s, Block *b);
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
@@ -104,14 +113,18 @@ static inline char *span_start(SuperSlab *ss, Span *s)
 {
     return (char *)ss + ((size_t)(s - ss->spans) << HAK_SLAB_SHIFT);
 }
-/* Is p the start of a block of span s?  off * recip >> 32 is exactly
- * off / block_size for multiples (off < 2^19), so one multiply tells. */
+/* Is p the start of a block of span s?  An exact divisibility test by
+ * the block size with one multiply (Lemire et al., "Faster remainder by
+ * direct computation", 2019): valid for offsets below 2^32. */
+static inline bool span_offset_is_block(const Span *s, uint32_t off)
+{
+    return (uint64_t)off * s->div_magic <= s->div_magic - 1;
+}
 static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
 {
-    uint32_t off = (uint32_t)((const char *)p - span_start(ss, s));
-    uint32_t idx = (uint32_t)(((uint64_t)off * s->recip) >> 32);
-    return idx * s->block_size == off;
+    return span_offset_is_block(s, (uint32_t)((const char *)p - span_start(ss, s)));
 }
+static inline uint32_t span_block_size(const Span *s) { return hak_classes[s->cls].block_size; }
 
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);

@@ -86,15 +86,18 @@ struct Heap;
 /* Span descriptor, 64 bytes, in the SuperSlab header. */
 typedef struct Span {
     Block     *free;        /* owner-only list of free blocks                */
-    uint32_t   nfree;       /* length of free                                */
-    uint32_t   used;        /* blocks out of the span (user + thread cache)  */
+    uint32_t   used;        /* blocks out of the span: with the user, in a   */
+                            /* thread front or on thread_free.  Every other  */
+                            /* block is on free or fresh, so free holds      */
+                            /* capacity - fresh - used blocks.               */
+    uint32_t   limit;       /* capacity - 2: see hak_free's boundary test    */
     _Atomic uintptr_t thread_free; /* blocks freed by other threads | NOTIFY */
     char      *bump;        /* next never-used block                         */
-    uint32_t   fresh;       /* never-used blocks left at bump                */
-    uint32_t   recip;       /* 2^32 / block_size + 1: exact multiple test    */
+    uint64_t   div_magic;   /* UINT64_MAX / block_size + 1: offset o is a    */
+                            /* block start iff o * div_magic <= div_magic-1  */
     struct Span *next, *prev; /* heap->partial[cls] links                    */
-    uint32_t   block_size;
-    uint8_t    cls;
+    uint32_t   fresh;       /* never-used blocks left at bump                */
+    uint8_t    cls;         /* size class (block size: hak_classes[cls])     */
     uint8_t    nslabs;      /* 0 = slab is free */
     uint8_t    state;       /* enum span_state */
     uint8_t    _pad;

@@ -1,0 +1,218 @@
+/* Foreign pointers (glibc's own blocks) and invalid frees.
+ *
+ *   test_foreign                 the test
+ *   test_foreign --ignore-child  (internal) run with HAKMEM_INVALID_FREE=ignore
+ * SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <malloc.h>
+#include "testutil.h"
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+
+static void foreign_blocks(void)
+{
+    struct hak_stats s0 = tu_stats();
+    int nfree = 0;
+    static const size_t sizes[] = { 1, 100, 1000, 5000, 60000, 300000 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        /* __libc_malloc, freed with free and with hak_free */
+        for (int how = 0; how < 2; how++) {
+            char *p = __libc_malloc(n);
+            CHECK(p != NULL, "__libc_malloc(%zu)", n);
+            if (!p) continue;
+            CHECK(hak_ptr_kind(p) == HAK_KIND_FOREIGN, "kind(__libc_malloc(%zu)) = %d", n,
+                  hak_ptr_kind(p));
+            CHECK(malloc_usable_size(p) >= n, "malloc_usable_size(glibc %zu) = %zu", n,
+                  malloc_usable_size(p));
+            CHECK(hak_usable_size(p) >= n, "hak_usable_size(glibc %zu) = %zu", n, hak_usable_size(p));
+            memset(p, 0x11, n);
+            (how ? hak_free : free)(p);
+            nfree++;
+        }
+        /* __libc_calloc: zeroed, realloc'd by hakmem keeps contents */
+        unsigned char *c = __libc_calloc(1, n);
+        CHECK(c != NULL, "__libc_calloc(%zu)", n);
+        if (c) {
+            CHECK(hak_ptr_kind(c) == HAK_KIND_FOREIGN, "kind(__libc_calloc) = %d", hak_ptr_kind(c));
+            size_t nz = 0;
+            for (size_t k = 0; k < n; k++) nz += c[k] != 0;
+            CHECK(nz == 0, "__libc_calloc not zero");
+            tu_fill_idx(c, 0, n, i);
+            for (int step = 0; step < 4; step++) {
+                size_t m = step == 0 ? n * 3 + 10 : step == 1 ? n / 2 + 1 : step == 2 ? 100000 : 7;
+                size_t keep = m < n ? m : n;
+                unsigned char *q = realloc(c, m);
+                CHECK(q != NULL, "realloc(glibc block %zu -> %zu)", n, m);
+                if (!q) break;
+                CHECK(tu_verify_idx(q, keep, i) == TU_OK, "realloc of glibc block %zu -> %zu "
+                      "lost contents", n, m);
+                CHECK(malloc_usable_size(q) >= m, "usable %zu < %zu", malloc_usable_size(q), m);
+                tu_fill_idx(q, 0, m, i);
+                c = q;
+                n = m; /* refilled: the whole new size is patterned */
+            }
+            free(c);
+        }
+        n = sizes[i];
+        /* __libc_memalign */
+        char *a = __libc_memalign(256, n);
+        CHECK(a != NULL && ((uintptr_t)a & 255) == 0, "__libc_memalign(256, %zu)", n);
+        if (a) {
+            CHECK(hak_ptr_kind(a) == HAK_KIND_FOREIGN, "kind(__libc_memalign) = %d", hak_ptr_kind(a));
+            CHECK(malloc_usable_size(a) >= n, "usable of __libc_memalign(%zu) = %zu", n,
+                  malloc_usable_size(a));
+            memset(a, 0x22, n);
+            free(a);
+            nfree++;
+        }
+        /* hak_realloc on a glibc block */
+        char *h = __libc_malloc(n);
+        if (h) {
+            tu_fill_idx(h, 0, n, 77);
+            char *q = hak_realloc(h, n + 3000);
+            CHECK(q && tu_verify_idx(q, n, 77) == TU_OK, "hak_realloc(glibc block) lost data");
+            hak_free(q);
+        }
+    }
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.foreign_frees - s0.foreign_frees >= (uint64_t)nfree,
+          "foreign_frees grew by %llu after %d frees of glibc blocks",
+          (unsigned long long)(s1.foreign_frees - s0.foreign_frees), nfree);
+}
+
+/* ---- invalid frees --------------------------------------------------- */
+static void do_invalid(int which)
+{
+    switch (which) {
+    case 0: { /* stack address */
+        char buf[64];
+        memset(buf, 1, sizeof buf);
+        free(tu_launder(buf));
+        break;
+    }
+    case 1: { /* middle of a large block */
+        char *p = malloc(1 << 20);
+        if (!p) break;
+        memset(p, 3, 1 << 20);
+        free(tu_launder(p + (512 << 10)));
+        /* in ignore mode the block is still intact and freeable */
+        size_t bad = 0;
+        for (size_t i = 0; i < (1 << 20); i += 512) bad += p[i] != 3;
+        CHECK(bad == 0, "block changed by an ignored interior free");
+        free(p);
+        break;
+    }
+    case 2: { /* double free of a large block */
+        char *p = malloc(2 << 20);
+        if (!p) break;
+        memset(p, 4, 4096);
+        char *again = tu_launder(p);
+        free(p);
+        free(again);
+        break;
+    }
+    }
+}
+
+static const char *const invalid_name[] = { "free(stack address)", "free(middle of large block)",
+                                            "double free of large block" };
+
+static void invalid_abort(void)
+{
+    for (int which = 0; which < 3; which++) {
+        int fd[2];
+        CHECK(pipe(fd) == 0, "pipe");
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid == 0) {
+            struct rlimit rl = { 0, 0 };
+            setrlimit(RLIMIT_CORE, &rl);
+            alarm(20);
+            close(fd[0]);
+            dup2(fd[1], 2);
+            do_invalid(which);
+            _exit(0); /* survived: wrong */
+        }
+        close(fd[1]);
+        char out[4096];
+        size_t len = 0;
+        ssize_t r;
+        while (len < sizeof out - 1 && (r = read(fd[0], out + len, sizeof out - 1 - len)) > 0)
+            len += (size_t)r;
+        out[len] = 0;
+        close(fd[0]);
+        int st = 0;
+        waitpid(pid, &st, 0);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "%s: child %s %d, want SIGABRT",
+              invalid_name[which], WIFSIGNALED(st) ? "killed by signal" : "exited with",
+              WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        CHECK(strstr(out, "hakmem") != NULL, "%s: stderr does not mention hakmem: \"%s\"",
+              invalid_name[which], out);
+        size_t lines = 0;
+        for (size_t i = 0; i < len; i++) lines += out[i] == '\n';
+        CHECK(len > 0 && (lines == 1 && out[len - 1] == '\n'),
+              "%s: want a one-line message, got %zu bytes, %zu lines: \"%s\"",
+              invalid_name[which], len, lines, out);
+    }
+}
+
+static int ignore_child(void)
+{
+    struct hak_stats s0 = tu_stats();
+    for (int which = 0; which < 3; which++) do_invalid(which);
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.invalid_frees - s0.invalid_frees == 3,
+          "HAKMEM_INVALID_FREE=ignore: invalid_frees grew by %llu after 3 invalid frees",
+          (unsigned long long)(s1.invalid_frees - s0.invalid_frees));
+    /* the allocator still works */
+    void *v[100];
+    for (int i = 0; i < 100; i++) {
+        v[i] = malloc(1 + i * 3000);
+        CHECK(v[i] != NULL, "malloc after ignored invalid frees");
+        if (v[i]) tu_fill(v[i], 1 + i * 3000, i);
+    }
+    for (int i = 0; i < 100; i++) {
+        if (v[i]) CHECK(tu_verify(v[i], 1 + i * 3000, i) == TU_OK, "block corrupted");
+        free(v[i]);
+    }
+    return TU_DONE();
+}
+
+static void invalid_ignore(const char *self)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60);
+        setenv("HAKMEM_INVALID_FREE", "ignore", 1);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, 1); /* the child's "ok" line is noise */
+        execl(self, self, "--ignore-child", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "with HAKMEM_INVALID_FREE=ignore the invalid frees were not ignored: child %s %d",
+          WIFSIGNALED(st) ? "killed by signal" : "exited with",
+          WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--ignore-child") == 0)
+        return ignore_child();
+    foreign_blocks();
+    invalid_abort();
+    invalid_ignore("/proc/self/exe");
+    return TU_DONE();
+}

@@ -1,0 +1,150 @@
+/* Large tier (> 52 KiB): sizes up to 256 MiB, no syscalls in a stable
+ * alloc/free pattern, realloc grow/shrink, malloc_trim returns memory.
+ * SPDX-License-Identifier: MIT */
+#include <malloc.h>
+#include "testutil.h"
+
+#define MiB ((size_t)1 << 20)
+
+static void touch_and_check(char *p, size_t n, uint64_t seed)
+{
+    for (size_t off = 0; off < n - 1; off += 4096)
+        p[off] = (char)(off / 4096 + seed);
+    p[n - 1] = (char)seed;
+    size_t bad = 0;
+    for (size_t off = 0; off < n - 1; off += 4096)
+        if (p[off] != (char)(off / 4096 + seed)) bad++;
+    CHECK(bad == 0 && p[n - 1] == (char)seed, "%zu-byte block: %zu pages lost their byte", n, bad);
+}
+
+static void sizes(void)
+{
+    static const size_t sz[] = { 53249, 53250, 64 * 1024, 100000, MiB, MiB + 1, 5 * MiB,
+                                 64 * MiB, 256 * MiB };
+    void *b[sizeof sz / sizeof *sz];
+    struct hak_stats s0 = tu_stats();
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sz / sizeof *sz; i++) {
+        size_t n = sz[i];
+        char *p = (i & 1) ? hak_malloc(n) : malloc(n);
+        b[i] = p;
+        CHECK(p != NULL, "malloc(%zu) = NULL", n);
+        if (!p) continue;
+        total += n;
+        CHECK(hak_ptr_kind(p) == HAK_KIND_LARGE, "malloc(%zu): kind %d", n, hak_ptr_kind(p));
+        CHECK(malloc_usable_size(p) >= n, "malloc(%zu): usable %zu", n, malloc_usable_size(p));
+        CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p not 16-aligned", n, (void *)p);
+        /* interior pointers are not blocks, but the block is still large */
+        touch_and_check(p, n, i);
+    }
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.large_allocs - s0.large_allocs >= sizeof sz / sizeof *sz,
+          "large_allocs grew by %llu for %zu large blocks",
+          (unsigned long long)(s1.large_allocs - s0.large_allocs), sizeof sz / sizeof *sz);
+    CHECK(s1.large_bytes_in_use >= total, "large_bytes_in_use %llu < %zu bytes live",
+          (unsigned long long)s1.large_bytes_in_use, total);
+    for (size_t i = 0; i < sizeof sz / sizeof *sz; i++) {
+        if (b[i]) CHECK(((char *)b[i])[sz[i] - 1] == (char)i, "block %zu changed", sz[i]);
+        (i & 2 ? hak_free : free)(b[i]);
+    }
+    struct hak_stats s2 = tu_stats();
+    CHECK(s2.large_frees - s1.large_frees >= sizeof sz / sizeof *sz,
+          "large_frees grew by %llu after freeing %zu large blocks",
+          (unsigned long long)(s2.large_frees - s1.large_frees), sizeof sz / sizeof *sz);
+    /* calloc of large sizes is zero */
+    for (int k = 0; k < 3; k++) {
+        char *p = malloc(8 * MiB);
+        if (p) memset(p, 0xAB, 8 * MiB);
+        free(p);
+        unsigned char *c = calloc(8, MiB);
+        CHECK(c != NULL, "calloc(8, 1MiB)");
+        if (!c) continue;
+        size_t nz = 0;
+        for (size_t i = 0; i < 8 * MiB; i++) nz += c[i] != 0;
+        CHECK(nz == 0, "calloc(8 MiB) after a dirty free has %zu non-zero bytes", nz);
+        free(c);
+    }
+}
+
+static void no_syscalls_steady(void)
+{
+    static const size_t sz[] = { 2 * MiB, 3 * MiB + 5, 8 * MiB, 100000, MiB + 4096 * 3 };
+    enum { NS = sizeof sz / sizeof *sz };
+    void *b[NS];
+    uint64_t before = 0;
+    for (int it = 0; it < 1100; it++) {
+        if (it == 100) {
+            struct hak_stats s = tu_stats();
+            before = s.os_mmap + s.os_munmap;
+        }
+        for (int i = 0; i < NS; i++) {
+            b[i] = malloc(sz[i]);
+            CHECK(b[i] != NULL, "malloc(%zu)", sz[i]);
+            if (b[i]) { ((char *)b[i])[0] = 1; ((char *)b[i])[sz[i] - 1] = 1; }
+        }
+        for (int i = 0; i < NS; i++) free(b[(i + it) % NS]);
+    }
+    struct hak_stats s = tu_stats();
+    uint64_t after = s.os_mmap + s.os_munmap;
+    CHECK(after == before, "stable large alloc/free pattern made %llu mmap+munmap calls in "
+          "1000 iterations after warm-up", (unsigned long long)(after - before));
+}
+
+static void realloc_large(void)
+{
+    static const size_t path[] = { 60000, 200000, 3 * MiB, 40 * MiB, 40 * MiB + 1, 7 * MiB,
+                                   100 * MiB, 55000, 2 * MiB, 53249 };
+    char *p = NULL;
+    size_t have = 0;
+    for (size_t i = 0; i < sizeof path / sizeof *path; i++) {
+        size_t n = path[i];
+        char *q = realloc(p, n);
+        CHECK(q != NULL, "realloc(%zu -> %zu)", have, n);
+        if (!q) break;
+        p = q;
+        size_t keep = have < n ? have : n;
+        size_t bad = tu_verify_idx(p, keep, 31);
+        CHECK(bad == TU_OK, "large realloc %zu -> %zu lost byte %zu", have, n, bad);
+        CHECK(malloc_usable_size(p) >= n, "usable %zu < %zu", malloc_usable_size(p), n);
+        CHECK(hak_ptr_kind(p) == HAK_KIND_LARGE, "kind %d after realloc to %zu", hak_ptr_kind(p), n);
+        tu_fill_idx(p, keep, n, 31);
+        have = n;
+    }
+    free(p);
+}
+
+static void trim_rss(void)
+{
+    malloc_trim(0);
+    size_t start = tu_rss();
+    enum { NL = 224, NM = 3200 };
+    static void *l[NL], *m[NM];
+    for (int i = 0; i < NL; i++) { /* 896 MiB of 4 MiB blocks */
+        l[i] = malloc(4 * MiB);
+        CHECK(l[i] != NULL, "malloc(4 MiB)");
+        if (l[i]) memset(l[i], i, 4 * MiB);
+    }
+    for (int i = 0; i < NM; i++) { /* ~128 MiB of 40 KiB mid blocks */
+        m[i] = malloc(40 * 1024);
+        CHECK(m[i] != NULL, "malloc(40 KiB)");
+        if (m[i]) memset(m[i], i, 40 * 1024);
+    }
+    size_t peak = tu_rss();
+    CHECK(peak >= start + 900 * MiB, "RSS %zu MiB did not grow by the 1 GiB burst (start %zu MiB)",
+          peak / MiB, start / MiB);
+    for (int i = 0; i < NL; i++) free(l[i]);
+    for (int i = 0; i < NM; i++) free(m[i]);
+    malloc_trim(0);
+    size_t end = tu_rss();
+    CHECK(end <= start + 64 * MiB, "RSS after free + malloc_trim(0) is %zu MiB, started at %zu MiB "
+          "(peak %zu MiB)", end / MiB, start / MiB, peak / MiB);
+}
+
+int main(void)
+{
+    trim_rss();
+    sizes();
+    no_syscalls_steady();
+    realloc_large();
+    return TU_DONE();
+}

@@ -1,0 +1,204 @@
+/* Mid tier (1025..53248 bytes): class boundaries, a 97-byte-step sweep,
+ * cross-thread frees, blocks outliving their thread, slab reuse.
+ * SPDX-License-Identifier: MIT */
+#include <malloc.h>
+#include "testutil.h"
+
+static int check_block(void *p, size_t n)
+{
+    CHECK(p != NULL, "malloc(%zu) = NULL", n);
+    if (!p) return 0;
+    size_t us = malloc_usable_size(p);
+    CHECK(us >= n && us <= HAK_MID_MAX, "malloc(%zu): usable %zu", n, us);
+    CHECK(hak_ptr_kind(p) == HAK_KIND_MID, "malloc(%zu): kind %d", n, hak_ptr_kind(p));
+    CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p not 16-aligned", n, p);
+    return 1;
+}
+
+static void sizes(void)
+{
+    static const size_t bnd[] = { 1025, 1026, 1279, 1280, 1281, 1535, 1536, 1537, 2047, 2048,
+                                  2049, 3071, 3072, 3073, 4095, 4096, 4097, 6143, 6144, 6145,
+                                  8191, 8192, 8193, 12287, 12288, 12289, 16383, 16384, 16385,
+                                  24575, 24576, 24577, 32767, 32768, 32769, 40959, 40960,
+                                  40961, 49151, 49152, 49153, 53247, 53248 };
+    enum { PER = 6, NB = 43 + (53248 - 1025) / 97 + 1 };
+    static struct { void *p; size_t n; } b[NB * PER];
+    size_t nb = 0;
+    for (size_t i = 0; i < sizeof bnd / sizeof *bnd + (53248 - 1025) / 97 + 1; i++) {
+        size_t n = i < sizeof bnd / sizeof *bnd ? bnd[i] : 1025 + 97 * (i - sizeof bnd / sizeof *bnd);
+        if (n > HAK_MID_MAX) continue;
+        for (int k = 0; k < PER; k++) {
+            void *p = (k & 1) ? hak_malloc(n) : malloc(n);
+            if (!check_block(p, n)) continue;
+            tu_fill(p, malloc_usable_size(p), nb);
+            b[nb].p = p;
+            b[nb].n = n;
+            nb++;
+        }
+    }
+    for (size_t i = 0; i < nb; i++)
+        if (tu_verify(b[i].p, malloc_usable_size(b[i].p), i) != TU_OK)
+            CHECK(0, "%zu-byte block %p overwritten by another block", b[i].n, b[i].p);
+    TU_COUNT(1);
+    for (size_t i = 0; i < nb; i++) (i & 2 ? hak_free : free)(b[i].p);
+}
+
+/* ---- cross-thread frees: producer allocates, consumer frees ---------- */
+enum { XN = 4000 };
+struct xfer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void *blk[XN];
+    size_t n[XN];
+    int ready;
+};
+
+static void *xfer_producer(void *arg)
+{
+    struct xfer *x = arg;
+    tu_rng r = tu_rng_seed((uintptr_t)x);
+    for (int i = 0; i < XN; i++) {
+        x->n[i] = tu_range(&r, 1025, HAK_MID_MAX);
+        x->blk[i] = malloc(x->n[i]);
+        if (check_block(x->blk[i], x->n[i])) tu_fill(x->blk[i], x->n[i], i);
+    }
+    pthread_mutex_lock(&x->mu);
+    x->ready = 1;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    /* keep running (and allocating) while the consumer frees */
+    void *v[64] = { 0 };
+    for (int i = 0; i < 20000; i++) {
+        free(v[i & 63]);
+        v[i & 63] = malloc(1025 + (i * 131) % 50000);
+    }
+    for (int i = 0; i < 64; i++) free(v[i]);
+    return NULL;
+}
+
+static void *xfer_consumer(void *arg)
+{
+    struct xfer *x = arg;
+    pthread_mutex_lock(&x->mu);
+    while (!x->ready) pthread_cond_wait(&x->cv, &x->mu);
+    pthread_mutex_unlock(&x->mu);
+    for (int i = 0; i < XN; i++) {
+        if (!x->blk[i]) continue;
+        if (tu_verify(x->blk[i], x->n[i], i) != TU_OK)
+            CHECK(0, "cross-thread block %d (%zu bytes) corrupted", i, x->n[i]);
+        free(x->blk[i]);
+    }
+    TU_COUNT(1);
+    return NULL;
+}
+
+static void cross_thread(void)
+{
+    enum { PAIRS = 4 };
+    struct hak_stats s0 = tu_stats();
+    for (int round = 0; round < 3; round++) {
+        static struct xfer x[PAIRS];
+        pthread_t tp[PAIRS], tc[PAIRS];
+        for (int i = 0; i < PAIRS; i++) {
+            memset(&x[i], 0, sizeof x[i]);
+            pthread_mutex_init(&x[i].mu, NULL);
+            pthread_cond_init(&x[i].cv, NULL);
+            CHECK(pthread_create(&tp[i], NULL, xfer_producer, &x[i]) == 0, "pthread_create");
+            CHECK(pthread_create(&tc[i], NULL, xfer_consumer, &x[i]) == 0, "pthread_create");
+        }
+        for (int i = 0; i < PAIRS; i++) {
+            pthread_join(tp[i], NULL);
+            pthread_join(tc[i], NULL);
+        }
+    }
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.remote_frees > s0.remote_frees, "remote_frees did not increase (%llu -> %llu) "
+          "after %d cross-thread frees", (unsigned long long)s0.remote_frees,
+          (unsigned long long)s1.remote_frees, 3 * PAIRS * XN);
+}
+
+/* ---- a thread exits while its blocks are live ------------------------ */
+enum { ON = 3000 };
+struct orphan { void *blk[ON]; size_t n[ON]; };
+
+static void *orphan_thread(void *arg)
+{
+    struct orphan *o = arg;
+    for (int i = 0; i < ON; i++) {
+        o->n[i] = 1025 + (size_t)i * 7919 % (HAK_MID_MAX - 1024);
+        o->blk[i] = malloc(o->n[i]);
+        if (check_block(o->blk[i], o->n[i])) tu_fill(o->blk[i], o->n[i], i + 7);
+    }
+    /* free every other block itself before exiting */
+    for (int i = 0; i < ON; i += 2) { free(o->blk[i]); o->blk[i] = NULL; }
+    return NULL;
+}
+
+static void orphans(void)
+{
+    static struct orphan o[4];
+    for (int round = 0; round < 3; round++) {
+        pthread_t t[4];
+        for (int i = 0; i < 4; i++)
+            CHECK(pthread_create(&t[i], NULL, orphan_thread, &o[i]) == 0, "pthread_create");
+        for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+        /* main allocates more mid blocks while the orphans are live */
+        void *mine[500];
+        for (int k = 0; k < 500; k++) {
+            mine[k] = malloc(1025 + k * 97);
+            if (check_block(mine[k], 1025 + k * 97)) tu_fill(mine[k], 1025 + k * 97, 99999 + k);
+        }
+        for (int i = 0; i < 4; i++)
+            for (int k = 1; k < ON; k += 2)
+                if (o[i].blk[k]) {
+                    if (tu_verify(o[i].blk[k], o[i].n[k], k + 7) != TU_OK)
+                        CHECK(0, "block of exited thread corrupted (%zu bytes)", o[i].n[k]);
+                    free(o[i].blk[k]);
+                }
+        for (int k = 0; k < 500; k++) {
+            if (mine[k] && tu_verify(mine[k], 1025 + k * 97, 99999 + k) != TU_OK)
+                CHECK(0, "main block %d corrupted", k);
+            free(mine[k]);
+        }
+        TU_COUNT(1);
+    }
+}
+
+/* ---- emptied slabs are reused --------------------------------------- */
+static void reuse(void)
+{
+    enum { N = 6000, ROUNDS = 20 };
+    void **v = malloc(N * sizeof *v);
+    CHECK(v != NULL, "malloc");
+    if (!v) return;
+    uint64_t mapped[ROUNDS];
+    for (int round = 0; round < ROUNDS; round++) {
+        tu_rng r = tu_rng_seed(4242);
+        for (int i = 0; i < N; i++) {
+            size_t n = tu_range(&r, 1025, HAK_MID_MAX);
+            v[i] = malloc(n);
+            CHECK(v[i] != NULL, "malloc(%zu)", n);
+            if (v[i]) { ((char *)v[i])[0] = 1; ((char *)v[i])[n - 1] = 2; }
+        }
+        /* free from the middle outwards */
+        for (int i = N / 2; i < N; i++) free(v[i]);
+        for (int i = 0; i < N / 2; i++) free(v[i]);
+        mapped[round] = tu_stats().superslabs_mapped;
+    }
+    CHECK(mapped[1] > 0, "superslabs_mapped is 0 after mid allocations");
+    CHECK(mapped[ROUNDS - 1] <= mapped[1] + mapped[1] / 10 + 2,
+          "superslabs_mapped keeps growing over identical rounds: %llu after round 2, %llu "
+          "after round %d", (unsigned long long)mapped[1],
+          (unsigned long long)mapped[ROUNDS - 1], ROUNDS);
+    free(v);
+}
+
+int main(void)
+{
+    sizes();
+    cross_thread();
+    orphans();
+    reuse();
+    return TU_DONE();
+}

@@ -1,0 +1,186 @@
+/* realloc: growth chain 1 B .. 64 MiB, shrink chain, tier crossings,
+ * interleaved realloc'd blocks, same-size realloc.
+ * SPDX-License-Identifier: MIT */
+#include <malloc.h>
+#include "testutil.h"
+
+typedef void *(*realloc_fn)(void *, size_t);
+
+static void chain(realloc_fn re, const char *name, uint64_t seed)
+{
+    char *p = NULL;
+    size_t have = 0;
+    /* +1 steps through tiny and the start of mid */
+    for (size_t n = 1; n <= 2200; n++) {
+        char *q = re(p, n);
+        CHECK(q != NULL, "%s grow to %zu", name, n);
+        if (!q) return;
+        p = q;
+        CHECK(malloc_usable_size(p) >= n, "%s usable %zu < %zu", name, malloc_usable_size(p), n);
+        if (tu_verify_idx(p, have, seed) != TU_OK) {
+            CHECK(0, "%s +1 chain: content lost growing %zu -> %zu (byte %zu)", name, have, n,
+                  tu_verify_idx(p, have, seed));
+            break;
+        }
+        tu_fill_idx(p, have, n, seed);
+        have = n;
+    }
+    TU_COUNT(1);
+    /* geometric growth to 64 MiB, with odd sizes */
+    for (size_t n = have; n < ((size_t)64 << 20);) {
+        n = n * 3 / 2 + 7;
+        if (n > ((size_t)64 << 20)) n = (size_t)64 << 20;
+        char *q = re(p, n);
+        CHECK(q != NULL, "%s grow to %zu", name, n);
+        if (!q) break;
+        p = q;
+        CHECK(malloc_usable_size(p) >= n, "%s usable %zu < %zu", name, malloc_usable_size(p), n);
+        size_t bad = tu_verify_idx(p, have, seed);
+        CHECK(bad == TU_OK, "%s geometric: content lost growing %zu -> %zu (byte %zu)", name,
+              have, n, bad);
+        tu_fill_idx(p, have, n, seed);
+        have = n;
+    }
+    /* shrink back down: geometric, then -1 steps */
+    for (size_t n = have; n > 1500;) {
+        n = n * 2 / 3 - 3;
+        char *q = re(p, n);
+        CHECK(q != NULL, "%s shrink to %zu", name, n);
+        if (!q) break;
+        p = q;
+        CHECK(malloc_usable_size(p) >= n, "%s usable %zu < %zu", name, malloc_usable_size(p), n);
+        size_t bad = tu_verify_idx(p, n, seed);
+        CHECK(bad == TU_OK, "%s shrink: content lost %zu -> %zu (byte %zu)", name, have, n, bad);
+        have = n;
+    }
+    for (size_t n = have - 1; n >= 1; n--) {
+        char *q = re(p, n);
+        CHECK(q != NULL, "%s shrink to %zu", name, n);
+        if (!q) break;
+        p = q;
+        if (tu_verify_idx(p, n, seed) != TU_OK) {
+            CHECK(0, "%s -1 chain: content lost shrinking to %zu", name, n);
+            break;
+        }
+    }
+    TU_COUNT(1);
+    free(p);
+}
+
+static void tiers(void)
+{
+    /* tiny -> mid -> large -> mid -> tiny, and jumps skipping a tier */
+    static const size_t path[][6] = {
+        { 24, 3000, 200000, 3000, 24, 0 },
+        { 1024, 1025, 53248, 53249, 53248, 1024 },
+        { 1, 5 << 20, 7, 60000, 100, 0 },
+        { 700, 40000, 700, 1 << 20, 2 << 20, 30 },
+        { 53249, 1 << 20, 53249, 1, 53249, 0 },
+    };
+    for (size_t t = 0; t < sizeof path / sizeof *path; t++) {
+        uint64_t seed = 500 + t;
+        char *p = malloc(path[t][0]);
+        CHECK(p != NULL, "malloc");
+        if (!p) continue;
+        size_t have = path[t][0];
+        tu_fill_idx(p, 0, have, seed);
+        for (int i = 1; i < 6 && path[t][i]; i++) {
+            size_t n = path[t][i];
+            p = realloc(p, n);
+            CHECK(p != NULL, "realloc(%zu -> %zu)", have, n);
+            if (!p) break;
+            size_t keep = have < n ? have : n;
+            size_t bad = tu_verify_idx(p, keep, seed);
+            CHECK(bad == TU_OK, "tier path %zu: %zu -> %zu lost content at %zu", t, have, n, bad);
+            CHECK(malloc_usable_size(p) >= n, "usable %zu < %zu", malloc_usable_size(p), n);
+            enum hak_kind want = n <= HAK_TINY_MAX ? HAK_KIND_TINY
+                               : n <= HAK_MID_MAX ? HAK_KIND_MID : HAK_KIND_LARGE;
+            enum hak_kind k = hak_ptr_kind(p);
+            /* a shrink may stay in place in the bigger tier; a grow must
+             * land in a tier that can hold the size */
+            CHECK(n < have ? k >= want : k == want, "realloc %zu -> %zu: kind %d, want %d",
+                  have, n, k, want);
+            tu_fill_idx(p, keep, n, seed);
+            have = n;
+        }
+        free(p);
+    }
+}
+
+static void interleaved(void)
+{
+    enum { N = 600, ROUNDS = 40 };
+    struct { char *p; size_t n; uint64_t seed; } b[N];
+    memset(b, 0, sizeof b);
+    tu_rng r = tu_rng_seed(77);
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < N; i++) {
+            size_t n;
+            uint64_t x = tu_rand(&r) % 100;
+            if (x < 55) n = tu_range(&r, 1, 1024);
+            else if (x < 90) n = tu_range(&r, 1025, 53248);
+            else if (x < 98) n = tu_range(&r, 53249, 600000);
+            else n = 0;
+            if (!b[i].p) b[i].seed = (uint64_t)round * N + i + 1;
+            char *q = (round & 1) ? realloc(b[i].p, n) : hak_realloc(b[i].p, n);
+            if (n == 0) {
+                if (q) free(q);
+                b[i].p = NULL;
+                b[i].n = 0;
+                continue;
+            }
+            CHECK(q != NULL, "realloc(%zu)", n);
+            if (!q) continue;
+            size_t keep = b[i].n < n ? b[i].n : n;
+            size_t bad = tu_verify_idx(q, keep, b[i].seed);
+            CHECK(bad == TU_OK, "interleaved realloc %zu -> %zu lost byte %zu", b[i].n, n, bad);
+            tu_fill_idx(q, keep, n, b[i].seed);
+            b[i].p = q;
+            b[i].n = n;
+        }
+        /* every live block must still hold its own pattern (no overlap) */
+        for (int i = 0; i < N; i++)
+            if (b[i].p && tu_verify_idx(b[i].p, b[i].n, b[i].seed) != TU_OK)
+                CHECK(0, "round %d: block %d (%zu bytes) overwritten", round, i, b[i].n);
+        TU_COUNT(1);
+    }
+    for (int i = 0; i < N; i++) free(b[i].p);
+}
+
+static void same_size(void)
+{
+    static const size_t sizes[] = { 1, 16, 100, 1024, 1025, 5000, 53248, 53249, 100000, 3 << 20 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        char *p = malloc(n);
+        CHECK(p != NULL, "malloc(%zu)", n);
+        if (!p) continue;
+        tu_fill_idx(p, 0, n, i);
+        for (int k = 0; k < 5; k++) {
+            p = realloc(p, n);
+            CHECK(p && tu_verify_idx(p, n, i) == TU_OK, "realloc to same size %zu lost data", n);
+            if (!p) break;
+            CHECK(malloc_usable_size(p) >= n, "usable");
+            size_t us = malloc_usable_size(p);
+            memset(p + n, 0x77, us - n); /* the whole usable size is writable */
+            /* realloc within the usable size also keeps data */
+            p = realloc(p, us);
+            CHECK(p && tu_verify_idx(p, n, i) == TU_OK, "realloc to usable size %zu lost data", us);
+            if (!p) break;
+            p = realloc(p, n);
+            CHECK(p && tu_verify_idx(p, n, i) == TU_OK, "realloc back to %zu lost data", n);
+            if (!p) break;
+        }
+        free(p);
+    }
+}
+
+int main(void)
+{
+    chain(realloc, "realloc", 1);
+    chain(hak_realloc, "hak_realloc", 2);
+    tiers();
+    interleaved();
+    same_size();
+    return TU_DONE();
+}

@@ -1,0 +1,224 @@
+/* Tiny helpers shared by the hakmem C tests.
+ *
+ *   CHECK(cond, fmt, ...)   count a check; on failure print file:line and
+ *                           the message to stderr and count a failure
+ *   TU_DONE()               print "test_X: ok (K checks)" or the failure
+ *                           count; evaluates to main's exit status
+ *   tu_rng / tu_rand*       deterministic PRNG (splitmix64)
+ *   tu_fill / tu_verify     address+seed pattern: a block copied or
+ *                           overlapped by another block no longer verifies
+ *   tu_fill_idx / _idx      offset+seed pattern: survives realloc moves
+ *   tu_run_threads(n,f,ctx) run f(i, ctx) in n threads and join them
+ *   tu_stress_seconds()     STRESS_SECONDS from the environment (default 2)
+ *
+ * Everything is static so each test is a single translation unit.
+ * SPDX-License-Identifier: MIT */
+#ifndef HAKMEM_TESTUTIL_H
+#define HAKMEM_TESTUTIL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hakmem.h"
+
+static unsigned long tu_checks_;
+static unsigned long tu_failures_;
+#define TU_MAX_REPORTS 40
+
+static void __attribute__((format(printf, 4, 5), noinline))
+tu_fail_(const char *file, int line, const char *cond, const char *fmt, ...)
+{
+    unsigned long n = __atomic_add_fetch(&tu_failures_, 1, __ATOMIC_RELAXED);
+    if (n > TU_MAX_REPORTS) {
+        if (n == TU_MAX_REPORTS + 1)
+            fprintf(stderr, "%s: further failures not shown\n",
+                    program_invocation_short_name);
+        return;
+    }
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s:%d: CHECK(%s) failed: %s\n", file, line, cond, msg);
+}
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        __atomic_add_fetch(&tu_checks_, 1, __ATOMIC_RELAXED);              \
+        if (__builtin_expect(!(cond), 0))                                  \
+            tu_fail_(__FILE__, __LINE__, #cond, __VA_ARGS__);              \
+    } while (0)
+
+/* Count a check without printing (for hot loops that CHECK on failure). */
+#define TU_COUNT(n) __atomic_add_fetch(&tu_checks_, (n), __ATOMIC_RELAXED)
+
+static inline unsigned long tu_failures(void)
+{
+    return __atomic_load_n(&tu_failures_, __ATOMIC_RELAXED);
+}
+
+static __attribute__((unused)) int tu_done_(void)
+{
+    unsigned long c = __atomic_load_n(&tu_checks_, __ATOMIC_RELAXED);
+    unsigned long f = tu_failures();
+    if (c == 0) {
+        printf("%s: FAILED (no checks ran)\n", program_invocation_short_name);
+        return 1;
+    }
+    if (f == 0) {
+        printf("%s: ok (%lu checks)\n", program_invocation_short_name, c);
+        fflush(stdout);
+        return 0;
+    }
+    printf("%s: FAILED (%lu of %lu checks failed)\n",
+           program_invocation_short_name, f, c);
+    fflush(stdout);
+    return 1;
+}
+#define TU_DONE() tu_done_()
+
+/* ---- PRNG ------------------------------------------------------------ */
+typedef struct { uint64_t s; } tu_rng;
+
+static inline uint64_t tu_rand(tu_rng *r)
+{
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/* uniform in [lo, hi] */
+static inline uint64_t tu_range(tu_rng *r, uint64_t lo, uint64_t hi)
+{
+    return lo + tu_rand(r) % (hi - lo + 1);
+}
+static inline tu_rng tu_rng_seed(uint64_t seed)
+{
+    tu_rng r = { seed * 0x2545F4914F6CDD1Dull + 1 };
+    return r;
+}
+
+/* ---- patterns -------------------------------------------------------- */
+static inline uint8_t tu_pat_(uintptr_t a, uint64_t seed)
+{
+    uint64_t x = (a ^ (seed << 17) ^ seed) * 0x9E3779B97F4A7C15ull;
+    return (uint8_t)(x >> 56);
+}
+
+/* Address-derived pattern: a block only verifies at the address it was
+ * filled at, so a block handed out twice (overlap) shows up. */
+static inline void tu_fill(void *p, size_t n, uint64_t seed)
+{
+    uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        b[i] = tu_pat_((uintptr_t)(b + i), seed);
+}
+/* Index of the first bad byte, or (size_t)-1 if all good. */
+static inline size_t tu_verify(const void *p, size_t n, uint64_t seed)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != tu_pat_((uintptr_t)(b + i), seed))
+            return i;
+    return (size_t)-1;
+}
+
+/* Offset-derived pattern: survives realloc moving the block. */
+static inline void tu_fill_idx(void *p, size_t from, size_t n, uint64_t seed)
+{
+    uint8_t *b = p;
+    for (size_t i = from; i < n; i++)
+        b[i] = tu_pat_(i, seed);
+}
+static inline size_t tu_verify_idx(const void *p, size_t n, uint64_t seed)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != tu_pat_(i, seed))
+            return i;
+    return (size_t)-1;
+}
+#define TU_OK ((size_t)-1)
+
+/* ---- threads --------------------------------------------------------- */
+typedef void (*tu_thread_fn)(int idx, void *ctx);
+struct tu_thread_arg_ { tu_thread_fn fn; void *ctx; int idx; };
+
+static __attribute__((unused)) void *tu_thread_tramp_(void *a)
+{
+    struct tu_thread_arg_ *t = a;
+    t->fn(t->idx, t->ctx);
+    return NULL;
+}
+
+/* Run fn(i, ctx) for i in [0, n) on n threads; return after all joined. */
+static __attribute__((unused)) void tu_run_threads(int n, tu_thread_fn fn, void *ctx)
+{
+    pthread_t tid[n];
+    struct tu_thread_arg_ arg[n];
+    for (int i = 0; i < n; i++) {
+        arg[i] = (struct tu_thread_arg_){ fn, ctx, i };
+        int rc = pthread_create(&tid[i], NULL, tu_thread_tramp_, &arg[i]);
+        CHECK(rc == 0, "pthread_create: %s", strerror(rc));
+        if (rc) tid[i] = 0;
+    }
+    for (int i = 0; i < n; i++)
+        if (tid[i]) pthread_join(tid[i], NULL);
+}
+
+/* ---- misc ------------------------------------------------------------ */
+static inline double tu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inline double tu_stress_seconds(void)
+{
+    const char *s = getenv("STRESS_SECONDS");
+    double v = s ? atof(s) : 0;
+    return v > 0 ? v : 2.0;
+}
+
+/* Hide a pointer from the optimizer (no folding of free(&local) etc). */
+static inline void *tu_launder(void *p)
+{
+    __asm__ volatile("" : "+r"(p));
+    return p;
+}
+static inline size_t tu_opaque(size_t v)
+{
+    __asm__ volatile("" : "+r"(v));
+    return v;
+}
+
+static inline struct hak_stats tu_stats(void)
+{
+    struct hak_stats s;
+    memset(&s, 0, sizeof s);
+    hak_stats_get(&s);
+    return s;
+}
+
+/* Resident set size of this process in bytes (/proc/self/statm). */
+static inline size_t tu_rss(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+#endif /* HAKMEM_TESTUTIL_H */
