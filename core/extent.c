@@ -142,6 +142,7 @@ static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since)
          * address range reserved but unused, and count it. */
         os_purge((void *)start, len);
         bytes_lost += len;
+        STAT_INC(fallbacks);
     }
 }
 

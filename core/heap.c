@@ -98,6 +98,20 @@ static void runtime_init(void)
 /* ------------------------------------------------------------------ */
 /* Spans                                                                */
 
+/* Bytes of spans given to the tiny and mid classes, and their peaks. */
+static _Atomic int64_t span_bytes[2], span_peak[2];
+
+static void span_bytes_add(unsigned cls, int64_t delta)
+{
+    unsigned tier = cls >= HAK_NCLASS_TINY;
+    int64_t now = atomic_fetch_add_explicit(&span_bytes[tier], delta, memory_order_relaxed) + delta;
+    int64_t peak = atomic_load_explicit(&span_peak[tier], memory_order_relaxed);
+    while (now > peak &&
+           !atomic_compare_exchange_weak_explicit(&span_peak[tier], &peak, now,
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
 static void partial_push(Heap *h, Span *s)
 {
     s->state = SPAN_PARTIAL;
@@ -144,6 +158,7 @@ static bool span_release(Heap *h, SuperSlab *ss, Span *s)
         partial_remove(h, s);
     unsigned idx = (unsigned)(s - ss->spans);
     uint32_t bits = (uint32_t)(((1ull << s->nslabs) - 1) << idx);
+    span_bytes_add(s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -221,6 +236,7 @@ static Span *span_new(Heap *h, unsigned cls)
     Span *s = &ss->spans[idx];
     memset(s, 0, sizeof *s);
     const ClassInfo *ci = &hak_classes[cls];
+    span_bytes_add(cls, (int64_t)k * HAK_SLAB_SIZE);
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
     s->div_magic = UINT64_MAX / ci->block_size + 1;
@@ -266,6 +282,7 @@ static Block *span_take(Heap *h, Span *s)
     }
     s->used += n;
     h->refills[s->cls]++;
+    h->handed[s->cls] += n;
     return list;
 }
 
@@ -337,7 +354,7 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
         return;
     }
     Heap *mine = hak_tc.heap;
-    if (mine) mine->remote_frees++; else STAT_INC(remote_frees_exited);
+    if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
     for (;;) {
         if (tf == SPAN_NOTIFY) {
@@ -614,15 +631,21 @@ void heaps_fork_child(void)
  * change their lists meanwhile: each SuperSlab pointer is checked against
  * the registry before it is followed, and the extent lock keeps every
  * reservation mapped, so the walk may be inexact but never faults. */
-void heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refills_by_class)
+void heaps_stats(struct hak_stats *st, ClassStats *by_class)
 {
     hak_lock(&heaps_mutex);
     extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
         for (unsigned c = 0; c < HAK_NCLASS; c++) {
             uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
+            uint64_t rf = __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
             st->slab_refills += r;
-            if (refills_by_class) refills_by_class[c] += r;
+            st->remote_frees += rf;
+            if (by_class) {
+                by_class[c].refills += r;
+                by_class[c].remote_frees += rf;
+                by_class[c].handed += __atomic_load_n(&h->handed[c], __ATOMIC_RELAXED);
+            }
         }
         SuperSlab *ss = __atomic_load_n(&h->superslabs, __ATOMIC_RELAXED);
         for (unsigned n = 0; ss && n < (1u << 20); n++) {
@@ -637,14 +660,17 @@ void heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refill
                 uint64_t used = __atomic_load_n(&s->used, __ATOMIC_RELAXED);
                 uint64_t bytes = used * hak_classes[c].block_size;
                 if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
-                if (used_by_class) used_by_class[c] += used;
+                if (by_class) by_class[c].out += used;
             }
             ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
         }
-        st->remote_frees += __atomic_load_n(&h->remote_frees, __ATOMIC_RELAXED);
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
     }
     extent_unlock();
     pthread_mutex_unlock(&heaps_mutex);
     st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
+    st->tiny_span_bytes = (uint64_t)atomic_load(&span_bytes[0]);
+    st->tiny_span_peak = (uint64_t)atomic_load(&span_peak[0]);
+    st->mid_span_bytes = (uint64_t)atomic_load(&span_bytes[1]);
+    st->mid_span_peak = (uint64_t)atomic_load(&span_peak[1]);
 }

@@ -98,7 +98,13 @@ void  heap_collect_abandoned(bool all);
 void  heaps_fork_prepare(void);
 void  heaps_fork_parent(void);
 void  heaps_fork_child(void);
-void  heaps_stats(struct hak_stats *st, uint64_t *used_by_class, uint64_t *refills_by_class);
+typedef struct ClassStats {
+    uint64_t handed;       /* blocks handed to thread fronts (allocations)  */
+    uint64_t out;          /* blocks out now (in use or in a thread front)  */
+    uint64_t remote_frees; /* frees of its blocks by non-owner threads      */
+    uint64_t refills;
+} ClassStats;
+void  heaps_stats(struct hak_stats *st, ClassStats *by_class);
 /* Secret, options and class tables are set up by the first thread heap;
  * paths that may run before any heap exists call this first. */
 void  hak_ensure_runtime(void);
@@ -158,6 +164,7 @@ typedef struct GlobalStats {
     _Atomic uint64_t heaps_created, heaps_adopted;
     _Atomic uint64_t foreign_frees, invalid_frees;
     _Atomic uint64_t remote_frees_exited; /* remote frees by threads without a heap */
+    _Atomic uint64_t fallbacks;           /* a faster way failed, a slower one served */
 } GlobalStats;
 extern GlobalStats hak_gstats;
 #define STAT_INC(f) atomic_fetch_add_explicit(&hak_gstats.f, 1, memory_order_relaxed)

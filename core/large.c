@@ -21,7 +21,16 @@
 
 _Static_assert(sizeof(LargeHeader) == 64, "LargeHeader is 64 bytes");
 
-static _Atomic uint64_t n_allocs, n_frees, live_bytes;
+static _Atomic uint64_t n_allocs, n_frees, live_bytes, peak_bytes;
+
+static void live_add(uint64_t n)
+{
+    uint64_t now = atomic_fetch_add_explicit(&live_bytes, n, memory_order_relaxed) + n;
+    uint64_t peak = atomic_load_explicit(&peak_bytes, memory_order_relaxed);
+    while (now > peak && !atomic_compare_exchange_weak_explicit(&peak_bytes, &peak, now,
+                                                                memory_order_relaxed, memory_order_relaxed))
+        ;
+}
 
 static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
 {
@@ -92,7 +101,7 @@ void *large_alloc(size_t size, size_t align, bool zero)
     if (zero && !zeroed)
         memset(p, 0, size);
     atomic_fetch_add_explicit(&n_allocs, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&live_bytes, len, memory_order_relaxed);
+    live_add(len);
     return p;
 }
 
@@ -145,7 +154,7 @@ void *large_realloc(void *p, size_t size)
     if (extent_grow(h->extent + old_len, need - old_len)) { /* grow in place */
         h->extent_len = need;
         h->size = size;
-        atomic_fetch_add_explicit(&live_bytes, need - old_len, memory_order_relaxed);
+        live_add(need - old_len);
         return p;
     }
     if (old_len >= MREMAP_MIN) {
@@ -155,11 +164,12 @@ void *large_realloc(void *p, size_t size)
         char *ext = extent_alloc(need, HAK_PAGE_SIZE, 0, NULL);
         if (ext && os_move_pages(old, old_len, ext)) {
             extent_replace(old, old_len);
-            atomic_fetch_add_explicit(&live_bytes, need - old_len, memory_order_relaxed);
+            live_add(need - old_len);
             return place(ext, need, off, size);
         }
         if (ext)
             extent_free(ext, need);
+        STAT_INC(fallbacks); /* copy instead */
     }
     void *q = large_alloc(size, 16, false);
     if (!q)
@@ -174,4 +184,5 @@ void large_stats(struct hak_stats *st)
     st->large_allocs = atomic_load(&n_allocs);
     st->large_frees = atomic_load(&n_frees);
     st->large_bytes_in_use = atomic_load(&live_bytes);
+    st->large_bytes_peak = atomic_load(&peak_bytes);
 }

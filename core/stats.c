@@ -1,7 +1,8 @@
 /* Statistics: hak_stats_get() and the report that HAKMEM_STATS=1 prints at
  * exit (also malloc_stats()).  The fast paths count nothing: per-class
- * figures are kept per heap on the slow paths (blocks moved between spans
- * and thread fronts), syscalls and fallbacks in global relaxed counters.
+ * figures are kept per heap on the slow paths (blocks handed to thread
+ * fronts, cross-thread frees) or read from the span descriptors (blocks
+ * out), syscalls and fallbacks in global relaxed counters.
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 
@@ -14,7 +15,7 @@ GlobalStats hak_gstats;
 HAK_API void hak_stats_get(struct hak_stats *st)
 {
     memset(st, 0, sizeof *st);
-    heaps_stats(st, NULL, NULL);
+    heaps_stats(st, NULL);
     extent_stats(st);
     large_stats(st);
     st->superslabs_mapped = atomic_load(&hak_gstats.superslabs_mapped);
@@ -25,6 +26,7 @@ HAK_API void hak_stats_get(struct hak_stats *st)
     st->os_mremap = atomic_load(&hak_gstats.os_mremap);
     st->os_mincore = atomic_load(&hak_gstats.os_mincore);
     st->os_failures = atomic_load(&hak_gstats.os_failures);
+    st->fallbacks = atomic_load(&hak_gstats.fallbacks);
     st->foreign_frees = atomic_load(&hak_gstats.foreign_frees);
     st->invalid_frees = atomic_load(&hak_gstats.invalid_frees);
     st->heaps_created = atomic_load(&hak_gstats.heaps_created);
@@ -42,38 +44,48 @@ HAK_API void hak_stats_print(void)
 {
     char buf[256];
     struct hak_stats st;
-    uint64_t used[HAK_NCLASS] = { 0 }, refills[HAK_NCLASS] = { 0 };
+    ClassStats cs[HAK_NCLASS];
+    memset(cs, 0, sizeof cs);
     hak_stats_get(&st);
-    heaps_stats(&(struct hak_stats){ 0 }, used, refills);
+    heaps_stats(&(struct hak_stats){ 0 }, cs);
 
     LINE("hakmem " HAKMEM_VERSION " statistics\n");
-    LINE("  tiny+mid classes (blocks out = in use or in a thread cache):\n");
-    LINE("  %5s %6s %12s %12s %10s\n", "class", "size", "blocks out", "MiB out", "refills");
+    LINE("  %5s %6s %12s %12s %12s %10s %9s %9s\n", "class", "size", "allocs", "frees",
+         "remote", "out", "MiB out", "refills");
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
-        if (!refills[c])
+        if (!cs[c].refills)
             continue;
-        LINE("  %5u %6u %12llu %12.2f %10llu\n", c, hak_classes[c].block_size,
-             (unsigned long long)used[c], mib(used[c] * hak_classes[c].block_size),
-             (unsigned long long)refills[c]);
+        /* Blocks are counted when they reach a thread front: "allocs" includes
+         * the few still cached there, which are also counted in "out". */
+        LINE("  %5u %6u %12llu %12llu %12llu %10llu %9.2f %9llu\n", c, hak_classes[c].block_size,
+             (unsigned long long)cs[c].handed,
+             (unsigned long long)(cs[c].handed > cs[c].out ? cs[c].handed - cs[c].out : 0),
+             (unsigned long long)cs[c].remote_frees, (unsigned long long)cs[c].out,
+             mib(cs[c].out * hak_classes[c].block_size), (unsigned long long)cs[c].refills);
     }
-    LINE("  tiny in use %.2f MiB, mid in use %.2f MiB, remote frees %llu\n",
-         mib(st.tiny_bytes_in_use), mib(st.mid_bytes_in_use), (unsigned long long)st.remote_frees);
-    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use\n",
+    LINE("  tiny:  %.2f MiB in blocks out, spans %.2f MiB (peak %.2f MiB)\n",
+         mib(st.tiny_bytes_in_use), mib(st.tiny_span_bytes), mib(st.tiny_span_peak));
+    LINE("  mid:   %.2f MiB in blocks out, spans %.2f MiB (peak %.2f MiB)\n",
+         mib(st.mid_bytes_in_use), mib(st.mid_span_bytes), mib(st.mid_span_peak));
+    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use (peak %.2f MiB)\n",
          (unsigned long long)st.large_allocs, (unsigned long long)st.large_frees,
-         mib(st.large_bytes_in_use));
-    LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu from the cache\n",
+         mib(st.large_bytes_in_use), mib(st.large_bytes_peak));
+    LINE("  cross-thread frees %llu, thread-front refills %llu\n",
+         (unsigned long long)st.remote_frees, (unsigned long long)st.slab_refills);
+    LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu reused from the cache\n",
          (unsigned long long)st.superslabs_live, (unsigned long long)st.superslabs_mapped,
          (unsigned long long)st.superslabs_reused);
     LINE("  memory: %.2f MiB reserved, %.2f MiB cached free (%.2f MiB resident), %.2f MiB purged\n",
          mib(st.bytes_mapped), mib(st.bytes_cached), mib(st.bytes_dirty), mib(st.bytes_purged));
-    LINE("  syscalls: mmap %llu, munmap %llu, madvise %llu, mremap %llu, mincore %llu, failed %llu\n",
+    LINE("  syscalls: mmap %llu, munmap %llu, madvise %llu, mremap %llu, mincore %llu; failed %llu\n",
          (unsigned long long)st.os_mmap, (unsigned long long)st.os_munmap,
          (unsigned long long)st.os_madvise, (unsigned long long)st.os_mremap,
          (unsigned long long)st.os_mincore, (unsigned long long)st.os_failures);
+    LINE("  fallbacks %llu, foreign frees passed to glibc %llu, invalid frees %llu\n",
+         (unsigned long long)st.fallbacks, (unsigned long long)st.foreign_frees,
+         (unsigned long long)st.invalid_frees);
     LINE("  heaps: %llu created, %llu adopted from exited threads\n",
          (unsigned long long)st.heaps_created, (unsigned long long)st.heaps_adopted);
-    LINE("  foreign frees passed to glibc %llu, invalid frees %llu\n",
-         (unsigned long long)st.foreign_frees, (unsigned long long)st.invalid_frees);
     LINE("  peak RSS %.2f MiB\n", mib(st.peak_rss));
 }
 

@@ -127,9 +127,11 @@ typedef struct Heap {
     _Atomic int state;
     struct Heap *all_next;              /* every heap ever made              */
     struct Heap *abandoned_next;
-    /* Statistics, written by the owner only. */
+    /* Statistics, written by the owner only, on slow paths. */
     uint64_t  refills[HAK_NCLASS];
-    uint64_t  remote_frees;             /* frees this heap's thread sent away */
+    uint64_t  handed[HAK_NCLASS];       /* blocks handed to the thread front */
+    uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
+                                        /* blocks of other heaps             */
     uint64_t  superslabs_live;
 } Heap;
 

@@ -46,9 +46,15 @@ enum hak_kind hak_ptr_kind(const void *ptr);
 
 /* Process-wide statistics.  Counts are totals since start. */
 struct hak_stats {
-    uint64_t tiny_bytes_in_use;   /* bytes in tiny blocks out of their slabs */
+    uint64_t tiny_bytes_in_use;   /* bytes of tiny blocks out of their spans
+                                     (in use, or cached in a thread front) */
     uint64_t mid_bytes_in_use;    /* same for mid blocks */
+    uint64_t tiny_span_bytes;     /* bytes of spans serving tiny classes */
+    uint64_t tiny_span_peak;      /* their peak */
+    uint64_t mid_span_bytes;      /* bytes of spans serving mid classes */
+    uint64_t mid_span_peak;       /* their peak */
     uint64_t large_bytes_in_use;  /* bytes of live large blocks (mapped size) */
+    uint64_t large_bytes_peak;    /* their peak */
     uint64_t large_allocs;        /* large blocks allocated */
     uint64_t large_frees;         /* large blocks freed */
     uint64_t slab_refills;        /* thread-front refills from a slab */
@@ -66,6 +72,8 @@ struct hak_stats {
     uint64_t os_mremap;
     uint64_t os_mincore;
     uint64_t os_failures;         /* OS calls that failed (ENOMEM ...) */
+    uint64_t fallbacks;           /* slower ways taken after a faster one failed
+                                     (mremap -> copy, full extent table) */
     uint64_t foreign_frees;       /* glibc-owned pointers handed to glibc */
     uint64_t invalid_frees;       /* invalid frees counted (ignore mode) */
     uint64_t heaps_created;       /* thread heaps ever created */
