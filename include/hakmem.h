@@ -64,7 +64,7 @@ struct hak_stats {
     uint64_t superslabs_reused;   /* SuperSlabs taken from the cache */
     uint64_t bytes_mapped;        /* bytes currently reserved from the OS */
     uint64_t bytes_cached;        /* free bytes kept for reuse (dirty+clean) */
-    uint64_t bytes_dirty;         /* of those, not yet purged */
+    uint64_t bytes_dirty;         /* of those, not yet purged (may be resident) */
     uint64_t bytes_purged;        /* total bytes returned with madvise */
     uint64_t os_mmap;             /* syscalls made by hakmem */
     uint64_t os_munmap;
