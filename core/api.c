@@ -15,17 +15,36 @@
 /* ------------------------------------------------------------------ */
 /* Fast paths                                                           */
 
+#ifdef HAK_SECURE
+static inline void *canary_arm(void *p)
+{
+    if (p) {
+        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+        *canary_slot(p, span_block_size(span_of(ss, p))) = canary_value(p);
+    }
+    return p;
+}
+static inline void canary_check(const Span *s, const void *p)
+{
+    if (unlikely(*canary_slot(p, span_block_size(s)) != canary_value(p)))
+        hak_fatal("block overflow (canary overwritten) at", p);
+}
+#else
+static inline void *canary_arm(void *p) { return p; }
+static inline void canary_check(const Span *s, const void *p) { (void)s; (void)p; }
+#endif
+
 HAK_API void *hak_malloc(size_t size)
 {
-    if (likely(size <= HAK_SMALL_MAX)) {
+    if (likely(size <= HAK_SMALL_MAX - HAK_CANARY_SIZE)) {
         ThreadCache *tc = &hak_tc;
-        unsigned cls = size_class(size);
+        unsigned cls = size_class(size + HAK_CANARY_SIZE);
         Block *b = tc->free[cls];
         if (likely(b != NULL)) {
             tc->free[cls] = block_next_fast(b);
-            return b;
+            return canary_arm(b);
         }
-        return heap_alloc_slow(size, cls);
+        return canary_arm(heap_alloc_slow(size + HAK_CANARY_SIZE, cls));
     }
     return large_alloc(size, 0, false);
 }
@@ -47,6 +66,7 @@ HAK_API void hak_free(void *p)
         SuperSlab *ss = (SuperSlab *)align_down(addr, HAK_CHUNK_SIZE);
         uintptr_t head = ss->span_head[(addr >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1)];
         Span *s = (Span *)((uintptr_t)ss + offsetof(SuperSlab, spans) + head * sizeof(Span));
+        canary_check(s, p);
         if (unlikely(ss->owner != hak_tc.heap)) {
             span_free_remote(ss, s, p);
             return;
@@ -76,12 +96,6 @@ HAK_API void hak_free(void *p)
 /* ------------------------------------------------------------------ */
 /* The rest of the family                                               */
 
-static void ensure_runtime(void)
-{
-    if (unlikely(!hak_tc.heap))
-        hak_free(hak_malloc(1)); /* creates the thread heap and the class tables */
-}
-
 HAK_API void *hak_calloc(size_t count, size_t size)
 {
     size_t total;
@@ -89,7 +103,7 @@ HAK_API void *hak_calloc(size_t count, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    if (total > HAK_SMALL_MAX)
+    if (total > HAK_SMALL_MAX - HAK_CANARY_SIZE)
         return large_alloc(total, 0, true); /* fresh extents are known zero */
     void *p = hak_malloc(total);
     if (likely(p != NULL))
@@ -104,7 +118,7 @@ static size_t small_usable(const void *p)
     Span *s = span_of(ss, p);
     if (!s->nslabs || !span_is_block_start(ss, s, p) || (const char *)p >= s->bump)
         return 0;
-    return span_block_size(s);
+    return span_block_size(s) - HAK_CANARY_SIZE;
 }
 
 HAK_API void *hak_realloc(void *p, size_t size)
@@ -155,11 +169,11 @@ static void *alloc_aligned(size_t align, size_t size)
 {
     if (align <= 16)
         return hak_malloc(size);
-    if (size <= HAK_SMALL_MAX && align <= HAK_SMALL_MAX) {
-        ensure_runtime();
-        for (unsigned c = size_class(size); c < HAK_NCLASS; c++)
+    if (size <= HAK_SMALL_MAX - HAK_CANARY_SIZE && align <= HAK_SMALL_MAX) {
+        hak_ensure_runtime(); /* the class table */
+        for (unsigned c = size_class(size + HAK_CANARY_SIZE); c < HAK_NCLASS; c++)
             if (hak_classes[c].block_size % align == 0)
-                return hak_malloc(hak_classes[c].block_size);
+                return hak_malloc(hak_classes[c].block_size - HAK_CANARY_SIZE);
     }
     return large_alloc(size, align, false);
 }
@@ -248,6 +262,8 @@ HAK_API int hak_trim(void)
 /* ------------------------------------------------------------------ */
 /* The exported glibc names.                                            */
 
+/* Not in sanitizer builds: their runtime interposes malloc & co itself. */
+#ifndef HAK_NO_GLIBC_NAMES
 #define EXPORT(name, target) \
     __typeof__(target) name __attribute__((alias(#target), visibility("default")))
 
@@ -299,3 +315,4 @@ HAK_API struct mallinfo mallinfo(void)
                           (int)m.fordblks, (int)m.keepcost };
     return r;
 }
+#endif /* HAK_NO_GLIBC_NAMES */

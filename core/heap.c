@@ -32,6 +32,7 @@ static uint64_t last_collect_ms;
 
 #define FULL_MASK   (~(uint32_t)1)  /* slabs 1..31: slab 0 is the header */
 #define CARVE_BYTES 4096            /* fresh blocks linked per refill     */
+#define SPAN_MIN_BLOCKS 128         /* see classes_init                   */
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
 
 /* ------------------------------------------------------------------ */
@@ -59,12 +60,17 @@ static void classes_init(void)
         }
         if (size > HAK_SMALL_MAX)
             size = HAK_SMALL_MAX;
-        /* Span length: the fewest slabs whose blocks waste at most 1/32,
-         * else the least waste (mid classes only; tiny spans are 1 slab). */
-        unsigned best = 1;
+        /* Span length: enough slabs for SPAN_MIN_BLOCKS blocks (a refill
+         * then finds a useful batch of frees), and for mid classes the
+         * fewest beyond that whose blocks waste at most 1/32, else the
+         * least waste. */
+        unsigned kmin = (unsigned)((SPAN_MIN_BLOCKS * size + HAK_SLAB_SIZE - 1) / HAK_SLAB_SIZE);
+        if (kmin > HAK_MAX_SPAN) kmin = HAK_MAX_SPAN;
+        if (kmin < 1) kmin = 1;
+        unsigned best = kmin;
         if (c >= HAK_NCLASS_TINY) {
             size_t best_waste = HAK_SLAB_SIZE;
-            for (unsigned k = 1; k <= HAK_MAX_SPAN; k++) {
+            for (unsigned k = kmin; k <= HAK_MAX_SPAN; k++) {
                 size_t bytes = k * HAK_SLAB_SIZE, waste = bytes % size;
                 if (waste * 32 <= bytes) { best = k; break; }
                 if (waste * best * HAK_SLAB_SIZE < best_waste * bytes) {
@@ -246,6 +252,36 @@ static Span *span_new(Heap *h, unsigned cls)
     return s;
 }
 
+/* Link n never-used blocks of size bs starting at p.  The hardened build
+ * links them in a random order, so that neighbours in memory are not
+ * handed out one after another. */
+static Block *carve(char *p, size_t bs, uint32_t n)
+{
+#ifdef HAK_SECURE
+    static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
+    if (!rng)
+        rng = hak_secret ^ (uintptr_t)&rng;
+    uint16_t order[CARVE_BYTES / 16];
+    for (uint32_t i = 0; i < n; i++)
+        order[i] = (uint16_t)i;
+    for (uint32_t i = n - 1; i > 0; i--) { /* Fisher-Yates, xorshift64 */
+        rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+        uint32_t j = (uint32_t)(rng % (i + 1));
+        uint16_t t = order[i]; order[i] = order[j]; order[j] = t;
+    }
+    for (uint32_t i = 0; i + 1 < n; i++)
+        block_set_next((Block *)(p + order[i] * bs), (Block *)(p + order[i + 1] * bs));
+    block_set_next((Block *)(p + order[n - 1] * bs), NULL);
+    return (Block *)(p + order[0] * bs);
+#else
+    Block *first = (Block *)p;
+    for (uint32_t i = 1; i < n; i++, p += bs)
+        block_set_next((Block *)p, (Block *)(p + bs));
+    block_set_next((Block *)p, NULL);
+    return first;
+#endif
+}
+
 /* Take all free blocks of a span for the thread front: its own list, the
  * frees other threads sent, or a run of never-used blocks. */
 static Block *span_take(Heap *h, Span *s)
@@ -271,12 +307,8 @@ static Block *span_take(Heap *h, Span *s)
         uint32_t want = CARVE_BYTES / bs > 4 ? (uint32_t)(CARVE_BYTES / bs) : 4;
         n = want < s->fresh ? want : s->fresh;
         s->fresh -= n;
-        list = (Block *)s->bump;
-        char *p = s->bump;
-        for (uint32_t i = 1; i < n; i++, p += bs)
-            block_set_next((Block *)p, (Block *)(p + bs));
-        block_set_next((Block *)p, NULL);
-        s->bump = p + bs;
+        list = carve(s->bump, bs, n);
+        s->bump += (size_t)n * bs;
     } else {
         return NULL;
     }

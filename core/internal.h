@@ -81,6 +81,27 @@ static inline void block_set_next(Block *b, Block *next)
     b->next_enc = (uintptr_t)next ^ hak_secret;
 }
 
+/* ---- the hardened build (HAK_SECURE, libhakmem-secure.so) ----
+ * Every tiny/mid block ends with an 8-byte canary derived from its address
+ * and the secret, written by malloc and checked by free; fresh blocks are
+ * handed out in random order; large blocks sit between guard pages.  The
+ * default build compiles all of this away. */
+#ifdef HAK_SECURE
+#define HAK_CANARY_SIZE ((size_t)8)
+#define HAK_GUARD_SIZE  HAK_PAGE_SIZE
+static inline uint64_t *canary_slot(const void *b, uint32_t block_size)
+{
+    return (uint64_t *)((char *)b + block_size - HAK_CANARY_SIZE);
+}
+static inline uint64_t canary_value(const void *b)
+{
+    return ((uintptr_t)b * 0x9E3779B97F4A7C15ull) ^ hak_secret;
+}
+#else
+#define HAK_CANARY_SIZE ((size_t)0)
+#define HAK_GUARD_SIZE  ((size_t)0)
+#endif
+
 /* ---- size classes (heap.c) ---- */
 extern uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
 extern ClassInfo hak_classes[HAK_NCLASS];
@@ -159,7 +180,7 @@ void  *foreign_realloc(void *p, size_t size);
 
 /* ---- statistics (stats.c) ---- */
 typedef struct GlobalStats {
-    _Atomic uint64_t os_mmap, os_munmap, os_madvise, os_mremap, os_mincore, os_failures;
+    _Atomic uint64_t os_mmap, os_munmap, os_madvise, os_mremap, os_mincore, os_mprotect, os_failures;
     _Atomic uint64_t superslabs_mapped, superslabs_reused;
     _Atomic uint64_t heaps_created, heaps_adopted;
     _Atomic uint64_t foreign_frees, invalid_frees;

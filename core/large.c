@@ -63,7 +63,19 @@ bool large_was_freed(const void *p)
 
 size_t large_usable(const LargeHeader *h, const void *p)
 {
-    return (size_t)(h->extent + h->extent_len - (const char *)p);
+    return (size_t)(h->extent + h->extent_len - HAK_GUARD_SIZE - (const char *)p);
+}
+
+/* Hardened build: the first and last page of the extent are made
+ * inaccessible while the block lives.  A failure (too many mappings) leaves
+ * the block unguarded and is counted as a fallback. */
+static void guards_set(char *ext, size_t len, bool on)
+{
+    if (!HAK_GUARD_SIZE)
+        return;
+    if (!os_protect(ext, HAK_GUARD_SIZE, !on) ||
+        !os_protect(ext + len - HAK_GUARD_SIZE, HAK_GUARD_SIZE, !on))
+        STAT_INC(fallbacks);
 }
 
 static void *place(char *ext, size_t len, size_t off, size_t size)
@@ -89,14 +101,19 @@ void *large_alloc(size_t size, size_t align, bool zero)
         errno = ENOMEM;
         return NULL;
     }
-    size_t len = align_up(off + size, HAK_PAGE_SIZE);
+    size_t len = align_up(off + size, HAK_PAGE_SIZE) + 2 * HAK_GUARD_SIZE;
     bool zeroed;
-    char *ext = align <= HAK_PAGE_SIZE ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
-                                       : extent_alloc(len, align, HAK_PAGE_SIZE, &zeroed);
+    char *ext = align <= HAK_PAGE_SIZE
+                    ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
+                    : extent_alloc(len, align, HAK_GUARD_SIZE + HAK_PAGE_SIZE, &zeroed);
     if (!ext) {
         errno = ENOMEM;
         return NULL;
     }
+    off += HAK_GUARD_SIZE;
+    if (HAK_GUARD_SIZE && align <= HDR) /* end the block at its guard page */
+        off = align_down(len - HAK_GUARD_SIZE - size, 16);
+    guards_set(ext, len, true);
     void *p = place(ext, len, off, size);
     if (zero && !zeroed)
         memset(p, 0, size);
@@ -116,6 +133,7 @@ void large_free(void *p)
     h->cookie = cookie(h, LARGE_FREED);
     atomic_fetch_add_explicit(&n_frees, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&live_bytes, h->extent_len, memory_order_relaxed);
+    guards_set(h->extent, h->extent_len, false);
     extent_free(h->extent, h->extent_len);
 }
 
@@ -136,6 +154,14 @@ void *large_realloc(void *p, size_t size)
         void *q = hak_malloc(size); /* small enough for the slab tiers */
         if (q) {
             memcpy(q, p, size);
+            large_free(p);
+        }
+        return q;
+    }
+    if (HAK_GUARD_SIZE) { /* guard pages do not move: allocate, copy, free */
+        void *q = large_alloc(size, 16, false);
+        if (q) {
+            memcpy(q, p, h->size < size ? h->size : size);
             large_free(p);
         }
         return q;

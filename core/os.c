@@ -98,6 +98,16 @@ bool os_move_pages(void *old, size_t len, void *dst)
     return true;
 }
 
+bool os_protect(void *p, size_t len, bool accessible)
+{
+    STAT_INC(os_mprotect);
+    if (mprotect(p, len, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
+        STAT_INC(os_failures);
+        return false;
+    }
+    return true;
+}
+
 bool os_page_mapped(const void *p)
 {
     unsigned char vec;

@@ -17,6 +17,8 @@ void  os_unmap(void *p, size_t len);
 bool  os_purge(void *p, size_t len);
 /* Move the pages of [old, old+len) to dst (replacing what was there). */
 bool  os_move_pages(void *old, size_t len, void *dst);
+/* Make [p, p+len) inaccessible (guard pages) or accessible again. */
+bool  os_protect(void *p, size_t len, bool accessible);
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
 uint64_t os_now_ms(void);

@@ -25,6 +25,7 @@ HAK_API void hak_stats_get(struct hak_stats *st)
     st->os_madvise = atomic_load(&hak_gstats.os_madvise);
     st->os_mremap = atomic_load(&hak_gstats.os_mremap);
     st->os_mincore = atomic_load(&hak_gstats.os_mincore);
+    st->os_mprotect = atomic_load(&hak_gstats.os_mprotect);
     st->os_failures = atomic_load(&hak_gstats.os_failures);
     st->fallbacks = atomic_load(&hak_gstats.fallbacks);
     st->foreign_frees = atomic_load(&hak_gstats.foreign_frees);
@@ -77,10 +78,12 @@ HAK_API void hak_stats_print(void)
          (unsigned long long)st.superslabs_reused);
     LINE("  memory: %.2f MiB reserved, %.2f MiB cached free (%.2f MiB not yet purged), %.2f MiB purged\n",
          mib(st.bytes_mapped), mib(st.bytes_cached), mib(st.bytes_dirty), mib(st.bytes_purged));
-    LINE("  syscalls: mmap %llu, munmap %llu, madvise %llu, mremap %llu, mincore %llu; failed %llu\n",
+    LINE("  syscalls: mmap %llu, munmap %llu, madvise %llu, mremap %llu, mincore %llu, mprotect %llu;"
+         " failed %llu\n",
          (unsigned long long)st.os_mmap, (unsigned long long)st.os_munmap,
          (unsigned long long)st.os_madvise, (unsigned long long)st.os_mremap,
-         (unsigned long long)st.os_mincore, (unsigned long long)st.os_failures);
+         (unsigned long long)st.os_mincore, (unsigned long long)st.os_mprotect,
+         (unsigned long long)st.os_failures);
     LINE("  fallbacks %llu, foreign frees passed to glibc %llu, invalid frees %llu\n",
          (unsigned long long)st.fallbacks, (unsigned long long)st.foreign_frees,
          (unsigned long long)st.invalid_frees);

@@ -71,6 +71,7 @@ struct hak_stats {
     uint64_t os_madvise;
     uint64_t os_mremap;
     uint64_t os_mincore;
+    uint64_t os_mprotect;         /* guard pages (hardened build only) */
     uint64_t os_failures;         /* OS calls that failed (ENOMEM ...) */
     uint64_t fallbacks;           /* slower ways taken after a faster one failed
                                      (mremap -> copy, full extent table) */

@@ -1,0 +1,141 @@
+/* The hardened build (libhakmem-secure, -DHAK_SECURE): block canaries,
+ * guard pages around large blocks, random order of fresh blocks.
+ * Built only against out/secure/libhakmem.a.
+ * SPDX-License-Identifier: MIT */
+#include <signal.h>
+#include <sys/wait.h>
+#include <malloc.h>
+#include <unistd.h>
+#include "testutil.h"
+
+/* Run fn in a child; return its wait status and what it wrote to stderr. */
+static int in_child(void (*fn)(size_t), size_t arg, char *err, size_t errlen)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        alarm(20);
+        fn(arg);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    ssize_t n;
+    while (got + 1 < errlen && (n = read(fds[0], err + got, errlen - 1 - got)) > 0)
+        got += (size_t)n;
+    err[got] = 0;
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return st;
+}
+
+static volatile char sink;
+
+static void overflow_small(size_t n)
+{
+    char *p = tu_launder(malloc(n));
+    size_t u = malloc_usable_size(p);
+    memset(p, 0x5a, u + 1); /* one byte past the usable size */
+    free(tu_launder(p));
+}
+
+static void exact_small(size_t n)
+{
+    char *p = tu_launder(malloc(n));
+    memset(p, 0x5a, malloc_usable_size(p)); /* all usable bytes: fine */
+    free(tu_launder(p));
+}
+
+static void overflow_large(size_t n)
+{
+    volatile char *p = tu_launder(malloc(n));
+    p[malloc_usable_size((void *)p) + 16] = 1; /* lands on the guard page */
+}
+
+static void underflow_large(size_t n)
+{
+    char *p = tu_launder(malloc(n));
+    volatile char *hdr_page = (char *)((uintptr_t)(p - 64) & ~(uintptr_t)4095);
+    hdr_page[-1] = 1; /* the page before the header is a guard */
+}
+
+static void canaries(void)
+{
+    static const size_t sizes[] = { 1, 8, 24, 100, 1000, 1016, 5000, 50000 };
+    char err[512];
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        int st = in_child(overflow_small, sizes[i], err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT,
+              "overflow of a %zu-byte block not caught (status %#x)", sizes[i], st);
+        CHECK(strstr(err, "hakmem") && strstr(err, "overflow"),
+              "overflow of %zu bytes: message '%s'", sizes[i], err);
+        st = in_child(exact_small, sizes[i], err, sizeof err);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "writing exactly the usable size of a %zu-byte block failed (status %#x: %s)",
+              sizes[i], st, err);
+    }
+}
+
+static void guards(void)
+{
+    static const size_t sizes[] = { 60000, 100000, 1 << 20, 5 << 20 };
+    char err[512];
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        int st = in_child(overflow_large, sizes[i], err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+              "overflow of a %zu-byte large block did not fault (status %#x)", sizes[i], st);
+        st = in_child(underflow_large, sizes[i], err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+              "underflow of a %zu-byte large block did not fault (status %#x)", sizes[i], st);
+    }
+    /* freed guarded extents are reusable and writable again */
+    for (int round = 0; round < 50; round++) {
+        size_t n = 70000 + (size_t)round * 40000;
+        char *p = malloc(n);
+        CHECK(p != NULL, "malloc(%zu)", n);
+        if (!p) continue;
+        memset(p, round, malloc_usable_size(p));
+        char *q = realloc(p, n * 2);
+        CHECK(q && q[n - 1] == (char)round, "realloc kept contents");
+        free(q);
+    }
+    CHECK(tu_stats().os_mprotect > 0, "no guard pages were set");
+}
+
+static void random_order(void)
+{
+    /* 64 fresh blocks of a class nothing else uses here: in the default
+     * build they come out at increasing addresses, here shuffled. */
+    void *p[64];
+    int increasing = 0;
+    for (int i = 0; i < 64; i++) {
+        p[i] = malloc(880);
+        if (i && (char *)p[i] > (char *)p[i - 1])
+            increasing++;
+    }
+    CHECK(increasing < 56, "fresh blocks handed out in address order (%d of 63 steps up)",
+          increasing);
+    for (int i = 0; i < 64; i++) {
+        memset(p[i], i, 880);
+        sink = ((char *)p[i])[879];
+    }
+    for (int i = 0; i < 64; i++) {
+        CHECK(((unsigned char *)p[i])[0] == i && ((unsigned char *)p[i])[879] == i,
+              "block %d overlaps another", i);
+        free(p[i]);
+    }
+}
+
+int main(void)
+{
+    canaries();
+    guards();
+    random_order();
+    return TU_DONE();
+}
