@@ -120,6 +120,7 @@ static void span_bytes_add(unsigned cls, int64_t delta)
 
 static void partial_push(Heap *h, Span *s)
 {
+    HAK_ASSERT(s->state != SPAN_PARTIAL && s->nslabs);
     s->state = SPAN_PARTIAL;
     s->next = NULL;
     s->prev = h->partial_tail[s->cls];
@@ -129,6 +130,7 @@ static void partial_push(Heap *h, Span *s)
 
 static void partial_remove(Heap *h, Span *s)
 {
+    HAK_ASSERT(s->state == SPAN_PARTIAL);
     if (s->prev) s->prev->next = s->next; else h->partial[s->cls] = s->next;
     if (s->next) s->next->prev = s->prev; else h->partial_tail[s->cls] = s->prev;
     s->next = s->prev = NULL;
@@ -160,6 +162,7 @@ static void superslab_link_front(Heap *h, SuperSlab *ss)
  * spare slot or the extent cache.  Returns true if the SuperSlab went too. */
 static bool span_release(Heap *h, SuperSlab *ss, Span *s)
 {
+    HAK_ASSERT(s->used == 0 && s->state != SPAN_CURRENT && ss->owner == h);
     if (s->state == SPAN_PARTIAL)
         partial_remove(h, s);
     unsigned idx = (unsigned)(s - ss->spans);
@@ -313,6 +316,7 @@ static Block *span_take(Heap *h, Span *s)
         return NULL;
     }
     s->used += n;
+    HAK_ASSERT(s->used + s->fresh <= s->limit + 2u);
     h->refills[s->cls]++;
     h->handed[s->cls] += n;
     return list;
@@ -321,8 +325,14 @@ static Block *span_take(Heap *h, Span *s)
 /* Return a block to a span of the heap, by its owner (or the collector of
  * an abandoned heap): push on span->free, wake a FULL span, release an
  * empty one.  Returns true if that released the whole SuperSlab. */
+static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
+{
+    return s->nslabs != 0 && span_is_block_start(ss, s, p) && (const char *)p < s->bump;
+}
+
 static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
 {
+    HAK_ASSERT(ss->owner == h && s->used + s->fresh < s->limit + 2u);
     if (s->state == SPAN_FULL) {
         uintptr_t notify = SPAN_NOTIFY; /* stop asking remote frees to wake us */
         atomic_compare_exchange_strong(&s->thread_free, &notify, 0);
@@ -335,15 +345,11 @@ static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
 
 static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
 {
+    HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
     block_set_next(b, s->free);
     s->free = b;
     s->used--;
     return span_after_put(h, ss, s);
-}
-
-static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
-{
-    return s->nslabs != 0 && span_is_block_start(ss, s, p) && (const char *)p < s->bump;
 }
 
 /* hak_free pushed block b on a span that is FULL or now empty.  This is
@@ -437,6 +443,7 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls)
             uintptr_t expected = 0;
             if (!atomic_compare_exchange_strong(&s->thread_free, &expected, SPAN_NOTIFY))
                 continue;
+            HAK_ASSERT(s->used == s->limit + 2u && !s->free && !s->fresh);
             s->state = SPAN_FULL;
             tc->cur[cls] = NULL;
         }
