@@ -25,24 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 #define NBATCH   40000
 #define NSHIFT   8000
 #define NSURV    8192
-
-static inline uint64_t rng_next(uint64_t *s)     /* xorshift64* */
-{
-    uint64_t x = *s;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static long rss_now_kb(void)
 {
@@ -70,16 +57,6 @@ static void *xmalloc(size_t sz, uint64_t tag)
 static void xfree(void *p)
 {
     if (p) { free(p); g_ops++; }
-}
-
-static int parse_u64(const char *s, uint64_t min, uint64_t *out)
-{
-    char *end;
-    if (!s || !*s || *s == '-') return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || v < min) return -1;
-    *out = v;
-    return 0;
 }
 
 int main(int argc, char **argv)

@@ -27,23 +27,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 #define BATCH 32          /* blocks per mailbox publish */
 #define DRAIN_EVERY 64    /* cycles between mailbox checks */
-
-static inline uint64_t rng_next(uint64_t *s)     /* xorshift64* */
-{
-    uint64_t x = *s;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 struct node { struct node *next; };   /* overlays the first word of a block */
 
@@ -160,16 +147,6 @@ out:
     me->ops = ops;
     me->remote_frees = remote;
     return NULL;
-}
-
-static int parse_u64(const char *s, uint64_t min, uint64_t *out)
-{
-    char *end;
-    if (!s || !*s || *s == '-') return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || v < min) return -1;
-    *out = v;
-    return 0;
 }
 
 int main(int argc, char **argv)

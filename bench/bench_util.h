@@ -1,0 +1,39 @@
+/* Helpers shared by the benchmarks: a deterministic PRNG, a monotonic
+ * clock and strict argument parsing.  The benchmarks call only libc's
+ * malloc family, so one binary serves every allocator via LD_PRELOAD.
+ * SPDX-License-Identifier: MIT */
+#ifndef BENCH_UTIL_H
+#define BENCH_UTIL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* xorshift64*: fast, deterministic for a given seed (which must not be 0). */
+static inline uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static inline double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A decimal integer >= min, nothing else; 0 on success, -1 otherwise. */
+static inline int parse_u64(const char *s, uint64_t min, uint64_t *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-') return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || v < min) return -1;
+    *out = v;
+    return 0;
+}
+
+#endif
