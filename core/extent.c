@@ -168,7 +168,8 @@ static bool reserve_and_lock(size_t len, size_t align)
         return false;
     }
     registry_set(p, want, CHUNK_ARENA);
-    reservations[nreservations++] = (Reservation){ (uintptr_t)p, want };
+    reservations[nreservations] = (Reservation){ (uintptr_t)p, want };
+    __atomic_store_n(&nreservations, nreservations + 1, __ATOMIC_RELAXED); /* read unlocked */
     bytes_mapped += want;
     free_range_locked((uintptr_t)p, want, 0);
     return true;
@@ -292,7 +293,8 @@ size_t extent_trim(void)
                 os_unmap((void *)rv.start, rv.len);
                 bytes_mapped -= rv.len;
                 released += rv.len;
-                reservations[k] = reservations[--nreservations];
+                reservations[k] = reservations[nreservations - 1];
+                __atomic_store_n(&nreservations, nreservations - 1, __ATOMIC_RELAXED);
                 unmapped = true;
                 break;
             }

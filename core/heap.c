@@ -89,8 +89,11 @@ static void classes_init(void)
 static void runtime_init(void)
 {
     /* The kernel gives every process 16 random bytes (AT_RANDOM). */
-    const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
-    uintptr_t s = rnd ? (uintptr_t)rnd[1] : 0;
+    const unsigned char *rnd = (const unsigned char *)getauxval(AT_RANDOM);
+    uint64_t r = 0;
+    if (rnd)
+        memcpy(&r, rnd + 8, sizeof r); /* not 8-aligned */
+    uintptr_t s = (uintptr_t)r;
     s ^= (uintptr_t)&s * 0x9E3779B97F4A7C15ull;
     hak_secret = s | 1;
     options_init();
@@ -201,6 +204,11 @@ static SuperSlab *superslab_get(Heap *h)
         memset(ss, 0, sizeof(SuperSlab));
         ss->owner = h;
         ss->free_mask = FULL_MASK;
+        /* Slab 0 is this header.  A free pointing into it must fail
+         * hak_free's checks before anything is written: only offset 0
+         * passes the block test with magic 1, and it equals "free". */
+        ss->spans[0].div_magic = 1;
+        ss->spans[0].free = (Block *)ss;
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
     superslab_link_front(h, ss);
@@ -311,7 +319,8 @@ static Block *span_take(Heap *h, Span *s)
         n = want < s->fresh ? want : s->fresh;
         s->fresh -= n;
         list = carve(s->bump, bs, n);
-        s->bump += (size_t)n * bs;
+        /* read by remote frees (block_is_valid): relaxed atomic */
+        __atomic_store_n(&s->bump, s->bump + (size_t)n * bs, __ATOMIC_RELAXED);
     } else {
         return NULL;
     }
@@ -327,7 +336,8 @@ static Block *span_take(Heap *h, Span *s)
  * empty one.  Returns true if that released the whole SuperSlab. */
 static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
 {
-    return s->nslabs != 0 && span_is_block_start(ss, s, p) && (const char *)p < s->bump;
+    return s->nslabs != 0 && span_is_block_start(ss, s, p) &&
+           (const char *)p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED);
 }
 
 static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
@@ -464,7 +474,7 @@ static Heap *heap_acquire(ThreadCache *tc)
         runtime_init();
     Heap *h = abandoned_heaps;
     if (h) {
-        abandoned_heaps = h->abandoned_next;
+        __atomic_store_n(&abandoned_heaps, h->abandoned_next, __ATOMIC_RELAXED);
         STAT_INC(heaps_adopted);
     } else {
         if (heap_store_left < HEAP_STRIDE) {
@@ -602,7 +612,7 @@ void heap_thread_exit(void *unused)
     hak_lock(&heaps_mutex);
     atomic_store(&h->state, HEAP_ABANDONED);
     h->abandoned_next = abandoned_heaps;
-    abandoned_heaps = h;
+    __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&heaps_mutex);
 }
 
@@ -619,7 +629,7 @@ void heap_collect_abandoned(bool all)
         hak_lock(&heaps_mutex);
         Heap *h = abandoned_heaps;
         if (h) {
-            abandoned_heaps = h->abandoned_next;
+            __atomic_store_n(&abandoned_heaps, h->abandoned_next, __ATOMIC_RELAXED);
             atomic_store(&h->state, HEAP_BUSY);
         }
         pthread_mutex_unlock(&heaps_mutex);
@@ -635,7 +645,7 @@ void heap_collect_abandoned(bool all)
         done = h->abandoned_next;
         atomic_store(&h->state, HEAP_ABANDONED);
         h->abandoned_next = abandoned_heaps;
-        abandoned_heaps = h;
+        __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&heaps_mutex);
 }

@@ -101,7 +101,8 @@ void *large_alloc(size_t size, size_t align, bool zero)
         errno = ENOMEM;
         return NULL;
     }
-    size_t len = align_up(off + size, HAK_PAGE_SIZE) + 2 * HAK_GUARD_SIZE;
+    size_t room = size ? size : 1; /* a 0-byte block still points inside its extent */
+    size_t len = align_up(off + room, HAK_PAGE_SIZE) + 2 * HAK_GUARD_SIZE;
     bool zeroed;
     char *ext = align <= HAK_PAGE_SIZE
                     ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
@@ -112,7 +113,7 @@ void *large_alloc(size_t size, size_t align, bool zero)
     }
     off += HAK_GUARD_SIZE;
     if (HAK_GUARD_SIZE && align <= HDR) /* end the block at its guard page */
-        off = align_down(len - HAK_GUARD_SIZE - size, 16);
+        off = align_down(len - HAK_GUARD_SIZE - room, align);
     guards_set(ext, len, true);
     void *p = place(ext, len, off, size);
     if (zero && !zeroed)

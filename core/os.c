@@ -16,9 +16,11 @@ void hak_fault_inject(int fail_after, int fail_count)
 }
 static bool fault_now(void)
 {
-    if (atomic_load(&fault_countdown) < 0)
-        return false;
-    if (atomic_fetch_sub(&fault_countdown, 1) > 0)
+    int c = atomic_load(&fault_countdown);
+    while (c > 0) /* still succeeding: count down, stop at 0 */
+        if (atomic_compare_exchange_weak(&fault_countdown, &c, c - 1))
+            return false;
+    if (c < 0)
         return false;
     if (atomic_fetch_sub(&fault_remaining, 1) > 0)
         return true;

@@ -9,7 +9,7 @@
 #   (default)   full mode, 5 runs, for publishing
 #   --quick     small arguments, 2 runs (well under 2 minutes on 2 cores)
 #   --smoke     tiny arguments, 1 run (used by tests/test_bench_harness.sh)
-# Environment: HAKMEM_LIB (default out/release/libhakmem.so).
+# Environment: HAK_TEST_LIB (default out/release/libhakmem.so).
 # Exit status: 0, or 1 if any glibc or hakmem run failed, 2 on bad usage.
 set -u
 
@@ -116,8 +116,8 @@ find_lib() {
     return 1
 }
 
-HAKMEM_LIB=${HAKMEM_LIB:-$ROOT/out/release/libhakmem.so}
-case $HAKMEM_LIB in /*) ;; *) HAKMEM_LIB=$PWD/$HAKMEM_LIB ;; esac
+HAK_TEST_LIB=${HAK_TEST_LIB:-$ROOT/out/release/libhakmem.so}
+case $HAK_TEST_LIB in /*) ;; *) HAK_TEST_LIB=$PWD/$HAK_TEST_LIB ;; esac
 
 ANAMES=()      # allocators that will be run
 declare -A ALIB=()
@@ -127,7 +127,7 @@ for a in "${req[@]}"; do
     [ -z "$a" ] && continue
     case $a in
         glibc)    lib= ;;
-        hakmem)   lib=$HAKMEM_LIB
+        hakmem)   lib=$HAK_TEST_LIB
                   if [ ! -e "$lib" ]; then
                       echo "bench.sh: hakmem library $lib not found: hakmem runs FAIL" >&2
                       MISSING_REQUIRED+=(hakmem)

@@ -3,8 +3,10 @@
 #   bash tests/run.sh            all tests, loops bounded by STRESS_SECONDS (default 2)
 #   bash tests/run.sh stress     same with STRESS_SECONDS (default 120)
 #   TESTS='api|tiny' bash tests/run.sh     only tests whose name matches (grep -E)
-# Runs out/{release,debug}/tests/test_* (one test each, timeout 300) and
-# tests/*.sh except this script (timeout 600).  Ends with "N passed, N failed";
+# Runs out/{release,debug}/tests/test_* (one test each, timeout 300), the
+# fault-injection, ulimit, sanitizer and fuzzing tests (see below; FUZZ_SECONDS
+# sets the fuzzing time, default 20) and tests/*.sh except this script
+# (timeout 600).  Ends with "N passed, N failed";
 # exit status 0 iff nothing failed.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
@@ -14,11 +16,11 @@ if [ "${1:-}" = stress ]; then
 else
     export STRESS_SECONDS=${STRESS_SECONDS:-2}
 fi
-# Scripts get ROOT/HAKMEM_LIB/HAKMEM_DEBUG_LIB; the C tests do not (hakmem
-# reads HAKMEM_* variables as options and warns about unknown ones).
-unset HAKMEM_LIB HAKMEM_DEBUG_LIB
-SCRIPT_ENV=(ROOT="$ROOT" HAKMEM_LIB="$ROOT/out/release/libhakmem.so"
-            HAKMEM_DEBUG_LIB="$ROOT/out/debug/libhakmem.so")
+# Scripts get ROOT/HAK_TEST_LIB/HAK_TEST_DEBUG_LIB (names outside hakmem's
+# HAKMEM_* option namespace, which warns about unknown variables).
+unset HAK_TEST_LIB HAK_TEST_DEBUG_LIB
+SCRIPT_ENV=(ROOT="$ROOT" HAK_TEST_LIB="$ROOT/out/release/libhakmem.so"
+            HAK_TEST_DEBUG_LIB="$ROOT/out/debug/libhakmem.so")
 
 pass=0
 fail=0
@@ -71,6 +73,71 @@ for mode in release debug; do
         run "$name" 300 "$bin"
     done
 done
+
+# run_bin NAME TIMEOUT BIN [ARGS...]: like run, but FAIL if BIN was not built.
+have_bin() {
+    [ -x "$2" ] && return 0
+    echo "FAIL $1 (missing binary $2: run make test)"
+    fail=$((fail + 1))
+    failed_names+=("$1")
+    return 1
+}
+run_bin() {
+    selected "$1" || return 0
+    have_bin "$1" "$3" || return 0
+    run "$@"
+}
+# run_ulimit NAME TIMEOUT KIB BIN: run BIN under `ulimit -v KIB`.
+run_ulimit() {
+    selected "$1" || return 0
+    have_bin "$1" "$4" || return 0
+    run "$1" "$2" bash -c 'ulimit -v "$1" && exec "$2"' ulimit "$3" "$4"
+}
+
+# The hardened build (HAK_SECURE): its own test, and the tests that do not
+# depend on the exact tier boundaries (canaries add 8 bytes to each block).
+for t in test_hardened test_align test_mt_prodcons test_stress test_fork test_thread_churn test_foreign; do
+    run_bin "secure/$t" 300 out/secure/tests/$t
+done
+
+# Fault injection build (HAK_FAULT_INJECTION): every tier under failing
+# mmap/madvise/mremap.
+run_bin fault/test_fault 300 out/fault/tests/test_fault
+
+# Under an address-space limit: tests that fit in 2 GiB (not test_large: its
+# 1 GiB burst does not), and a program that allocates until malloc fails
+# under 200 MiB (it refuses to run without a limit).
+for t in test_api test_realloc test_align; do
+    run_ulimit "ulimit-2g/release/$t" 300 2097152 out/release/tests/$t
+done
+run_ulimit ulimit-2g/debug/test_api 300 2097152 out/debug/tests/test_api
+for mode in release debug; do
+    run_ulimit "ulimit-200m/$mode/oom_ulimit" 300 204800 out/$mode/tests/oom_ulimit
+done
+
+# Sanitizer builds (library without the glibc names, drivers use hak_*).
+# Reports abort (UBSan: -fno-sanitize-recover; TSan: exitcode 66).
+for san in ubsan tsan; do
+    for t in san_api san_threads; do
+        run_bin "$san/$t" 300 out/$san/tests/$t
+    done
+done
+
+# libFuzzer harness over the hak_* API (ASan build), fixed seed, from the
+# seed corpus (tests/fuzz/corpus, read-only: new inputs go to a temp dir).
+if selected fuzz/fuzz_api && have_bin fuzz/fuzz_api out/fuzz/fuzz_api; then
+    fuzz_dir=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-fuzz.XXXXXX")
+    fail0=$fail
+    run fuzz/fuzz_api $((${FUZZ_SECONDS:-20} + 60)) out/fuzz/fuzz_api \
+        -seed=1 -max_total_time="${FUZZ_SECONDS:-20}" -timeout=30 \
+        -artifact_prefix="$fuzz_dir/" "$fuzz_dir" tests/fuzz/corpus
+    if [ $fail -gt $fail0 ]; then # the finding, above libFuzzer's stack trace
+        grep -m 4 -E '^fuzz_api: op|^hakmem:|ERROR: AddressSanitizer|^Running: ' "$log" | sed 's/^/    | /'
+    fi
+    ls "$fuzz_dir"/crash-* "$fuzz_dir"/timeout-* "$fuzz_dir"/leak-* 2>/dev/null | sed 's/^/    | kept: /'
+    find "$fuzz_dir" -mindepth 1 ! -name 'crash-*' ! -name 'timeout-*' ! -name 'leak-*' -delete 2>/dev/null
+    rmdir "$fuzz_dir" 2>/dev/null
+fi
 
 for script in tests/*.sh; do
     s=$(basename "$script")

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Smoke test of the benchmark harness: tiny arguments, glibc + hakmem, two
 # benchmarks; checks the table, results.csv, runs.csv and the SVG charts.
-# Run from the repo root (tests/run.sh); HAKMEM_LIB selects the library.
+# Run from the repo root (tests/run.sh); HAK_TEST_LIB selects the library.
 # Exits 0 on success, else prints a one-line reason and exits 1.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export HAKMEM_LIB=${HAKMEM_LIB:-$ROOT/out/release/libhakmem.so}
-case $HAKMEM_LIB in /*) ;; *) HAKMEM_LIB=$PWD/$HAKMEM_LIB ;; esac
+export HAK_TEST_LIB=${HAK_TEST_LIB:-$ROOT/out/release/libhakmem.so}
+case $HAK_TEST_LIB in /*) ;; *) HAK_TEST_LIB=$PWD/$HAK_TEST_LIB ;; esac
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-bench-test.XXXXXX") || { echo "FAIL: mktemp"; exit 1; }
 trap 'rm -rf "$TMP"' EXIT
 fail() { echo "FAIL test_bench_harness: $*"; exit 1; }
 
-[ -e "$HAKMEM_LIB" ] || fail "library $HAKMEM_LIB not found"
+[ -e "$HAK_TEST_LIB" ] || fail "library $HAK_TEST_LIB not found"
 for b in bench_random_mixed larson; do
     [ -x "$ROOT/out/release/$b" ] || fail "out/release/$b not built"
 done

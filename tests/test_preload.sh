@@ -1,22 +1,22 @@
 #!/bin/bash
 # LD_PRELOAD smoke run of real programs: each workload runs once under
-# glibc malloc and once with LD_PRELOAD=$HAKMEM_LIB (and once more with
-# $HAKMEM_DEBUG_LIB if it exists); stdout and exit status must be
+# glibc malloc and once with LD_PRELOAD=$HAK_TEST_LIB (and once more with
+# $HAK_TEST_DEBUG_LIB if it exists); stdout and exit status must be
 # identical, and HAKMEM_STATS=1 must show that hakmem was really loaded.
 # Programs that are not installed are skipped (SKIP line, not a failure).
 #
-# Env: ROOT (repo root), HAKMEM_LIB, HAKMEM_DEBUG_LIB (set by tests/run.sh).
+# Env: ROOT (repo root), HAK_TEST_LIB, HAK_TEST_DEBUG_LIB (set by tests/run.sh).
 set -u
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-HAKMEM_LIB=${HAKMEM_LIB:-$ROOT/out/release/libhakmem.so}
-HAKMEM_DEBUG_LIB=${HAKMEM_DEBUG_LIB:-$ROOT/out/debug/libhakmem.so}
+HAK_TEST_LIB=${HAK_TEST_LIB:-$ROOT/out/release/libhakmem.so}
+HAK_TEST_DEBUG_LIB=${HAK_TEST_DEBUG_LIB:-$ROOT/out/debug/libhakmem.so}
 
-if [ ! -f "$HAKMEM_LIB" ]; then
-    echo "FAIL: $HAKMEM_LIB does not exist (run make)"
+if [ ! -f "$HAK_TEST_LIB" ]; then
+    echo "FAIL: $HAK_TEST_LIB does not exist (run make)"
     exit 1
 fi
-LIBS=("$HAKMEM_LIB")
-[ -f "$HAKMEM_DEBUG_LIB" ] && LIBS+=("$HAKMEM_DEBUG_LIB")
+LIBS=("$HAK_TEST_LIB")
+[ -f "$HAK_TEST_DEBUG_LIB" ] && LIBS+=("$HAK_TEST_DEBUG_LIB")
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-preload.XXXXXX")
 REDIS_PID=
@@ -213,7 +213,7 @@ run_one() {
     (
         cd "$WORK/run" || exit 1
         # not hakmem options: keep them away from the programs under test
-        unset HAKMEM_LIB HAKMEM_DEBUG_LIB ROOT
+        unset HAK_TEST_LIB HAK_TEST_DEBUG_LIB ROOT
         if [ -n "$lib" ]; then
             export LD_PRELOAD=$lib HAKMEM_STATS=1
         fi
@@ -272,8 +272,8 @@ check() {
 }
 
 # the library itself loads and reports
-if ! out=$(LD_PRELOAD=$HAKMEM_LIB HAKMEM_STATS=1 /bin/true 2>&1) || ! grep -qi hakmem <<<"$out"; then
-    echo "FAIL: LD_PRELOAD=$HAKMEM_LIB HAKMEM_STATS=1 /bin/true did not print a hakmem report:"
+if ! out=$(LD_PRELOAD=$HAK_TEST_LIB HAKMEM_STATS=1 /bin/true 2>&1) || ! grep -qi hakmem <<<"$out"; then
+    echo "FAIL: LD_PRELOAD=$HAK_TEST_LIB HAKMEM_STATS=1 /bin/true did not print a hakmem report:"
     echo "$out" | head -5
     failures+=(load)
 fi
