@@ -301,6 +301,8 @@ static Block *span_take(Heap *h, Span *s)
         Block *b = (Block *)atomic_exchange_explicit(&s->thread_free, 0, memory_order_acquire);
         uint32_t k = 0;
         while (b) {
+            if (unlikely(k >= s->used)) /* more frees than blocks out: a cycle */
+                hak_fatal("cross-thread free list corrupted (double free?) in span", s);
             Block *next = block_next(b);
             block_set_next(b, s->free);
             s->free = b;
@@ -415,6 +417,10 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
                 return;
             }
             continue;
+        }
+        if (unlikely((Block *)tf == b)) {
+            hak_invalid_pointer("double free", b);
+            return;
         }
         block_set_next(b, (Block *)tf);
         if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
