@@ -24,14 +24,14 @@ static inline void *canary_arm(void *p)
     }
     return p;
 }
-static inline void canary_check(const Span *s, const void *p)
+static inline void canary_check(unsigned cls, const void *p)
 {
-    if (unlikely(*canary_slot(p, span_block_size(s)) != canary_value(p)))
+    if (unlikely(*canary_slot(p, hak_classes[cls].block_size) != canary_value(p)))
         hak_fatal("block overflow (canary overwritten) at", p);
 }
 #else
 static inline void *canary_arm(void *p) { return p; }
-static inline void canary_check(const Span *s, const void *p) { (void)s; (void)p; }
+static inline void canary_check(unsigned cls, const void *p) { (void)cls; (void)p; }
 #endif
 
 HAK_API void *hak_malloc(size_t size)
@@ -42,6 +42,8 @@ HAK_API void *hak_malloc(size_t size)
         Block *b = tc->free[cls];
         if (likely(b != NULL)) {
             tc->free[cls] = block_next_fast(b);
+            tc->count[cls]--;
+            tc->allocs[cls]++; /* statistics: per thread, no branch */
             return canary_arm(b);
         }
         return canary_arm(heap_alloc_slow(size + HAK_CANARY_SIZE, cls));
@@ -64,30 +66,30 @@ HAK_API void hak_free(void *p)
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
                hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = (SuperSlab *)align_down(addr, HAK_CHUNK_SIZE);
-        uintptr_t head = ss->span_head[(addr >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1)];
-        Span *s = (Span *)((uintptr_t)ss + offsetof(SuperSlab, spans) + head * sizeof(Span));
-        canary_check(s, p);
-        if (unlikely(ss->owner != hak_tc.heap)) {
-            span_free_remote(ss, s, p);
+        unsigned slab = (addr >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);
+        unsigned cls = ss->slab_cls[slab];
+        if (likely(ss->owner == hak_tc.heap)) {
+            /* The owner: push on the thread front, nothing else.  A pointer
+             * into the middle of a block, into a free slab or the header,
+             * and the block freed just before, stop here. */
+            ThreadCache *tc = &hak_tc;
+            uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
+                                      (HAK_CHUNK_SIZE - 1));
+            Block *b = p, *top = tc->free[cls];
+            if (unlikely(b == top || !offset_is_block(cls, off))) {
+                front_free_invalid(ss, b);
+                return;
+            }
+            canary_check(cls, p);
+            block_set_next(b, top);
+            tc->free[cls] = b;
+            if (unlikely(++tc->count[cls] > hak_classes[cls].front_max))
+                front_overflow(cls);
             return;
         }
-        /* The owner: push on the span's list, no atomics; the list reaches
-         * the thread front at the next refill.  The block freed just before
-         * and pointers into the middle of a block stop here. */
-        uint32_t off = (uint32_t)((addr - (head << HAK_SLAB_SHIFT)) & (HAK_CHUNK_SIZE - 1));
-        Block *b = p, *top = s->free;
-        uint32_t used = s->used; /* loads before the store to b */
-        if (unlikely(b == top || !span_offset_is_block(s, off))) {
-            span_free_invalid(ss, s, b);
-            return;
-        }
-        block_set_next(b, top);
-        s->free = b;
-        s->used = used - 1;
-        /* Slow path when the span becomes empty (used == 1 before) or was
-         * full (used == capacity before, it may be FULL): one compare. */
-        if (unlikely(used - 2 >= s->limit))
-            span_free_local_slow(ss, s, b);
+        if (cls != HAK_NO_CLASS)
+            canary_check(cls, p);
+        span_free_remote(ss, span_of(ss, p), p);
         return;
     }
     free_other(p, registry_kind(p));

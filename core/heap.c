@@ -18,7 +18,7 @@
 __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 uintptr_t hak_secret;
 uint8_t   hak_class_of[(HAK_SMALL_MAX >> 4) + 1];
-ClassInfo hak_classes[HAK_NCLASS];
+ClassInfo hak_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
 
 static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
 static Heap  *all_heaps;          /* every heap, linked by all_next      */
@@ -33,6 +33,7 @@ static uint64_t last_collect_ms;
 #define FULL_MASK   (~(uint32_t)1)  /* slabs 1..31: slab 0 is the header */
 #define CARVE_BYTES 4096            /* fresh blocks linked per refill     */
 #define SPAN_MIN_BLOCKS 128         /* see classes_init                   */
+#define FRONT_BYTES (256 * 1024)    /* see classes_init                   */
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
 
 /* ------------------------------------------------------------------ */
@@ -79,8 +80,13 @@ static void classes_init(void)
                 }
             }
         }
-        hak_classes[c] = (ClassInfo){ (uint32_t)size,
-                                      (uint32_t)(best * HAK_SLAB_SIZE / size), (uint8_t)best };
+        /* Thread fronts keep up to FRONT_BYTES of a class (at least 32 and
+         * at most 2048 blocks) before flushing half back to the spans. */
+        size_t front = FRONT_BYTES / size;
+        front = front < 32 ? 32 : front > 2048 ? 2048 : front;
+        hak_classes[c] = (ClassInfo){ UINT64_MAX / size + 1, (uint32_t)size,
+                                      (uint32_t)(best * HAK_SLAB_SIZE / size), (uint32_t)front,
+                                      (uint8_t)best };
     }
     for (size_t i = 0; i <= (HAK_SMALL_MAX >> 4); i++)
         hak_class_of[i] = (uint8_t)size_class_compute(i << 4);
@@ -165,12 +171,15 @@ static void superslab_link_front(Heap *h, SuperSlab *ss)
  * spare slot or the extent cache.  Returns true if the SuperSlab went too. */
 static bool span_release(Heap *h, SuperSlab *ss, Span *s)
 {
+    if (h->kept[s->cls] == s)
+        h->kept[s->cls] = NULL;
     HAK_ASSERT(s->used == 0 && s->state != SPAN_CURRENT && ss->owner == h);
     if (s->state == SPAN_PARTIAL)
         partial_remove(h, s);
     unsigned idx = (unsigned)(s - ss->spans);
     uint32_t bits = (uint32_t)(((1ull << s->nslabs) - 1) << idx);
     span_bytes_add(s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
+    memset(&ss->slab_cls[idx], HAK_NO_CLASS, s->nslabs); /* free() rejects them now */
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -204,11 +213,8 @@ static SuperSlab *superslab_get(Heap *h)
         memset(ss, 0, sizeof(SuperSlab));
         ss->owner = h;
         ss->free_mask = FULL_MASK;
-        /* Slab 0 is this header.  A free pointing into it must fail
-         * hak_free's checks before anything is written: only offset 0
-         * passes the block test with magic 1, and it equals "free". */
-        ss->spans[0].div_magic = 1;
-        ss->spans[0].free = (Block *)ss;
+        /* slab 0 is this header: like free slabs, it has no class */
+        memset(ss->slab_cls, HAK_NO_CLASS, sizeof ss->slab_cls);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
     superslab_link_front(h, ss);
@@ -216,12 +222,19 @@ static SuperSlab *superslab_get(Heap *h)
     return ss;
 }
 
+/* First run of k set bits in mask: bit i of r says "bits i..i+len-1 are all
+ * set"; doubling len costs log2(k) steps instead of k. */
 static int find_run(uint32_t mask, unsigned k)
 {
-    uint32_t m = mask;
-    for (unsigned i = 1; i < k; i++)
-        m &= mask >> i;
-    return m ? __builtin_ctz(m) : -1;
+    uint32_t r = mask;
+    unsigned len = 1;
+    while (len * 2 <= k) {
+        r &= r >> len;
+        len *= 2;
+    }
+    if (len < k)
+        r &= r >> (k - len);
+    return r ? __builtin_ctz(r) : -1;
 }
 
 static Span *span_new(Heap *h, unsigned cls)
@@ -238,8 +251,10 @@ static Span *span_new(Heap *h, unsigned cls)
         idx = find_run(ss->free_mask, k);
     }
     ss->free_mask &= ~(uint32_t)(((1ull << k) - 1) << idx);
-    for (unsigned i = 0; i < k; i++)
+    for (unsigned i = 0; i < k; i++) {
         ss->span_head[idx + i] = (uint8_t)idx;
+        ss->slab_cls[idx + i] = (uint8_t)cls;
+    }
     if (ss->free_mask == 0 && ss->next) {
         /* full: move it to the back so span_new stops at the first full one */
         SuperSlab *last = ss;
@@ -256,7 +271,6 @@ static Span *span_new(Heap *h, unsigned cls)
     span_bytes_add(cls, (int64_t)k * HAK_SLAB_SIZE);
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
-    s->div_magic = UINT64_MAX / ci->block_size + 1;
     s->limit = ci->capacity - 2;
     s->bump = span_start(ss, s);
     s->fresh = ci->capacity;
@@ -294,8 +308,9 @@ static Block *carve(char *p, size_t bs, uint32_t n)
 }
 
 /* Take all free blocks of a span for the thread front: its own list, the
- * frees other threads sent, or a run of never-used blocks. */
-static Block *span_take(Heap *h, Span *s)
+ * frees other threads sent, or a run of never-used blocks; *count says how
+ * many. */
+static Block *span_take(Heap *h, Span *s, uint32_t *count)
 {
     if (atomic_load_explicit(&s->thread_free, memory_order_relaxed) > SPAN_NOTIFY) {
         Block *b = (Block *)atomic_exchange_explicit(&s->thread_free, 0, memory_order_acquire);
@@ -329,7 +344,7 @@ static Block *span_take(Heap *h, Span *s)
     s->used += n;
     HAK_ASSERT(s->used + s->fresh <= s->limit + 2u);
     h->refills[s->cls]++;
-    h->handed[s->cls] += n;
+    *count = n;
     return list;
 }
 
@@ -350,8 +365,16 @@ static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
         atomic_compare_exchange_strong(&s->thread_free, &notify, 0);
         partial_push(h, s);
     }
-    if (s->used == 0 && s->state == SPAN_PARTIAL)
+    if (s->used == 0 && s->state == SPAN_PARTIAL) {
+        /* Keep one empty span per class queued: a class that breathes
+         * around a span's worth of blocks would otherwise build and tear
+         * down a span (and sometimes a SuperSlab) again and again. */
+        if (!h->kept[s->cls] && h->state == HEAP_ACTIVE) {
+            h->kept[s->cls] = s;
+            return false;
+        }
         return span_release(h, ss, s);
+    }
     return false;
 }
 
@@ -364,25 +387,49 @@ static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
     return span_after_put(h, ss, s);
 }
 
-/* hak_free pushed block b on a span that is FULL or now empty.  This is
- * also where a span is checked before it changes state: b must really be
- * one of its blocks (not an interior pointer, not a stale one). */
-void span_free_local_slow(SuperSlab *ss, Span *s, Block *b)
+void front_free_invalid(SuperSlab *ss, Block *b)
 {
-    /* hak_free checked the block boundary; here also that it was handed out */
-    if (unlikely(!s->nslabs || (char *)b >= s->bump)) {
-        s->free = block_next(b); /* undo the push */
-        s->used++;
-        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
-        return;
-    }
-    span_after_put(ss->owner, ss, s);
-}
-
-void span_free_invalid(SuperSlab *ss, Span *s, Block *b)
-{
+    Span *s = span_of(ss, b);
     hak_invalid_pointer(block_is_valid(ss, s, b) ? "double free" :
                         "free of a pointer that is not an allocated block", b);
+}
+
+/* Give the blocks of the thread front beyond the first keep back to their
+ * spans: the older ones, as the front is a LIFO. */
+static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
+{
+    Block *b = tc->free[cls];
+    if (keep) {
+        for (uint32_t i = 1; i < keep && b; i++)
+            b = block_next_fast(b);
+        if (!b)
+            return;
+        Block *rest = block_next_fast(b);
+        block_set_next(b, NULL);
+        b = rest;
+    } else {
+        tc->free[cls] = NULL;
+    }
+    tc->count[cls] = keep;
+    while (b) {
+        Block *next = block_next_fast(b);
+        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
+        if (registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h)
+            hak_fatal("corrupted thread free list (use after free?) at", b);
+        Span *s = span_of(ss, b);
+        if (!block_is_valid(ss, s, b))
+            hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        else
+            span_put(h, ss, s, b);
+        b = next;
+    }
+}
+
+/* hak_free found the thread front of cls over its limit. */
+void front_overflow(unsigned cls)
+{
+    ThreadCache *tc = &hak_tc;
+    front_flush(tc->heap, tc, cls, hak_classes[cls].front_max / 2);
 }
 
 static void delayed_push(Heap *h, Block *b)
@@ -447,12 +494,46 @@ static void heap_drain_delayed(Heap *h)
 /* ------------------------------------------------------------------ */
 /* Refill                                                               */
 
-static Block *refill(Heap *h, ThreadCache *tc, unsigned cls)
+/* A span whose free list was just taken: all its blocks but the never-used
+ * ones are out.  It carves for the class if nobody does, or waits on the
+ * partial queue, or is marked FULL until blocks come back. */
+static void span_park(Heap *h, ThreadCache *tc, Span *s)
 {
-    Span *s = tc->cur[cls];
+    if (s->fresh) {
+        if (!tc->cur[s->cls]) {
+            s->state = SPAN_CURRENT;
+            tc->cur[s->cls] = s;
+        } else {
+            partial_push(h, s);
+        }
+        return;
+    }
+    uintptr_t expected = 0;
+    if (atomic_compare_exchange_strong(&s->thread_free, &expected, SPAN_NOTIFY))
+        s->state = SPAN_FULL;
+    else
+        partial_push(h, s); /* remote frees arrived meanwhile */
+}
+
+/* The front of cls is empty: take a whole span's free blocks, preferring
+ * blocks that came back (the partial queue) to never-used ones. */
+static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
+{
     for (;;) {
+        Span *s = h->partial[cls];
         if (s) {
-            Block *list = span_take(h, s);
+            partial_remove(h, s);
+            s->state = 0;
+            if (h->kept[cls] == s)
+                h->kept[cls] = NULL;
+            Block *list = span_take(h, s, count);
+            span_park(h, tc, s);
+            if (list)
+                return list;
+            continue;
+        }
+        if ((s = tc->cur[cls]) != NULL) {
+            Block *list = span_take(h, s, count);
             if (list)
                 return list;
             /* Exhausted: mark it FULL unless remote frees just arrived. */
@@ -462,12 +543,10 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls)
             HAK_ASSERT(s->used == s->limit + 2u && !s->free && !s->fresh);
             s->state = SPAN_FULL;
             tc->cur[cls] = NULL;
+            continue;
         }
-        if ((s = h->partial[cls]) != NULL) {
-            partial_remove(h, s);
-        } else if ((s = span_new(h, cls)) == NULL) {
+        if ((s = span_new(h, cls)) == NULL)
             return NULL;
-        }
         s->state = SPAN_CURRENT;
         tc->cur[cls] = s;
     }
@@ -503,6 +582,7 @@ static Heap *heap_acquire(ThreadCache *tc)
         STAT_INC(heaps_created);
     }
     atomic_store(&h->state, HEAP_ACTIVE);
+    h->front = tc;
     bool first = !atfork_registered;
     atfork_registered = true;
     pthread_mutex_unlock(&heaps_mutex);
@@ -541,12 +621,16 @@ void *heap_alloc_slow(size_t size, unsigned cls)
     if (!b) {
         if (atomic_load_explicit(&h->delayed, memory_order_relaxed))
             heap_drain_delayed(h);
-        if (!(b = refill(h, tc, cls))) {
+        uint32_t n;
+        if (!(b = refill(h, tc, cls, &n))) {
             errno = ENOMEM;
             return NULL;
         }
+        tc->count[cls] = n;
     }
-    tc->free[cls] = block_next(b);
+    tc->free[cls] = block_next_fast(b);
+    tc->count[cls]--;
+    tc->allocs[cls]++;
     return b;
 }
 
@@ -592,26 +676,30 @@ void heap_thread_exit(void *unused)
     Heap *h = tc->heap;
     if (!h)
         return;
-    /* Hand the front's blocks back to their spans, which become PARTIAL. */
+    /* Hand the front's blocks back to their spans; the carving spans wait
+     * on the partial queues (or go, if empty). */
+    for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
+        front_flush(h, tc, cls, 0);
+    for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
+        if (h->kept[cls])
+            span_release(h, (SuperSlab *)align_down((uintptr_t)h->kept[cls], HAK_CHUNK_SIZE),
+                         h->kept[cls]);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
         Span *s = tc->cur[cls];
         if (!s)
             continue;
-        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)s, HAK_CHUNK_SIZE);
-        partial_push(h, s);
-        Block *b = tc->free[cls];
-        tc->free[cls] = NULL;
         tc->cur[cls] = NULL;
-        if (!b && s->used == 0)
-            span_release(h, ss, s);
-        while (b) {
-            Block *n = block_next(b);
-            span_put(h, ss, s, b);
-            b = n;
-        }
+        partial_push(h, s);
+        if (s->used == 0)
+            span_release(h, (SuperSlab *)align_down((uintptr_t)s, HAK_CHUNK_SIZE), s);
     }
     tc->heap = NULL;
     hak_lock(&heaps_mutex);
+    for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
+        h->allocs[cls] += tc->allocs[cls];
+        tc->allocs[cls] = 0;
+    }
+    h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
     pthread_mutex_unlock(&heaps_mutex);
     heap_collect(h);
@@ -677,8 +765,10 @@ void heaps_fork_child(void)
     pthread_mutex_init(&heaps_mutex, NULL);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);
-        if (h != hak_tc.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY))
+        if (h != hak_tc.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY)) {
             atomic_store(&h->state, HEAP_ORPHAN);
+            h->front = NULL;
+        }
     }
 }
 
@@ -686,20 +776,33 @@ void heaps_fork_child(void)
  * change their lists meanwhile: each SuperSlab pointer is checked against
  * the registry before it is followed, and the extent lock keeps every
  * reservation mapped, so the walk may be inexact but never faults. */
+/* Bytes in use are summed over the spans of every heap, less the blocks
+ * cached in thread fronts.  Other threads change their lists meanwhile:
+ * each SuperSlab pointer is checked against the registry before it is
+ * followed, the extent lock keeps every reservation mapped, and a heap's
+ * front pointer is cleared under heaps_mutex before its thread's TLS goes
+ * away; so the figures may be slightly inexact but reading never faults. */
 void heaps_stats(struct hak_stats *st, ClassStats *by_class)
 {
+    uint64_t out[HAK_NCLASS] = { 0 };
     hak_lock(&heaps_mutex);
     extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
+        ThreadCache *tc = h->front;
         for (unsigned c = 0; c < HAK_NCLASS; c++) {
             uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
             uint64_t rf = __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
+            uint64_t a = h->allocs[c];
+            if (tc) {
+                a += __atomic_load_n(&tc->allocs[c], __ATOMIC_RELAXED);
+                out[c] -= __atomic_load_n(&tc->count[c], __ATOMIC_RELAXED);
+            }
             st->slab_refills += r;
             st->remote_frees += rf;
             if (by_class) {
                 by_class[c].refills += r;
                 by_class[c].remote_frees += rf;
-                by_class[c].handed += __atomic_load_n(&h->handed[c], __ATOMIC_RELAXED);
+                by_class[c].allocs += a;
             }
         }
         SuperSlab *ss = __atomic_load_n(&h->superslabs, __ATOMIC_RELAXED);
@@ -712,10 +815,7 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
                 uint8_t c = __atomic_load_n(&s->cls, __ATOMIC_RELAXED);
                 if (!k || ss->span_head[i] != i || c >= HAK_NCLASS)
                     continue;
-                uint64_t used = __atomic_load_n(&s->used, __ATOMIC_RELAXED);
-                uint64_t bytes = used * hak_classes[c].block_size;
-                if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
-                if (by_class) by_class[c].out += used;
+                out[c] += __atomic_load_n(&s->used, __ATOMIC_RELAXED);
             }
             ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
         }
@@ -723,6 +823,13 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
     }
     extent_unlock();
     pthread_mutex_unlock(&heaps_mutex);
+    for (unsigned c = 0; c < HAK_NCLASS; c++) {
+        if ((int64_t)out[c] < 0) /* a racing front: never report negative */
+            out[c] = 0;
+        uint64_t bytes = out[c] * hak_classes[c].block_size;
+        if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
+        if (by_class) by_class[c].out += out[c];
+    }
     st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
     st->tiny_span_bytes = (uint64_t)atomic_load(&span_bytes[0]);
     st->tiny_span_peak = (uint64_t)atomic_load(&span_peak[0]);

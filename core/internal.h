@@ -104,15 +104,15 @@ static inline uint64_t canary_value(const void *b)
 
 /* ---- size classes (heap.c) ---- */
 extern uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
-extern ClassInfo hak_classes[HAK_NCLASS];
+extern ClassInfo hak_classes[HAK_NCLASS + 1];
 unsigned size_class_compute(size_t size);
 static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15) >> 4]; }
 
 /* ---- thread heaps (heap.c) ---- */
 extern __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
-void  span_free_local_slow(SuperSlab *ss, Span *s, Block *b);
-void  span_free_invalid(SuperSlab *ss, Span *s, Block *b);
+void  front_overflow(unsigned cls);
+void  front_free_invalid(SuperSlab *ss, Block *b);
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);
 void  heap_collect_abandoned(bool all);
@@ -120,8 +120,8 @@ void  heaps_fork_prepare(void);
 void  heaps_fork_parent(void);
 void  heaps_fork_child(void);
 typedef struct ClassStats {
-    uint64_t handed;       /* blocks handed to thread fronts (allocations)  */
-    uint64_t out;          /* blocks out now (in use or in a thread front)  */
+    uint64_t allocs;       /* mallocs served                                */
+    uint64_t out;          /* blocks in use now (not cached in a front)     */
     uint64_t remote_frees; /* frees of its blocks by non-owner threads      */
     uint64_t refills;
 } ClassStats;
@@ -133,23 +133,25 @@ static inline Span *span_of(SuperSlab *ss, const void *p)
 {
     unsigned slab = ((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);
     uintptr_t head = ss->span_head[slab];
-    _Static_assert(sizeof(Span) == 64 && offsetof(SuperSlab, spans) == 64, "span layout");
-    return (Span *)((uintptr_t)ss + 64 + (head << 6));
+    _Static_assert(sizeof(Span) == 64, "span descriptors are one line");
+    return (Span *)((uintptr_t)ss + offsetof(SuperSlab, spans) + (head << 6));
 }
 static inline char *span_start(SuperSlab *ss, Span *s)
 {
     return (char *)ss + ((size_t)(s - ss->spans) << HAK_SLAB_SHIFT);
 }
-/* Is p the start of a block of span s?  An exact divisibility test by
- * the block size with one multiply (Lemire et al., "Faster remainder by
- * direct computation", 2019): valid for offsets below 2^32. */
-static inline bool span_offset_is_block(const Span *s, uint32_t off)
+/* Is offset off (from the start of its span) the start of a block of
+ * class cls?  An exact divisibility test by the block size with one
+ * multiply (Lemire et al., "Faster remainder by direct computation", 2019),
+ * valid for offsets below 2^32.  HAK_NO_CLASS (magic 0) rejects all. */
+static inline bool offset_is_block(unsigned cls, uint32_t off)
 {
-    return (uint64_t)off * s->div_magic <= s->div_magic - 1;
+    uint64_t magic = hak_classes[cls].div_magic;
+    return (uint64_t)off * magic < magic;
 }
 static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
 {
-    return span_offset_is_block(s, (uint32_t)((const char *)p - span_start(ss, s)));
+    return offset_is_block(s->cls, (uint32_t)((const char *)p - span_start(ss, s)));
 }
 static inline uint32_t span_block_size(const Span *s) { return hak_classes[s->cls].block_size; }
 

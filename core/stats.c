@@ -56,11 +56,9 @@ HAK_API void hak_stats_print(void)
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
         if (!cs[c].refills)
             continue;
-        /* Blocks are counted when they reach a thread front: "allocs" includes
-         * the few still cached there, which are also counted in "out". */
         LINE("  %5u %6u %12llu %12llu %12llu %10llu %9.2f %9llu\n", c, hak_classes[c].block_size,
-             (unsigned long long)cs[c].handed,
-             (unsigned long long)(cs[c].handed > cs[c].out ? cs[c].handed - cs[c].out : 0),
+             (unsigned long long)cs[c].allocs,
+             (unsigned long long)(cs[c].allocs > cs[c].out ? cs[c].allocs - cs[c].out : 0),
              (unsigned long long)cs[c].remote_frees, (unsigned long long)cs[c].out,
              mib(cs[c].out * hak_classes[c].block_size), (unsigned long long)cs[c].refills);
     }

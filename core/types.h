@@ -93,8 +93,7 @@ typedef struct Span {
     uint32_t   limit;       /* capacity - 2: see hak_free's boundary test    */
     _Atomic uintptr_t thread_free; /* blocks freed by other threads | NOTIFY */
     char      *bump;        /* next never-used block                         */
-    uint64_t   div_magic;   /* UINT64_MAX / block_size + 1: offset o is a    */
-                            /* block start iff o * div_magic <= div_magic-1  */
+    uint64_t   _pad8;       /* keeps the descriptor at 64 bytes              */
     struct Span *next, *prev; /* heap->partial[cls] links                    */
     uint32_t   fresh;       /* never-used blocks left at bump                */
     uint8_t    cls;         /* size class (block size: hak_classes[cls])     */
@@ -105,9 +104,11 @@ typedef struct Span {
 
 /* SuperSlab header, at the start of its own slab 0. */
 typedef struct SuperSlab {
-    /* First line: everything free() reads. */
+    /* What free() reads. */
     struct Heap *owner;                 /* never NULL while in use          */
     uint8_t   span_head[HAK_SLABS_PER_SS]; /* slab index -> span's first slab */
+    uint8_t   slab_cls[HAK_SLABS_PER_SS];  /* slab index -> size class, or  */
+                                        /* HAK_NO_CLASS (header, free slab) */
     uint32_t  free_mask;                /* bit i: slab i is unused           */
     uint32_t  _pad;
     struct SuperSlab *next, *prev;      /* heap->superslabs                  */
@@ -121,26 +122,34 @@ typedef struct Heap {
     Span      *partial[HAK_NCLASS];     /* spans with free blocks, by class: */
     Span      *partial_tail[HAK_NCLASS];/* a FIFO, so the span that gathered */
                                         /* frees longest is reused first     */
+    Span      *kept[HAK_NCLASS];        /* one empty span kept per class     */
     SuperSlab *superslabs;              /* SuperSlabs with unused slabs first */
     SuperSlab *spare;                   /* one empty SuperSlab kept for reuse */
     _Atomic(Block *) delayed;           /* remote frees into FULL spans      */
     _Atomic int state;
     struct Heap *all_next;              /* every heap ever made              */
     struct Heap *abandoned_next;
+    struct ThreadCache *front;          /* its thread's front while it runs  */
     /* Statistics, written by the owner only, on slow paths. */
     uint64_t  refills[HAK_NCLASS];
-    uint64_t  handed[HAK_NCLASS];       /* blocks handed to the thread front */
+    uint64_t  allocs[HAK_NCLASS];       /* mallocs of exited threads         */
     uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
                                         /* blocks of other heaps             */
     uint64_t  superslabs_live;
 } Heap;
 
-/* The thread-local front.  tc.free[cls] is the free list of the class's
- * current span tc.cur[cls]; malloc and free of the owner touch nothing else. */
+/* The thread-local front, like a tcmalloc thread cache.  tc.free[cls] holds
+ * free blocks of class cls from any span of the thread's heap: malloc pops
+ * it, the owner's free pushes on it, and neither touches anything else.
+ * Past hak_classes[cls].front_max blocks, the older half is flushed back to
+ * the spans; when it is empty, a refill takes a whole span's free list.
+ * tc.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadCache {
-    Block *free[HAK_NCLASS];
-    Span  *cur[HAK_NCLASS];
-    Heap  *heap;
+    Block   *free[HAK_NCLASS + 1];      /* [HAK_NO_CLASS]: never used      */
+    uint32_t count[HAK_NCLASS + 1];     /* length of free[cls]             */
+    uint64_t allocs[HAK_NCLASS + 1];    /* statistics: mallocs served      */
+    Span    *cur[HAK_NCLASS];
+    Heap    *heap;
 } ThreadCache;
 
 /* Header in front of every large block (exactly 64 bytes). */
@@ -152,11 +161,17 @@ typedef struct LargeHeader {
     uint64_t  _pad[4];
 } LargeHeader;
 
-/* Size class description, filled once at start-up. */
+/* Size class description, filled once at start-up.  hak_classes has one
+ * more entry, HAK_NO_CLASS, all zero: its div_magic of 0 makes free() reject
+ * any pointer into a header slab or a free slab before writing anything. */
 typedef struct ClassInfo {
+    uint64_t div_magic;  /* UINT64_MAX / block_size + 1: an offset o is a  */
+                         /* block start iff o * div_magic < div_magic       */
     uint32_t block_size;
     uint32_t capacity;   /* blocks in a span */
+    uint32_t front_max;  /* most blocks kept in a thread front */
     uint8_t  nslabs;     /* slabs in a span  */
 } ClassInfo;
+#define HAK_NO_CLASS HAK_NCLASS
 
 #endif /* HAK_TYPES_H */
