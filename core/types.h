@@ -32,14 +32,13 @@
  *
  * Life of a tiny/mid block
  * ------------------------
- * malloc pops the thread's list tc.free[class] (ThreadCache).  That list
- * holds the free blocks of exactly one span, the class's *current* span.
- * When it is empty the slow path (heap.c) refills it with the current
- * span's pending frees, then another span of the heap, then a new span.
- * free(p) masks p to its SuperSlab and finds the span descriptor:
- *   - owner thread, current span:  push on tc.free[class]
- *   - owner thread, other span:    push on span->free  (no atomics)
- *   - another thread:              CAS-push on span->thread_free
+ * malloc pops the thread's list tc.free[class] (ThreadCache), which holds
+ * free blocks of that class from any span of the thread's heap.  When it is
+ * empty, the slow path (heap.c) refills it with a whole span's free blocks.
+ * free(p) masks p to its SuperSlab, reads owner, slab_cls and span_head:
+ *   - owner thread:   push on tc.free[class]; past a cap, the older half
+ *                     goes back to the spans (no atomics either way)
+ *   - another thread: CAS-push on span->thread_free
  * Large blocks (> 52 KiB) carry a LargeHeader and live in extents.
  *
  * SPDX-License-Identifier: MIT */
@@ -71,7 +70,7 @@ typedef struct Block { uintptr_t next_enc; } Block;
 
 /* Where a span currently is, from its owner's point of view. */
 enum span_state {
-    SPAN_CURRENT = 1,  /* its free blocks are in tc.free[cls]               */
+    SPAN_CURRENT = 1,  /* tc.cur[cls]: the span whose fresh blocks are carved */
     SPAN_PARTIAL = 2,  /* queued on heap->partial[cls]: has free blocks      */
     SPAN_FULL    = 3   /* no free block; thread_free carries SPAN_NOTIFY      */
 };
