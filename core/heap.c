@@ -411,16 +411,19 @@ static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
         tc->free[cls] = NULL;
     }
     tc->count[cls] = keep;
+    /* The blocks were checked when they were freed; a link that leads out
+     * of this heap's SuperSlabs means the list was overwritten. */
     while (b) {
         Block *next = block_next_fast(b);
         SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
-        if (registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h)
+        if (unlikely(registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
             hak_fatal("corrupted thread free list (use after free?) at", b);
         Span *s = span_of(ss, b);
-        if (!block_is_valid(ss, s, b))
-            hak_invalid_pointer("free of a pointer that is not an allocated block", b);
-        else
-            span_put(h, ss, s, b);
+        HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
+        block_set_next(b, s->free);
+        s->free = b;
+        if (unlikely(--s->used == 0 || s->state == SPAN_FULL))
+            span_after_put(h, ss, s);
         b = next;
     }
 }
