@@ -428,6 +428,17 @@ static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
     }
 }
 
+/* malloc_trim: the calling thread's cached blocks go back to their spans,
+ * so that spans and SuperSlabs they pinned can be released. */
+void heap_trim_front(void)
+{
+    ThreadCache *tc = &hak_tc;
+    if (!tc->heap)
+        return;
+    for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
+        front_flush(tc->heap, tc, cls, 0);
+}
+
 /* hak_free found the thread front of cls over its limit. */
 void front_overflow(unsigned cls)
 {

@@ -112,6 +112,7 @@ static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15)
 extern __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);
+void  heap_trim_front(void);
 void  front_free_invalid(SuperSlab *ss, Block *b);
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);
