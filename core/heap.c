@@ -398,26 +398,30 @@ void front_free_invalid(SuperSlab *ss, Block *b)
  * spans: the older ones, as the front is a LIFO. */
 static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
 {
+    /* The list holds exactly count blocks; a block freed twice makes it
+     * longer (a cycle), which must end in a report, not an endless walk. */
+    uint32_t left = tc->count[cls];
     Block *b = tc->free[cls];
     if (keep) {
-        for (uint32_t i = 1; i < keep && b; i++)
-            b = block_next_fast(b);
-        if (!b)
+        if (keep >= left)
             return;
+        for (uint32_t i = 1; i < keep; i++)
+            b = block_next_fast(b);
         Block *rest = block_next_fast(b);
         block_set_next(b, NULL);
         b = rest;
+        left -= keep;
     } else {
         tc->free[cls] = NULL;
     }
     tc->count[cls] = keep;
     /* The blocks were checked when they were freed; a link that leads out
      * of this heap's SuperSlabs means the list was overwritten. */
-    while (b) {
-        Block *next = block_next_fast(b);
+    for (; left; left--) {
         SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
-        if (unlikely(registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
+        if (unlikely(!b || registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
             hak_fatal("corrupted thread free list (use after free?) at", b);
+        Block *next = block_next_fast(b);
         Span *s = span_of(ss, b);
         HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
         block_set_next(b, s->free);
@@ -426,6 +430,8 @@ static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
             span_after_put(h, ss, s);
         b = next;
     }
+    if (unlikely(b != NULL))
+        hak_fatal("thread free list longer than its count (double free?) at", b);
 }
 
 /* malloc_trim: the calling thread's cached blocks go back to their spans,
