@@ -399,26 +399,18 @@ void front_free_invalid(SuperSlab *ss, Block *b)
 static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
 {
     /* The list holds exactly count blocks; a block freed twice makes it
-     * longer (a cycle), which must end in a report, not an endless walk. */
-    uint32_t left = tc->count[cls];
+     * longer (a cycle), which must end in a report, not an endless walk.
+     * The newest blocks go back: they are the ones still in the cache, so
+     * walking them costs no misses (like tcmalloc's release to the central
+     * list); the older ones stay for the next mallocs. */
+    uint32_t count = tc->count[cls];
+    if (keep >= count)
+        return;
     Block *b = tc->free[cls];
-    if (keep) {
-        if (keep >= left)
-            return;
-        for (uint32_t i = 1; i < keep; i++)
-            b = block_next_fast(b);
-        Block *rest = block_next_fast(b);
-        block_set_next(b, NULL);
-        b = rest;
-        left -= keep;
-    } else {
-        tc->free[cls] = NULL;
-    }
-    tc->count[cls] = keep;
-    /* The blocks were checked when they were freed; a link that leads out
-     * of this heap's SuperSlabs means the list was overwritten. */
-    for (; left; left--) {
+    for (uint32_t left = count - keep; left; left--) {
         SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
+        /* The blocks were checked when they were freed; a link that leads
+         * out of this heap's SuperSlabs means the list was overwritten. */
         if (unlikely(!b || registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
             hak_fatal("corrupted thread free list (use after free?) at", b);
         Block *next = block_next_fast(b);
@@ -430,7 +422,9 @@ static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
             span_after_put(h, ss, s);
         b = next;
     }
-    if (unlikely(b != NULL))
+    tc->free[cls] = b;
+    tc->count[cls] = keep;
+    if (unlikely(!keep && b != NULL))
         hak_fatal("thread free list longer than its count (double free?) at", b);
 }
 
