@@ -394,8 +394,7 @@ void front_free_invalid(SuperSlab *ss, Block *b)
                         "free of a pointer that is not an allocated block", b);
 }
 
-/* Give the blocks of the thread front beyond the first keep back to their
- * spans: the older ones, as the front is a LIFO. */
+/* Give all but keep blocks of the thread front back to their spans. */
 static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
 {
     /* The list holds exactly count blocks; a block freed twice makes it

@@ -36,7 +36,7 @@
  * free blocks of that class from any span of the thread's heap.  When it is
  * empty, the slow path (heap.c) refills it with a whole span's free blocks.
  * free(p) masks p to its SuperSlab, reads owner, slab_cls and span_head:
- *   - owner thread:   push on tc.free[class]; past a cap, the older half
+ *   - owner thread:   push on tc.free[class]; past a cap, the newest half
  *                     goes back to the spans (no atomics either way)
  *   - another thread: CAS-push on span->thread_free
  * Large blocks (> 52 KiB) carry a LargeHeader and live in extents.
@@ -140,7 +140,7 @@ typedef struct Heap {
 /* The thread-local front, like a tcmalloc thread cache.  tc.free[cls] holds
  * free blocks of class cls from any span of the thread's heap: malloc pops
  * it, the owner's free pushes on it, and neither touches anything else.
- * Past hak_classes[cls].front_max blocks, the older half is flushed back to
+ * Past hak_classes[cls].front_max blocks, the newest half is flushed back to
  * the spans; when it is empty, a refill takes a whole span's free list.
  * tc.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadCache {
