@@ -171,8 +171,6 @@ static void superslab_link_front(Heap *h, SuperSlab *ss)
  * spare slot or the extent cache.  Returns true if the SuperSlab went too. */
 static bool span_release(Heap *h, SuperSlab *ss, Span *s)
 {
-    if (h->kept[s->cls] == s)
-        h->kept[s->cls] = NULL;
     HAK_ASSERT(s->used == 0 && s->state != SPAN_CURRENT && ss->owner == h);
     if (s->state == SPAN_PARTIAL)
         partial_remove(h, s);
@@ -271,7 +269,6 @@ static Span *span_new(Heap *h, unsigned cls)
     span_bytes_add(cls, (int64_t)k * HAK_SLAB_SIZE);
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
-    s->limit = ci->capacity - 2;
     s->bump = span_start(ss, s);
     s->fresh = ci->capacity;
     return s;
@@ -327,7 +324,7 @@ static Block *span_take(Heap *h, Span *s, uint32_t *count)
         s->used -= k;
     }
     Block *list = s->free;
-    uint32_t n = s->limit + 2 - s->fresh - s->used;
+    uint32_t n = span_capacity(s) - s->fresh - s->used;
     if (list) {
         s->free = NULL;
     } else if (s->fresh) {
@@ -342,7 +339,7 @@ static Block *span_take(Heap *h, Span *s, uint32_t *count)
         return NULL;
     }
     s->used += n;
-    HAK_ASSERT(s->used + s->fresh <= s->limit + 2u);
+    HAK_ASSERT(s->used + s->fresh <= span_capacity(s));
     h->refills[s->cls]++;
     *count = n;
     return list;
@@ -359,22 +356,14 @@ static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
 
 static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
 {
-    HAK_ASSERT(ss->owner == h && s->used + s->fresh < s->limit + 2u);
+    HAK_ASSERT(ss->owner == h && s->used + s->fresh < span_capacity(s));
     if (s->state == SPAN_FULL) {
         uintptr_t notify = SPAN_NOTIFY; /* stop asking remote frees to wake us */
         atomic_compare_exchange_strong(&s->thread_free, &notify, 0);
         partial_push(h, s);
     }
-    if (s->used == 0 && s->state == SPAN_PARTIAL) {
-        /* Keep one empty span per class queued: a class that breathes
-         * around a span's worth of blocks would otherwise build and tear
-         * down a span (and sometimes a SuperSlab) again and again. */
-        if (!h->kept[s->cls] && h->state == HEAP_ACTIVE) {
-            h->kept[s->cls] = s;
-            return false;
-        }
+    if (s->used == 0 && s->state == SPAN_PARTIAL)
         return span_release(h, ss, s);
-    }
     return false;
 }
 
@@ -537,8 +526,6 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
         if (s) {
             partial_remove(h, s);
             s->state = 0;
-            if (h->kept[cls] == s)
-                h->kept[cls] = NULL;
             Block *list = span_take(h, s, count);
             span_park(h, tc, s);
             if (list)
@@ -553,7 +540,7 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
             uintptr_t expected = 0;
             if (!atomic_compare_exchange_strong(&s->thread_free, &expected, SPAN_NOTIFY))
                 continue;
-            HAK_ASSERT(s->used == s->limit + 2u && !s->free && !s->fresh);
+            HAK_ASSERT(s->used == span_capacity(s) && !s->free && !s->fresh);
             s->state = SPAN_FULL;
             tc->cur[cls] = NULL;
             continue;
@@ -693,10 +680,6 @@ void heap_thread_exit(void *unused)
      * on the partial queues (or go, if empty). */
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
         front_flush(h, tc, cls, 0);
-    for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
-        if (h->kept[cls])
-            span_release(h, (SuperSlab *)align_down((uintptr_t)h->kept[cls], HAK_CHUNK_SIZE),
-                         h->kept[cls]);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
         Span *s = tc->cur[cls];
         if (!s)

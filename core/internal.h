@@ -155,6 +155,7 @@ static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
     return offset_is_block(s->cls, (uint32_t)((const char *)p - span_start(ss, s)));
 }
 static inline uint32_t span_block_size(const Span *s) { return hak_classes[s->cls].block_size; }
+static inline uint32_t span_capacity(const Span *s) { return hak_classes[s->cls].capacity; }
 
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);

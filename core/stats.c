@@ -1,8 +1,8 @@
 /* Statistics: hak_stats_get() and the report that HAKMEM_STATS=1 prints at
- * exit (also malloc_stats()).  The fast paths count nothing: per-class
- * figures are kept per heap on the slow paths (blocks handed to thread
- * fronts, cross-thread frees) or read from the span descriptors (blocks
- * out), syscalls and fallbacks in global relaxed counters.
+ * exit (also malloc_stats()).  malloc adds one to a per-thread counter;
+ * everything else is counted per heap on slow paths (refills, cross-thread
+ * frees), read from the span descriptors and thread fronts (blocks in use),
+ * or kept in global relaxed counters (syscalls, fallbacks).
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 

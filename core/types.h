@@ -89,7 +89,7 @@ typedef struct Span {
                             /* thread front or on thread_free.  Every other  */
                             /* block is on free or fresh, so free holds      */
                             /* capacity - fresh - used blocks.               */
-    uint32_t   limit;       /* capacity - 2: see hak_free's boundary test    */
+    uint32_t   _pad4;
     _Atomic uintptr_t thread_free; /* blocks freed by other threads | NOTIFY */
     char      *bump;        /* next never-used block                         */
     uint64_t   _pad8;       /* keeps the descriptor at 64 bytes              */
@@ -121,7 +121,6 @@ typedef struct Heap {
     Span      *partial[HAK_NCLASS];     /* spans with free blocks, by class: */
     Span      *partial_tail[HAK_NCLASS];/* a FIFO, so the span that gathered */
                                         /* frees longest is reused first     */
-    Span      *kept[HAK_NCLASS];        /* one empty span kept per class     */
     SuperSlab *superslabs;              /* SuperSlabs with unused slabs first */
     SuperSlab *spare;                   /* one empty SuperSlab kept for reuse */
     _Atomic(Block *) delayed;           /* remote frees into FULL spans      */
