@@ -31,7 +31,7 @@ out/debug/obj/%.o: core/%.c $(HDR) | out/debug/obj
 	$(CC) $(CFLAGS_debug) -c $< -o $@
 
 out/%/libhakmem.so: $$(OBJ_$$*)
-	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-z,now -Wl,--version-script=core/exports.map
+	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-z,now -Wl,-z,nodelete -Wl,--version-script=core/exports.map
 out/%/libhakmem.a: $$(OBJ_$$*)
 	rm -f $@ && ar rcs $@ $^
 

@@ -146,17 +146,22 @@ static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since)
     }
 }
 
-/* Map a new reservation.  Called with the lock released (mmap is slow and
- * must not make other threads wait); returns with the lock held. */
-static bool reserve_and_lock(size_t len, size_t align)
+/* Map a new reservation that can hold len bytes at an address a with
+ * (a + offset) a multiple of align.  Called with the lock released (mmap is
+ * slow and must not make other threads wait); returns with the lock held. */
+static bool reserve_and_lock(size_t len, size_t align, size_t offset)
 {
     size_t n = __atomic_load_n(&nreservations, __ATOMIC_RELAXED);
     size_t want = RESERVE_MIN << (n / 2 < 5 ? n / 2 : 5);
     if (want > RESERVE_MAX) want = RESERVE_MAX;
-    size_t need = align_up(len + (align > HAK_CHUNK_SIZE ? align : 0), HAK_CHUNK_SIZE);
+    /* The reservation starts 2 MiB-aligned: a larger alignment may cost up
+     * to align bytes of slack, a smaller one up to align less a page. */
+    size_t slack = align > HAK_PAGE_SIZE ? align : 0;
+    size_t need = len > SIZE_MAX / 2 - offset - slack ? 0 /* impossible */
+                  : align_up(len + offset + slack, HAK_CHUNK_SIZE);
     if (need > want) want = need;
-    void *p = os_map_aligned(want, HAK_CHUNK_SIZE);
-    if (!p && want > need) {
+    void *p = need ? os_map_aligned(want, HAK_CHUNK_SIZE) : NULL;
+    if (!p && need && want > need) {
         want = need; /* low on address space: try the bare minimum */
         p = os_map_aligned(want, HAK_CHUNK_SIZE);
     }
@@ -216,9 +221,10 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     uintptr_t at;
     extent_lock();
     decay();
-    while (!find_fit(len, align, offset, &i, &at)) {
+    if (!find_fit(len, align, offset, &i, &at)) {
         extent_unlock();
-        if (!reserve_and_lock(len + offset, align)) {
+        /* A new reservation always fits the request: one is enough. */
+        if (!reserve_and_lock(len, align, offset) || !find_fit(len, align, offset, &i, &at)) {
             extent_unlock();
             return NULL;
         }
@@ -264,13 +270,10 @@ bool extent_grow(void *end, size_t extra)
     return ok;
 }
 
-void extent_replace(void *p, size_t len)
+void extent_free_purged(void *p, size_t len)
 {
     extent_lock();
-    if (os_map_fixed(p, len))
-        free_range_locked((uintptr_t)p, len, 0);
-    else
-        STAT_INC(fallbacks); /* the range stays a hole in its reservation */
+    free_range_locked((uintptr_t)p, len, 0);
     extent_unlock();
 }
 

@@ -19,13 +19,15 @@ extern void __libc_free(void *);
 #define CHUNK_MMAPPED ((size_t)2)
 #define PAGE_CACHE    8
 
+/* Entries are page | 1, so that the zero-initialised slots match no page
+ * (page 0 included: a low address must be checked like any other). */
 static __thread uintptr_t known_pages[PAGE_CACHE] __attribute__((tls_model("initial-exec")));
 static __thread unsigned  known_next __attribute__((tls_model("initial-exec")));
 
 static bool page_known(uintptr_t page)
 {
     for (unsigned i = 0; i < PAGE_CACHE; i++)
-        if (known_pages[i] == page)
+        if (known_pages[i] == (page | 1))
             return true;
     return false;
 }
@@ -53,7 +55,7 @@ static size_t glibc_usable(const void *p)
     /* Arena pages stay mapped: remember them.  (mmapped chunks are not
      * remembered: glibc unmaps them when they are freed.) */
     if (!known) {
-        known_pages[known_next++ % PAGE_CACHE] = page;
+        known_pages[known_next++ % PAGE_CACHE] = page | 1;
     }
     return size - 8;
 }

@@ -161,7 +161,7 @@ static inline uint32_t span_capacity(const Span *s) { return hak_classes[s->cls]
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);
 void  extent_free(void *p, size_t len);
 bool  extent_grow(void *end, size_t extra);
-void  extent_replace(void *p, size_t len); /* range lost its pages: re-map */
+void  extent_free_purged(void *p, size_t len); /* range already reads as zero */
 size_t extent_trim(void);
 void  extent_lock(void);
 void  extent_unlock(void);

@@ -138,6 +138,19 @@ void large_free(void *p)
     extent_free(h->extent, h->extent_len);
 }
 
+/* Allocate a new block of size bytes, copy what the program may have
+ * written to the old one (up to its usable size, not just the size it
+ * asked for: programs fill blocks up to malloc_usable_size), free it. */
+static void *realloc_by_copy(void *p, size_t usable, size_t size, bool slab_tiers)
+{
+    void *q = slab_tiers ? hak_malloc(size) : large_alloc(size, 16, false);
+    if (q) {
+        memcpy(q, p, usable < size ? usable : size);
+        large_free(p);
+    }
+    return q;
+}
+
 void *large_realloc(void *p, size_t size)
 {
     LargeHeader *h = large_header(p);
@@ -147,26 +160,15 @@ void *large_realloc(void *p, size_t size)
         return NULL;
     }
     size_t off = (size_t)((char *)p - h->extent);
-    if (size <= HAK_SMALL_MAX || size > (size_t)PTRDIFF_MAX - off - HAK_PAGE_SIZE) {
-        if (size > HAK_SMALL_MAX) {
-            errno = ENOMEM;
-            return NULL;
-        }
-        void *q = hak_malloc(size); /* small enough for the slab tiers */
-        if (q) {
-            memcpy(q, p, size);
-            large_free(p);
-        }
-        return q;
+    size_t usable = large_usable(h, p);
+    if (size <= HAK_SMALL_MAX) /* small enough for the slab tiers */
+        return realloc_by_copy(p, usable, size, true);
+    if (size > (size_t)PTRDIFF_MAX - off - HAK_PAGE_SIZE) {
+        errno = ENOMEM;
+        return NULL;
     }
-    if (HAK_GUARD_SIZE) { /* guard pages do not move: allocate, copy, free */
-        void *q = large_alloc(size, 16, false);
-        if (q) {
-            memcpy(q, p, h->size < size ? h->size : size);
-            large_free(p);
-        }
-        return q;
-    }
+    if (HAK_GUARD_SIZE) /* guard pages do not move: allocate, copy, free */
+        return realloc_by_copy(p, usable, size, false);
     size_t need = align_up(off + size, HAK_PAGE_SIZE);
     if (need <= h->extent_len) { /* shrink in place, give the tail back */
         if (need < h->extent_len) {
@@ -185,12 +187,13 @@ void *large_realloc(void *p, size_t size)
         return p;
     }
     if (old_len >= MREMAP_MIN) {
-        /* Move the pages, not the bytes: mremap onto a new extent, then
-         * map fresh pages where the old extent was. */
+        /* Move the pages, not the bytes.  The old range stays mapped (empty)
+         * throughout: at no moment is there a hole in hakmem's address
+         * space that another thread's mmap could be given. */
         char *old = h->extent; /* h moves with the pages */
         char *ext = extent_alloc(need, HAK_PAGE_SIZE, 0, NULL);
         if (ext && os_move_pages(old, old_len, ext)) {
-            extent_replace(old, old_len);
+            extent_free_purged(old, old_len);
             live_add(need - old_len);
             return place(ext, need, off, size);
         }
@@ -198,12 +201,7 @@ void *large_realloc(void *p, size_t size)
             extent_free(ext, need);
         STAT_INC(fallbacks); /* copy instead */
     }
-    void *q = large_alloc(size, 16, false);
-    if (!q)
-        return NULL;
-    memcpy(q, p, h->size < size ? h->size : size);
-    large_free(p);
-    return q;
+    return realloc_by_copy(p, usable, size, false);
 }
 
 void large_stats(struct hak_stats *st)

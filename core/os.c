@@ -70,11 +70,6 @@ void *os_map_aligned(size_t len, size_t align)
     return p;
 }
 
-bool os_map_fixed(void *p, size_t len)
-{
-    return map_anon(p, len, MAP_FIXED) != NULL;
-}
-
 bool os_purge(void *p, size_t len)
 {
     STAT_INC(os_madvise);
@@ -92,7 +87,7 @@ bool os_move_pages(void *old, size_t len, void *dst)
         STAT_INC(os_failures);
         return false;
     }
-    void *r = mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+    void *r = mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
     if (r == MAP_FAILED) {
         STAT_INC(os_failures);
         return false;

@@ -10,12 +10,12 @@
 /* Reserve len bytes aligned to align (a power of two >= page size);
  * the memory reads as zero.  NULL on failure. */
 void *os_map_aligned(size_t len, size_t align);
-/* Map fresh zero pages over [p, p+len), which hakmem already owns. */
-bool  os_map_fixed(void *p, size_t len);
 void  os_unmap(void *p, size_t len);
 /* Give the pages back; they read as zero afterwards. */
 bool  os_purge(void *p, size_t len);
-/* Move the pages of [old, old+len) to dst (replacing what was there). */
+/* Move the pages of [old, old+len) to dst (replacing what was there);
+ * the old range stays mapped and reads as zero (MREMAP_DONTUNMAP).  False
+ * on failure, e.g. on kernels before 5.7: the caller then copies. */
 bool  os_move_pages(void *old, size_t len, void *dst);
 /* Make [p, p+len) inaccessible (guard pages) or accessible again. */
 bool  os_protect(void *p, size_t len, bool accessible);

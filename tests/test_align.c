@@ -127,10 +127,31 @@ static void realloc_aligned(void)
     }
 }
 
+/* A realloc that moves an aligned large block down to the slab tiers
+ * copies at most the old block's usable bytes: the hardened build's guard
+ * page right after the block faults on any read past it. */
+static void realloc_aligned_down(void)
+{
+    for (size_t al = 4096; al <= ((size_t)1 << 20); al <<= 4) {
+        void *p = NULL;
+        CHECK(posix_memalign(&p, al, 100) == 0 && p, "posix_memalign(%zu, 100)", al);
+        if (!p) continue;
+        size_t usable = malloc_usable_size(p);
+        tu_fill_idx(p, 0, usable, al);
+        char *q = realloc(p, 50000);
+        CHECK(q != NULL, "realloc(aligned %zu, 50000)", al);
+        if (!q) { free(p); continue; }
+        size_t keep = usable < 50000 ? usable : 50000;
+        CHECK(tu_verify_idx(q, keep, al) == TU_OK, "realloc of aligned %zu block lost data", al);
+        free(q);
+    }
+}
+
 int main(void)
 {
     sweep();
     interleave();
     realloc_aligned();
+    realloc_aligned_down();
     return TU_DONE();
 }

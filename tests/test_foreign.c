@@ -172,6 +172,16 @@ static int ignore_child(void)
     CHECK(s1.invalid_frees - s0.invalid_frees == 3,
           "HAKMEM_INVALID_FREE=ignore: invalid_frees grew by %llu after 3 invalid frees",
           (unsigned long long)(s1.invalid_frees - s0.invalid_frees));
+    /* Low addresses are unknown like any other: checked, never read
+     * (page 0 used to look like a remembered glibc page). */
+    static const uintptr_t low[] = { 0x1000, 0x1010, 0x2000, 0xff0, 0x10000 };
+    struct hak_stats s2 = tu_stats();
+    for (size_t i = 0; i < sizeof low / sizeof *low; i++)
+        free(tu_launder((void *)low[i]));
+    struct hak_stats s3 = tu_stats();
+    CHECK(s3.invalid_frees - s2.invalid_frees == sizeof low / sizeof *low,
+          "frees of low addresses: invalid_frees grew by %llu",
+          (unsigned long long)(s3.invalid_frees - s2.invalid_frees));
     /* the allocator still works */
     void *v[100];
     for (int i = 0; i < 100; i++) {

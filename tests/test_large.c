@@ -140,11 +140,34 @@ static void trim_rss(void)
           "(peak %zu MiB)", end / MiB, start / MiB, peak / MiB);
 }
 
+/* A big block at a big alignment is one reservation of size + alignment,
+ * mapped once (it used to loop over thousands of too-small reservations
+ * and fail with ENOMEM). */
+static void aligned_huge(void)
+{
+    struct hak_stats s0 = tu_stats();
+    const size_t al = MiB, n = 1300000000; /* not a multiple of the alignment */
+    void *p = NULL;
+    int rc = posix_memalign(&p, al, n);
+    struct hak_stats s1 = tu_stats();
+    CHECK(rc == 0 && p && ((uintptr_t)p & (al - 1)) == 0, "posix_memalign(1 MiB, 1.3e9) = %d", rc);
+    CHECK(s1.os_mmap - s0.os_mmap <= 2, "posix_memalign(1 MiB, 1.3e9) made %llu mmap calls",
+          (unsigned long long)(s1.os_mmap - s0.os_mmap));
+    if (rc == 0 && p) {
+        ((char *)p)[0] = 1;
+        ((char *)p)[n - 1] = 2;
+        CHECK(((char *)p)[0] == 1 && ((char *)p)[n - 1] == 2, "aligned huge block");
+        free(p);
+    }
+    malloc_trim(0);
+}
+
 int main(void)
 {
     trim_rss();
     sizes();
     no_syscalls_steady();
     realloc_large();
+    aligned_huge();
     return TU_DONE();
 }

@@ -21,6 +21,7 @@ static void *launder(void *p) { return tu_launder(p); }
 static void free_stack(void) { char b[64]; free(launder(b + 16)); }
 static void free_global(void) { free(launder(global_buf + 16)); }
 static void free_low(void) { free(launder((void *)0x10)); }
+static void free_page1(void) { free(launder((void *)0x1000)); }
 static void free_tiny_interior(void) { char *p = malloc(100); free(launder(p + 16)); }
 static void free_tiny_misaligned(void) { char *p = malloc(100); free(launder(p + 8)); }
 static void free_mid_interior(void) { char *p = malloc(20000); free(launder(p + 4096)); }
@@ -72,6 +73,7 @@ static const struct misuse cases[] = {
     { "free of a stack address", free_stack, true },
     { "free of a global", free_global, true },
     { "free of address 0x10", free_low, true },
+    { "free of address 0x1000", free_page1, true },
     { "free into the middle of a tiny block", free_tiny_interior, true },
     { "free of a misaligned tiny pointer", free_tiny_misaligned, true },
     { "free into the middle of a mid block", free_mid_interior, true },

@@ -175,6 +175,33 @@ static void same_size(void)
     }
 }
 
+/* Programs may write up to malloc_usable_size(p), not just to the size
+ * they asked for (Redis-style strings do): a realloc that moves the block
+ * keeps every byte up to min(old usable size, new size).  Covers moves
+ * within and between the tiers, and the large tier's page move (>= 1 MiB). */
+static void usable_tail(void)
+{
+    static const size_t from[] = { 24, 1000, 20000, 60000, 100000, 1000000, 3000000 };
+    static const size_t to[] = { 40, 1500, 30000, 53248, 70000, 150000, 1100000, 5000000 };
+    for (size_t i = 0; i < sizeof from / sizeof *from; i++)
+        for (size_t j = 0; j < sizeof to / sizeof *to; j++) {
+            char *p = malloc(from[i]);
+            CHECK(p != NULL, "malloc(%zu)", from[i]);
+            if (!p) continue;
+            size_t usable = malloc_usable_size(p);
+            CHECK(usable >= from[i], "usable %zu < %zu", usable, from[i]);
+            tu_fill_idx(p, 0, usable, i * 100 + j);
+            char *q = realloc(p, to[j]);
+            CHECK(q != NULL, "realloc(%zu -> %zu)", from[i], to[j]);
+            if (!q) { free(p); continue; }
+            size_t keep = usable < to[j] ? usable : to[j];
+            size_t bad = tu_verify_idx(q, keep, i * 100 + j);
+            CHECK(bad == TU_OK, "realloc %zu (usable %zu) -> %zu: byte %zu of %zu lost",
+                  from[i], usable, to[j], bad, keep);
+            free(q);
+        }
+}
+
 int main(void)
 {
     chain(realloc, "realloc", 1);
@@ -182,5 +209,6 @@ int main(void)
     tiers();
     interleaved();
     same_size();
+    usable_tail();
     return TU_DONE();
 }
