@@ -15,25 +15,6 @@
 /* ------------------------------------------------------------------ */
 /* Fast paths                                                           */
 
-#ifdef HAK_SECURE
-static inline void *canary_arm(void *p)
-{
-    if (p) {
-        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
-        *canary_slot(p, span_block_size(span_of(ss, p))) = canary_value(p);
-    }
-    return p;
-}
-static inline void canary_check(unsigned cls, const void *p)
-{
-    if (unlikely(*canary_slot(p, hak_classes[cls].block_size) != canary_value(p)))
-        hak_fatal("block overflow (canary overwritten) at", p);
-}
-#else
-static inline void *canary_arm(void *p) { return p; }
-static inline void canary_check(unsigned cls, const void *p) { (void)cls; (void)p; }
-#endif
-
 HAK_API void *hak_malloc(size_t size)
 {
     if (likely(size <= HAK_SMALL_MAX - HAK_CANARY_SIZE)) {
@@ -42,6 +23,7 @@ HAK_API void *hak_malloc(size_t size)
         Block *b = tc->free[cls];
         if (likely(b != NULL)) {
             tc->free[cls] = block_next_fast(b);
+            b->free_mark = 0;
             tc->count[cls]--;
             tc->allocs[cls]++; /* statistics: per thread, no branch */
             return canary_arm(b);
@@ -70,21 +52,18 @@ HAK_API void hak_free(void *p)
         unsigned cls = ss->slab_cls[slab];
         if (likely(ss->owner == hak_tc.heap)) {
             /* The owner: push on the thread front, nothing else.  A pointer
-             * into the middle of a block, into a free slab or the header,
-             * and the block freed just before, stop here. */
+             * into the middle of a block, into a free or never-carved slab
+             * or the header, and a block that carries the free mark, take
+             * the slow path that sorts misuse from coincidence. */
             ThreadCache *tc = &hak_tc;
             uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
                                       (HAK_CHUNK_SIZE - 1));
-            Block *b = p, *top = tc->free[cls];
-            if (unlikely(b == top || !offset_is_block(cls, off))) {
-                front_free_invalid(ss, b);
+            Block *b = p;
+            if (unlikely(!offset_is_block(cls, off) || b->free_mark == hak_free_mark)) {
+                front_free_slow(ss, b, cls);
                 return;
             }
-            canary_check(cls, p);
-            block_set_next(b, top);
-            tc->free[cls] = b;
-            if (unlikely(++tc->count[cls] > hak_classes[cls].front_max))
-                front_overflow(cls);
+            front_push(tc, cls, b);
             return;
         }
         if (cls != HAK_NO_CLASS)

@@ -46,7 +46,7 @@ static size_t      bytes_mapped, bytes_free, bytes_dirty, bytes_purged;
 static uint64_t    last_decay_ms;
 
 void extent_lock(void) { hak_lock(&ext_mutex); }
-void extent_unlock(void) { pthread_mutex_unlock(&ext_mutex); }
+void extent_unlock(void) { hak_unlock(&ext_mutex); }
 void extent_fork_child(void) { pthread_mutex_init(&ext_mutex, NULL); }
 
 static void range_remove(size_t i)

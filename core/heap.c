@@ -11,12 +11,14 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/auxv.h>
 
 __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 uintptr_t hak_secret;
+uintptr_t hak_free_mark;
 uint8_t   hak_class_of[(HAK_SMALL_MAX >> 4) + 1];
 ClassInfo hak_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
 
@@ -27,11 +29,12 @@ static char  *heap_store;         /* storage that new heaps are cut from */
 static size_t heap_store_left;
 static pthread_key_t exit_key;
 static bool   runtime_ready;
-static bool   atfork_registered;
+static _Atomic bool atfork_registered;
+__thread bool hak_fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
 
 #define FULL_MASK   (~(uint32_t)1)  /* slabs 1..31: slab 0 is the header */
-#define CARVE_BYTES 4096            /* fresh blocks linked per refill     */
+#define CARVE_BYTES 4096            /* fresh blocks given per refill      */
 #define SPAN_MIN_BLOCKS 128         /* see classes_init                   */
 #define FRONT_BYTES (256 * 1024)    /* see classes_init                   */
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
@@ -102,6 +105,13 @@ static void runtime_init(void)
     uintptr_t s = (uintptr_t)r;
     s ^= (uintptr_t)&s * 0x9E3779B97F4A7C15ull;
     hak_secret = s | 1;
+    /* The free mark sits in every free block, where a program with a
+     * use-after-free can read it: it is drawn on its own, not derived from
+     * AT_RANDOM (glibc's stack-protector and pointer-guard bytes). */
+    uint64_t mark = 0;
+    if (!os_random(&mark, sizeof mark))
+        mark = (os_now_ms() ^ (uintptr_t)&mark) * 0xD6E8FEB86659FD93ull;
+    hak_free_mark = (uintptr_t)mark | 1;
     options_init();
     classes_init();
     pthread_key_create(&exit_key, heap_thread_exit);
@@ -249,10 +259,8 @@ static Span *span_new(Heap *h, unsigned cls)
         idx = find_run(ss->free_mask, k);
     }
     ss->free_mask &= ~(uint32_t)(((1ull << k) - 1) << idx);
-    for (unsigned i = 0; i < k; i++) {
+    for (unsigned i = 0; i < k; i++) /* slab_cls is set as slabs are carved */
         ss->span_head[idx + i] = (uint8_t)idx;
-        ss->slab_cls[idx + i] = (uint8_t)cls;
-    }
     if (ss->free_mask == 0 && ss->next) {
         /* full: move it to the back so span_new stops at the first full one */
         SuperSlab *last = ss;
@@ -274,40 +282,67 @@ static Span *span_new(Heap *h, unsigned cls)
     return s;
 }
 
-/* Link n never-used blocks of size bs starting at p.  The hardened build
- * links them in a random order, so that neighbours in memory are not
- * handed out one after another. */
-static Block *carve(char *p, size_t bs, uint32_t n)
+/* Link the blocks p + order[i] * bs for i in [from, to) into a list of
+ * free blocks (order NULL: i itself). */
+static Block *link_blocks(char *p, size_t bs, const uint16_t *order, uint32_t from, uint32_t to)
 {
+    Block *head = NULL;
+    for (uint32_t i = to; i-- > from;) {
+        Block *b = (Block *)(p + (order ? order[i] : i) * bs);
+        block_set_next(b, head);
+        b->free_mark = hak_free_mark;
+        head = b;
+    }
+    return head;
+}
+
+/* Carve the never-used blocks that start in the next slab of the span (the
+ * slab holding bump): the first want of them are returned for the thread
+ * front, the others go on the span's own list (which is empty).  A slab
+ * is carved whole and only then gets its class in slab_cls: until then
+ * free() rejects any address in it, so a never-carved block can never be
+ * "freed" and later handed out twice.  The hardened build links them in a
+ * random order, so that neighbours in memory are not handed out one after
+ * another. */
+static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
+{
+    size_t bs = span_block_size(s);
+    char *p = s->bump;
+    size_t off = (size_t)(p - span_start(ss, s));
+    size_t slab_end = (off / HAK_SLAB_SIZE + 1) * HAK_SLAB_SIZE;
+    uint32_t n = (uint32_t)((slab_end - off + bs - 1) / bs);
+    if (n > s->fresh)
+        n = s->fresh;
+    uint32_t m = want < n ? want : n;
+    const uint16_t *order = NULL;
 #ifdef HAK_SECURE
     static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
     if (!rng)
         rng = hak_secret ^ (uintptr_t)&rng;
-    uint16_t order[CARVE_BYTES / 16];
+    uint16_t shuffled[HAK_SLAB_SIZE / 16];
     for (uint32_t i = 0; i < n; i++)
-        order[i] = (uint16_t)i;
+        shuffled[i] = (uint16_t)i;
     for (uint32_t i = n - 1; i > 0; i--) { /* Fisher-Yates, xorshift64 */
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
         uint32_t j = (uint32_t)(rng % (i + 1));
-        uint16_t t = order[i]; order[i] = order[j]; order[j] = t;
+        uint16_t t = shuffled[i]; shuffled[i] = shuffled[j]; shuffled[j] = t;
     }
-    for (uint32_t i = 0; i + 1 < n; i++)
-        block_set_next((Block *)(p + order[i] * bs), (Block *)(p + order[i + 1] * bs));
-    block_set_next((Block *)(p + order[n - 1] * bs), NULL);
-    return (Block *)(p + order[0] * bs);
-#else
-    Block *first = (Block *)p;
-    for (uint32_t i = 1; i < n; i++, p += bs)
-        block_set_next((Block *)p, (Block *)(p + bs));
-    block_set_next((Block *)p, NULL);
-    return first;
+    order = shuffled;
 #endif
+    Block *list = link_blocks(p, bs, order, 0, m);
+    s->free = link_blocks(p, bs, order, m, n);
+    s->fresh -= n;
+    /* read by remote frees (block_is_valid): relaxed atomics */
+    __atomic_store_n(&s->bump, p + (size_t)n * bs, __ATOMIC_RELAXED);
+    __atomic_store_n(&ss->slab_cls[((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1)],
+                     s->cls, __ATOMIC_RELEASE);
+    *count = m;
+    return list;
 }
 
 /* Take all free blocks of a span for the thread front: its own list, the
- * frees other threads sent, or a run of never-used blocks; *count says how
- * many. */
-static Block *span_take(Heap *h, Span *s, uint32_t *count)
+ * frees other threads sent, or never-used blocks; *count says how many. */
+static Block *span_take(Heap *h, SuperSlab *ss, Span *s, uint32_t *count)
 {
     if (atomic_load_explicit(&s->thread_free, memory_order_relaxed) > SPAN_NOTIFY) {
         Block *b = (Block *)atomic_exchange_explicit(&s->thread_free, 0, memory_order_acquire);
@@ -329,12 +364,7 @@ static Block *span_take(Heap *h, Span *s, uint32_t *count)
         s->free = NULL;
     } else if (s->fresh) {
         size_t bs = span_block_size(s);
-        uint32_t want = CARVE_BYTES / bs > 4 ? (uint32_t)(CARVE_BYTES / bs) : 4;
-        n = want < s->fresh ? want : s->fresh;
-        s->fresh -= n;
-        list = carve(s->bump, bs, n);
-        /* read by remote frees (block_is_valid): relaxed atomic */
-        __atomic_store_n(&s->bump, s->bump + (size_t)n * bs, __ATOMIC_RELAXED);
+        list = span_carve(ss, s, CARVE_BYTES / bs > 4 ? (uint32_t)(CARVE_BYTES / bs) : 4, &n);
     } else {
         return NULL;
     }
@@ -376,11 +406,44 @@ static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
     return span_after_put(h, ss, s);
 }
 
-void front_free_invalid(SuperSlab *ss, Block *b)
+/* Is b on the list that starts at x?  At most max links are followed, and
+ * each one is checked to be a block of h before it is read. */
+static bool list_has(Heap *h, Block *x, const Block *b, uint64_t max)
+{
+    for (; x && max; max--) {
+        if (x == b)
+            return true;
+        if (registry_kind(x) != CHUNK_SUPERSLAB || superslab_of(x)->owner != h)
+            hak_fatal("corrupted free list (use after free?) at", x);
+        x = block_next_fast(x);
+    }
+    return false;
+}
+
+/* The owner's free of b found something unusual: b is not a block start of
+ * a carved slab, or it carries the free mark.  Either the misuse is
+ * reported, or (the mark was the program's own data) b is freed as usual.  A free block is on one of four
+ * lists: the thread front, its span's own list, its span's cross-thread
+ * list or the heap's delayed list; only the owner removes blocks from
+ * the last two, so walking them from a snapshot of their head is safe. */
+void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
 {
     Span *s = span_of(ss, b);
-    hak_invalid_pointer(block_is_valid(ss, s, b) ? "double free" :
-                        "free of a pointer that is not an allocated block", b);
+    if (!block_is_valid(ss, s, b)) {
+        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        return;
+    }
+    ThreadCache *tc = &hak_tc;
+    Heap *h = tc->heap;
+    uint32_t cap = span_capacity(s);
+    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
+    if (list_has(h, tc->free[s->cls], b, tc->count[s->cls]) || list_has(h, s->free, b, cap) ||
+        (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
+        list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
+        hak_invalid_pointer("double free", b);
+        return;
+    }
+    front_push(tc, cls, b);
 }
 
 /* Give all but keep blocks of the thread front back to their spans. */
@@ -454,6 +517,7 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
     }
     Heap *mine = hak_tc.heap;
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
+    b->free_mark = hak_free_mark;
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
     for (;;) {
         if (tf == SPAN_NOTIFY) {
@@ -526,14 +590,14 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
         if (s) {
             partial_remove(h, s);
             s->state = 0;
-            Block *list = span_take(h, s, count);
+            Block *list = span_take(h, superslab_of(s), s, count);
             span_park(h, tc, s);
             if (list)
                 return list;
             continue;
         }
         if ((s = tc->cur[cls]) != NULL) {
-            Block *list = span_take(h, s, count);
+            Block *list = span_take(h, superslab_of(s), s, count);
             if (list)
                 return list;
             /* Exhausted: mark it FULL unless remote frees just arrived. */
@@ -552,7 +616,12 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
     }
 }
 
-static Heap *heap_acquire(ThreadCache *tc)
+static void atfork_register(void);
+static void heap_release(ThreadCache *tc);
+
+/* Give the thread a heap: an abandoned one if any, else a new one.  With
+ * at_exit, heap_thread_exit runs when the thread exits. */
+static Heap *heap_acquire(ThreadCache *tc, bool at_exit)
 {
     hak_lock(&heaps_mutex);
     if (!runtime_ready)
@@ -567,7 +636,7 @@ static Heap *heap_acquire(ThreadCache *tc)
             size_t len = 64 * 1024;
             heap_store = extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed);
             if (!heap_store) {
-                pthread_mutex_unlock(&heaps_mutex);
+                hak_unlock(&heaps_mutex);
                 return NULL;
             }
             if (!zeroed)
@@ -583,14 +652,23 @@ static Heap *heap_acquire(ThreadCache *tc)
     }
     atomic_store(&h->state, HEAP_ACTIVE);
     h->front = tc;
-    bool first = !atfork_registered;
-    atfork_registered = true;
-    pthread_mutex_unlock(&heaps_mutex);
+    hak_unlock(&heaps_mutex);
     tc->heap = h;
-    pthread_setspecific(exit_key, h); /* heap_thread_exit runs at thread exit */
-    if (first) /* may allocate: only now that this thread has a heap */
-        pthread_atfork(heaps_fork_prepare, heaps_fork_parent, heaps_fork_child);
+    if (at_exit)
+        pthread_setspecific(exit_key, h);
+    atfork_register(); /* may allocate: only now that this thread has a heap */
     return h;
+}
+
+/* The fork handlers are registered as early as possible: by the first
+ * heap or by hakmem's constructor, whichever comes first.  Handlers that
+ * other code registered earlier run after our prepare handler and may
+ * allocate: see hak_lock. */
+static void atfork_register(void)
+{
+    if (!atomic_load_explicit(&atfork_registered, memory_order_relaxed) &&
+        !atomic_exchange(&atfork_registered, true))
+        pthread_atfork(heaps_fork_prepare, heaps_fork_parent, heaps_fork_child);
 }
 
 void hak_ensure_runtime(void)
@@ -604,6 +682,7 @@ void hak_ensure_runtime(void)
 __attribute__((constructor)) static void hak_process_start(void)
 {
     hak_ensure_runtime();
+    atfork_register();
 }
 
 void *heap_alloc_slow(size_t size, unsigned cls)
@@ -611,11 +690,19 @@ void *heap_alloc_slow(size_t size, unsigned cls)
     ThreadCache *tc = &hak_tc;
     Heap *h = tc->heap;
     if (unlikely(!h)) {
-        if (!(h = heap_acquire(tc))) {
+        if (!(h = heap_acquire(tc, !tc->exited))) {
             errno = ENOMEM;
             return NULL;
         }
         cls = size_class_compute(size); /* the table was empty until now */
+        if (unlikely(tc->exited)) {
+            /* Called from a thread-exit destructor that ran after ours: the
+             * heap serves this one call and is given back at once, since
+             * nothing would give it back later. */
+            void *b = heap_alloc_slow(size, cls);
+            heap_release(tc);
+            return b;
+        }
     }
     Block *b = tc->free[cls];
     if (!b) {
@@ -629,6 +716,7 @@ void *heap_alloc_slow(size_t size, unsigned cls)
         tc->count[cls] = n;
     }
     tc->free[cls] = block_next_fast(b);
+    b->free_mark = 0;
     tc->count[cls]--;
     tc->allocs[cls]++;
     return b;
@@ -670,14 +758,12 @@ static void heap_collect(Heap *h)
     }
 }
 
-void heap_thread_exit(void *unused)
+/* The thread gives its heap up: the front's blocks go back to their spans,
+ * the carving spans wait on the partial queues (or go, if empty), and the
+ * heap is abandoned for the next thread to adopt. */
+static void heap_release(ThreadCache *tc)
 {
-    ThreadCache *tc = &hak_tc;
     Heap *h = tc->heap;
-    if (!h)
-        return;
-    /* Hand the front's blocks back to their spans; the carving spans wait
-     * on the partial queues (or go, if empty). */
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
         front_flush(h, tc, cls, 0);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
@@ -697,13 +783,30 @@ void heap_thread_exit(void *unused)
     }
     h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
-    pthread_mutex_unlock(&heaps_mutex);
+    hak_unlock(&heaps_mutex);
     heap_collect(h);
     hak_lock(&heaps_mutex);
     atomic_store(&h->state, HEAP_ABANDONED);
     h->abandoned_next = abandoned_heaps;
     __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&heaps_mutex);
+    hak_unlock(&heaps_mutex);
+}
+
+/* The exit_key destructor.  Other keys' destructors may still allocate
+ * after it, in the same round or a later one: the key is re-armed so that
+ * it runs again in each round and gives the heap up only in the last
+ * (PTHREAD_DESTRUCTOR_ITERATIONS); a malloc after that gets a heap for
+ * one call only (heap_alloc_slow). */
+void heap_thread_exit(void *heap)
+{
+    ThreadCache *tc = &hak_tc;
+    if (!tc->heap)
+        return;
+    if (++tc->exit_rounds < PTHREAD_DESTRUCTOR_ITERATIONS &&
+        pthread_setspecific(exit_key, heap) == 0)
+        return;
+    tc->exited = true;
+    heap_release(tc);
 }
 
 /* Reclaim the memory that other threads freed into abandoned heaps.  Runs
@@ -722,7 +825,7 @@ void heap_collect_abandoned(bool all)
             __atomic_store_n(&abandoned_heaps, h->abandoned_next, __ATOMIC_RELAXED);
             atomic_store(&h->state, HEAP_BUSY);
         }
-        pthread_mutex_unlock(&heaps_mutex);
+        hak_unlock(&heaps_mutex);
         if (!h)
             break;
         heap_collect(h);
@@ -737,19 +840,21 @@ void heap_collect_abandoned(bool all)
         h->abandoned_next = abandoned_heaps;
         __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
     }
-    pthread_mutex_unlock(&heaps_mutex);
+    hak_unlock(&heaps_mutex);
 }
 
 void heaps_fork_prepare(void)
 {
     hak_lock(&heaps_mutex);
     extent_lock();
+    hak_fork_locks_held = true;
 }
 
 void heaps_fork_parent(void)
 {
+    hak_fork_locks_held = false;
     extent_unlock();
-    pthread_mutex_unlock(&heaps_mutex);
+    hak_unlock(&heaps_mutex);
 }
 
 /* In the child only the forking thread exists.  The heaps of the other
@@ -757,6 +862,7 @@ void heaps_fork_parent(void)
  * (leaked, like glibc leaks their tcaches), never adopted. */
 void heaps_fork_child(void)
 {
+    hak_fork_locks_held = false;
     extent_fork_child();
     pthread_mutex_init(&heaps_mutex, NULL);
     for (Heap *h = all_heaps; h; h = h->all_next) {
@@ -818,7 +924,7 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
     }
     extent_unlock();
-    pthread_mutex_unlock(&heaps_mutex);
+    hak_unlock(&heaps_mutex);
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
         if ((int64_t)out[c] < 0) /* a racing front: never report negative */
             out[c] = 0;

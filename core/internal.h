@@ -9,6 +9,9 @@
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define HAK_API     __attribute__((visibility("default")))
+/* On variables shared between the files of the library: addressed
+ * directly, not through the GOT (one load less on the fast paths). */
+#define HAK_HIDDEN  __attribute__((visibility("hidden")))
 #define HAK_NOINLINE __attribute__((noinline))
 #define HAK_COLD    __attribute__((noinline, cold))
 
@@ -24,16 +27,29 @@ static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 
 /* The shared locks (extents, heap list) are held for a few hundred
  * instructions and never across a syscall in steady state: spin briefly
- * before sleeping, so that two threads meeting there do not futex. */
+ * before sleeping, so that two threads meeting there do not futex.
+ *
+ * Between hakmem's fork prepare handler and its parent/child handler, the
+ * forking thread holds every lock; other fork handlers may still allocate
+ * on that thread (they run before or after ours, in an order set by
+ * registration), so for it taking and releasing a lock is a no-op. */
 #include <pthread.h>
+extern HAK_HIDDEN __thread bool hak_fork_locks_held __attribute__((tls_model("initial-exec")));
 static inline void hak_lock(pthread_mutex_t *m)
 {
+    if (unlikely(hak_fork_locks_held))
+        return;
     for (int i = 0; i < 256; i++) {
         if (pthread_mutex_trylock(m) == 0)
             return;
         __builtin_ia32_pause();
     }
     pthread_mutex_lock(m);
+}
+static inline void hak_unlock(pthread_mutex_t *m)
+{
+    if (likely(!hak_fork_locks_held))
+        pthread_mutex_unlock(m);
 }
 
 /* ---- errors (error.c) ---- */
@@ -53,12 +69,13 @@ typedef struct Options {
     long decay_ms;       /* HAKMEM_DECAY_MS */
     long cache_max_mb;   /* HAKMEM_CACHE_MAX_MB */
 } Options;
-extern Options hak_opt;
+extern HAK_HIDDEN Options hak_opt;
 void options_init(void);
 void options_print(void);
 
 /* ---- free-list link encoding ---- */
-extern uintptr_t hak_secret;
+extern HAK_HIDDEN uintptr_t hak_secret;
+extern HAK_HIDDEN uintptr_t hak_free_mark; /* see Block in types.h; never 0 */
 /* Links are stored XOR-ed with a per-process secret, so a stray or hostile
  * write into a freed block cannot aim a later malloc at a chosen address.
  * block_next() also checks that a link stays inside its SuperSlab; it is
@@ -102,18 +119,21 @@ static inline uint64_t canary_value(const void *b)
 #define HAK_GUARD_SIZE  ((size_t)0)
 #endif
 
+
+
 /* ---- size classes (heap.c) ---- */
-extern uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
-extern ClassInfo hak_classes[HAK_NCLASS + 1];
+extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
+extern HAK_HIDDEN ClassInfo hak_classes[HAK_NCLASS + 1];
 unsigned size_class_compute(size_t size);
 static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15) >> 4]; }
 
 /* ---- thread heaps (heap.c) ---- */
-extern __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
+extern HAK_HIDDEN __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);
+void  front_free_slow(SuperSlab *ss, Block *b, unsigned cls);
 void  heap_trim_front(void);
-void  front_free_invalid(SuperSlab *ss, Block *b);
+
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);
 void  heap_collect_abandoned(bool all);
@@ -130,6 +150,10 @@ void  heaps_stats(struct hak_stats *st, ClassStats *by_class);
 /* Secret, options and class tables are set up by the first thread heap;
  * paths that may run before any heap exists call this first. */
 void  hak_ensure_runtime(void);
+static inline SuperSlab *superslab_of(const void *p)
+{
+    return (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+}
 static inline Span *span_of(SuperSlab *ss, const void *p)
 {
     unsigned slab = ((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);
@@ -156,6 +180,36 @@ static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
 }
 static inline uint32_t span_block_size(const Span *s) { return hak_classes[s->cls].block_size; }
 static inline uint32_t span_capacity(const Span *s) { return hak_classes[s->cls].capacity; }
+
+#ifdef HAK_SECURE
+static inline void *canary_arm(void *p)
+{
+    if (p) {
+        *canary_slot(p, span_block_size(span_of(superslab_of(p), p))) = canary_value(p);
+    }
+    return p;
+}
+static inline void canary_check(unsigned cls, const void *p)
+{
+    if (unlikely(*canary_slot(p, hak_classes[cls].block_size) != canary_value(p)))
+        hak_fatal("block overflow (canary overwritten) at", p);
+}
+#else
+static inline void *canary_arm(void *p) { return p; }
+static inline void canary_check(unsigned cls, const void *p) { (void)cls; (void)p; }
+#endif
+
+/* The owner's free of a checked block: push it on the thread front (with
+ * the free mark), flush past the class's cap. */
+static inline void front_push(ThreadCache *tc, unsigned cls, Block *b)
+{
+    canary_check(cls, b);
+    block_set_next(b, tc->free[cls]);
+    b->free_mark = hak_free_mark;
+    tc->free[cls] = b;
+    if (unlikely(++tc->count[cls] > hak_classes[cls].front_max))
+        front_overflow(cls);
+}
 
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);
@@ -191,7 +245,7 @@ typedef struct GlobalStats {
     _Atomic uint64_t remote_frees_exited; /* remote frees by threads without a heap */
     _Atomic uint64_t fallbacks;           /* a faster way failed, a slower one served */
 } GlobalStats;
-extern GlobalStats hak_gstats;
+extern HAK_HIDDEN GlobalStats hak_gstats;
 #define STAT_INC(f) atomic_fetch_add_explicit(&hak_gstats.f, 1, memory_order_relaxed)
 
 #endif /* HAK_INTERNAL_H */

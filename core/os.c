@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,6 +114,11 @@ bool os_page_mapped(const void *p)
     bool ok = mincore((void *)align_down((uintptr_t)p, HAK_PAGE_SIZE), 1, &vec) == 0;
     errno = saved;
     return ok;
+}
+
+bool os_random(void *buf, size_t len)
+{
+    return getrandom(buf, len, GRND_NONBLOCK) == (ssize_t)len;
 }
 
 uint64_t os_now_ms(void)

@@ -22,6 +22,8 @@ bool  os_protect(void *p, size_t len, bool accessible);
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
 uint64_t os_now_ms(void);
+/* Fill buf with len random bytes from the kernel; false if it has none. */
+bool  os_random(void *buf, size_t len);
 
 #ifdef HAK_FAULT_INJECTION
 /* Test hook: the next n calls that would map or purge memory fail. */

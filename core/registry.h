@@ -11,7 +11,7 @@
 enum chunk_kind { CHUNK_NONE = 0, CHUNK_SUPERSLAB = 1, CHUNK_ARENA = 2 };
 
 #define HAK_ADDR_BITS 47
-extern uint8_t hak_chunk_kind[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)];
+extern HAK_HIDDEN uint8_t hak_chunk_kind[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)];
 
 static inline unsigned registry_kind(const void *p)
 {

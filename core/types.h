@@ -65,8 +65,12 @@
 /* A free block: its first word links to the next free block.  The link is
  * stored XOR-encoded with a per-process secret, and every decoded link is
  * checked to stay inside the same SuperSlab, so that a stray write into a
- * freed block cannot steer a later malloc to an arbitrary address. */
-typedef struct Block { uintptr_t next_enc; } Block;
+ * freed block cannot steer a later malloc to an arbitrary address.  The
+ * second word holds hak_free_mark, a random per-process value, while the
+ * block is free, and is cleared when malloc hands it out: a free() that
+ * finds the mark is most likely a double free, and is checked (heap.c,
+ * front_free_slow) before anything is written. */
+typedef struct Block { uintptr_t next_enc; uintptr_t free_mark; } Block;
 
 /* Where a span currently is, from its owner's point of view. */
 enum span_state {
@@ -148,6 +152,8 @@ typedef struct ThreadCache {
     uint64_t allocs[HAK_NCLASS + 1];    /* statistics: mallocs served      */
     Span    *cur[HAK_NCLASS];
     Heap    *heap;
+    uint8_t  exit_rounds;               /* thread-exit destructor rounds seen */
+    bool     exited;                    /* the heap was given up at exit   */
 } ThreadCache;
 
 /* Header in front of every large block (exactly 64 bytes). */

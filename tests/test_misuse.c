@@ -45,27 +45,48 @@ static void double_remote(void)
     pthread_create(&t, NULL, remote_free_twice, p);
     pthread_join(t, NULL);
 }
-/* Not caught by the default build (documented): a double free with other
- * frees of the same span in between.  Listed to show the boundary: the
- * block is then handed out twice, which this case detects itself. */
-static void double_tiny_later(void)
+/* free(p); free(q); free(p): if missed, the next mallocs hand p out
+ * twice, which the case detects itself (exit 3, "missed"). */
+static void double_free_between(size_t size)
 {
-    void *warm[1000];
-    for (int i = 0; i < 1000; i++)
-        warm[i] = malloc(64);
-    for (int i = 0; i < 1000; i += 2)
-        free(warm[i]);
-    void *p = malloc(64), *q = malloc(64);
+    void *p = malloc(size), *q = malloc(size);
     free(p);
     free(q);
     free(launder(p));
-    void *got[3000];
-    for (int i = 0; i < 3000; i++) {
-        got[i] = malloc(64);
-        for (int j = 0; j < i; j++)
-            if (got[j] == got[i])
-                _exit(3); /* the same block twice: missed */
-    }
+    void *got[3] = { malloc(size), malloc(size), malloc(size) };
+    if (got[0] == got[1] || got[0] == got[2] || got[1] == got[2])
+        _exit(3);
+}
+static void double_tiny_later(void) { double_free_between(64); }
+static void double_mid_later(void) { double_free_between(9000); }
+/* The block came back from malloc and was freed again: the second free
+ * of the old pointer is a double free. */
+static void double_after_reuse(void)
+{
+    void *p = malloc(64);
+    free(p);
+    void *q = malloc(64);
+    free(q);
+    free(launder(p));
+}
+/* Enough frees that the front flushed the block back to its span. */
+static void double_after_flush(void)
+{
+    enum { N = 5000 };
+    static void *v[N];
+    for (int i = 0; i < N; i++)
+        v[i] = malloc(48);
+    for (int i = 0; i < N; i++)
+        free(v[i]);
+    free(launder(v[7]));
+}
+/* Block starts that malloc never returned: one already carved (free in the
+ * thread front), one in a slab of the span not carved yet. */
+static void free_never_allocated_tiny(void) { char *p = malloc(64); free(launder(p + 64 * 5)); }
+static void free_never_carved_mid(void)
+{
+    char *p = malloc(20000); /* class 20480, 8-slab spans, carved a slab at a time */
+    free(launder(p + 20480 * 5));
 }
 
 struct misuse { const char *name; void (*fn)(void); bool promised; };
@@ -85,7 +106,12 @@ static const struct misuse cases[] = {
     { "double free by another thread", double_remote, true },
     { "realloc of a stack address", realloc_stack, true },
     { "realloc of a freed large block", realloc_freed_large, true },
-    { "double free with frees in between", double_tiny_later, false },
+    { "double free with frees in between (tiny)", double_tiny_later, true },
+    { "double free with frees in between (mid)", double_mid_later, true },
+    { "double free after the block was reused", double_after_reuse, true },
+    { "double free after the block went to its span", double_after_flush, true },
+    { "free of a tiny block never handed out", free_never_allocated_tiny, true },
+    { "free of a mid block never carved", free_never_carved_mid, true },
 };
 
 int main(void)
