@@ -236,7 +236,7 @@ HAK_API enum hak_kind hak_ptr_kind(const void *p)
 
 HAK_API int hak_trim(void)
 {
-    heap_trim_front();
+    heap_trim();
     heap_collect_abandoned(true);
     return extent_trim() > 0;
 }

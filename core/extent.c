@@ -20,9 +20,11 @@
 #include "registry.h"
 
 #include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <string.h>
 
-#define MAX_RANGES       16384
+#define RANGES_INITIAL   1024   /* the table doubles (mmap) when full  */
 #define MAX_RESERVATIONS 4096
 #define RESERVE_MIN      ((size_t)32 << 20)
 #define RESERVE_MAX      ((size_t)1 << 30)
@@ -37,8 +39,9 @@ typedef struct FreeRange {
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
 static pthread_mutex_t ext_mutex = PTHREAD_MUTEX_INITIALIZER;
-static FreeRange   ranges[MAX_RANGES];
-static size_t      nranges;
+static FreeRange   initial_ranges[RANGES_INITIAL];
+static FreeRange  *ranges = initial_ranges;
+static size_t      nranges, ranges_cap = RANGES_INITIAL;
 static Reservation reservations[MAX_RESERVATIONS];
 static size_t      nreservations;
 static size_t      bytes_mapped, bytes_free, bytes_dirty, bytes_purged;
@@ -47,7 +50,6 @@ static uint64_t    last_decay_ms;
 
 void extent_lock(void) { hak_lock(&ext_mutex); }
 void extent_unlock(void) { hak_unlock(&ext_mutex); }
-void extent_fork_child(void) { pthread_mutex_init(&ext_mutex, NULL); }
 
 static void range_remove(size_t i)
 {
@@ -58,8 +60,24 @@ static void range_remove(size_t i)
     nranges--;
 }
 
+/* Double the table of free ranges.  Its memory comes straight from the OS
+ * (it is ours, not the program's) and the old table is given back. */
+static bool ranges_grow(void)
+{
+    size_t cap = ranges_cap * 2, bytes = align_up(cap * sizeof(FreeRange), HAK_PAGE_SIZE);
+    FreeRange *t = os_map_aligned(bytes, HAK_PAGE_SIZE);
+    if (!t)
+        return false;
+    memcpy(t, ranges, nranges * sizeof(FreeRange));
+    if (ranges != initial_ranges)
+        os_unmap(ranges, align_up(ranges_cap * sizeof(FreeRange), HAK_PAGE_SIZE));
+    ranges = t;
+    ranges_cap = cap;
+    return true;
+}
+
 /* Insert a free range, merging with its neighbours.  Returns false when
- * the table is full (the caller then purges and forgets the range). */
+ * the table is full and cannot grow (no memory left). */
 static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since)
 {
     size_t lo = 0, hi = nranges;
@@ -85,7 +103,7 @@ static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since)
             if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
             range_remove(i);
         }
-    } else if (nranges == MAX_RANGES) {
+    } else if (nranges == ranges_cap && !ranges_grow()) {
         return false;
     }
     memmove(&ranges[i + 1], &ranges[i], (nranges - i) * sizeof(FreeRange));
@@ -106,21 +124,23 @@ static void purge_range(size_t i)
     }
 }
 
-/* Decay: purge ranges that stayed free longer than the decay time, and
- * the oldest ones while the dirty cache is above its cap.  Runs at most
- * every decay/4 ms, and only inside extent operations (never on the
- * malloc/free fast path). */
-static void decay(void)
+/* Decay: purge the ranges that stayed free longer than the decay time,
+ * and the oldest ones while the dirty cache is above its cap.  Returns
+ * when the next dirty range expires (0: none is left). */
+static uint64_t decay_now(uint64_t now)
 {
-    uint64_t now = os_now_ms();
-    uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
     size_t cap = (size_t)hak_opt.cache_max_mb << 20;
-    if (now - last_decay_ms < period && bytes_dirty <= cap)
-        return;
+    uint64_t next = 0;
     last_decay_ms = now;
-    for (size_t i = 0; i < nranges; i++)
-        if (ranges[i].dirty_since && now - ranges[i].dirty_since >= (uint64_t)hak_opt.decay_ms)
+    for (size_t i = 0; i < nranges; i++) {
+        uint64_t since = ranges[i].dirty_since;
+        if (!since)
+            continue;
+        if (now - since >= (uint64_t)hak_opt.decay_ms)
             purge_range(i);
+        else if (!next || since + (uint64_t)hak_opt.decay_ms < next)
+            next = since + (uint64_t)hak_opt.decay_ms;
+    }
     while (bytes_dirty > cap) {
         size_t oldest = nranges;
         for (size_t i = 0; i < nranges; i++)
@@ -133,14 +153,88 @@ static void decay(void)
         if (ranges[oldest].dirty_since) /* madvise failed: give up for now */
             break;
     }
+    return bytes_dirty ? (next ? next : now + 1) : 0;
+}
+
+/* Inside extent operations (never on the malloc/free fast path), at most
+ * every decay/4 ms unless the cache is over its cap. */
+static void decay(void)
+{
+    uint64_t now = os_now_ms();
+    uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
+    if (now - last_decay_ms >= period || bytes_dirty > ((size_t)hak_opt.cache_max_mb << 20))
+        decay_now(now);
+}
+
+/* The purger: decay for a program that stopped calling malloc and free
+ * (an idle server keeps whatever it freed last otherwise).  One thread,
+ * started the first time at least PURGER_MIN_DIRTY bytes wait for decay,
+ * so that small programs never get it; it sleeps until the next range
+ * expires (at most four wake-ups per decay time) or, with nothing dirty,
+ * until a free makes something dirty again.  It blocks every signal, so
+ * that none of the program's handlers ever runs on it. */
+#define PURGER_MIN_DIRTY ((size_t)16 << 20)
+static pthread_cond_t purger_cond;
+static bool           purger_started, purger_idle;
+
+static void *purger_main(void *unused)
+{
+    extent_lock();
+    for (;;) {
+        uint64_t now = os_now_ms(), next = decay_now(now);
+        if (!next) {
+            purger_idle = true;
+            pthread_cond_wait(&purger_cond, &ext_mutex);
+            continue;
+        }
+        uint64_t min_sleep = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
+        if (next < now + min_sleep)
+            next = now + min_sleep;
+        struct timespec ts = { (time_t)(next / 1000), (long)(next % 1000) * 1000000L };
+        pthread_cond_timedwait(&purger_cond, &ext_mutex, &ts);
+    }
+    return NULL;
+}
+
+/* The child has no purger: the next big free starts one. */
+void extent_fork_child(void)
+{
+    pthread_mutex_init(&ext_mutex, NULL);
+    purger_started = purger_idle = false;
+}
+
+/* Called without the lock (pthread_create allocates). */
+static void purger_start(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    /* deadlines are os_now_ms() times: the coarse clock is the monotonic
+     * clock at a lower resolution, so the same time line */
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&purger_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    if (pthread_create(&t, &a, purger_main, NULL) == 0)
+        pthread_setname_np(t, "hakmem-purge");
+    else
+        STAT_INC(fallbacks); /* decay still runs inside extent operations */
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&a);
 }
 
 /* dirty_since: the time the range became free, or 0 if it reads as zero. */
 static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since)
 {
     if (!range_insert(start, len, dirty_since)) {
-        /* Table full (extreme fragmentation): release the pages, keep the
-         * address range reserved but unused, and count it. */
+        /* The table could not grow (out of memory): release the pages,
+         * keep the address range reserved but unused, and count it. */
         os_purge((void *)start, len);
         STAT_INC(fallbacks);
     }
@@ -247,7 +341,18 @@ void extent_free(void *p, size_t len)
     extent_lock();
     free_range_locked((uintptr_t)p, len, os_now_ms() | 1);
     decay();
+    bool start = false;
+    if (bytes_dirty && hak_opt.decay_ms) {
+        if (purger_idle) { /* it sleeps with nothing to do: one wake-up */
+            purger_idle = false;
+            pthread_cond_signal(&purger_cond);
+        }
+        start = !purger_started && bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held;
+        purger_started |= start;
+    }
     extent_unlock();
+    if (start)
+        purger_start();
 }
 
 bool extent_grow(void *end, size_t extra)

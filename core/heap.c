@@ -11,7 +11,6 @@
 #include "registry.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -479,17 +478,6 @@ static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
         hak_fatal("thread free list longer than its count (double free?) at", b);
 }
 
-/* malloc_trim: the calling thread's cached blocks go back to their spans,
- * so that spans and SuperSlabs they pinned can be released. */
-void heap_trim_front(void)
-{
-    ThreadCache *tc = &hak_tc;
-    if (!tc->heap)
-        return;
-    for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
-        front_flush(tc->heap, tc, cls, 0);
-}
-
 /* hak_free found the thread front of cls over its limit. */
 void front_overflow(unsigned cls)
 {
@@ -761,9 +749,11 @@ static void heap_collect(Heap *h)
 /* The thread gives its heap up: the front's blocks go back to their spans,
  * the carving spans wait on the partial queues (or go, if empty), and the
  * heap is abandoned for the next thread to adopt. */
-static void heap_release(ThreadCache *tc)
+/* Everything the thread holds back goes to the heap: the front's blocks to
+ * their spans, the carving spans to the partial queues (or away, if
+ * empty). */
+static void front_give_back(Heap *h, ThreadCache *tc)
 {
-    Heap *h = tc->heap;
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
         front_flush(h, tc, cls, 0);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
@@ -773,8 +763,30 @@ static void heap_release(ThreadCache *tc)
         tc->cur[cls] = NULL;
         partial_push(h, s);
         if (s->used == 0)
-            span_release(h, (SuperSlab *)align_down((uintptr_t)s, HAK_CHUNK_SIZE), s);
+            span_release(h, superslab_of(s), s);
     }
+}
+
+/* The free slabs of a heap's SuperSlabs may still hold pages the program
+ * touched: give them back (malloc_trim only; they read as zero after). */
+static void superslabs_purge_free(Heap *h)
+{
+    for (SuperSlab *ss = h->superslabs; ss; ss = ss->next) {
+        uint32_t m = ss->free_mask;
+        while (m) {
+            unsigned first = (unsigned)__builtin_ctz(m), n = 0;
+            while (first + n < HAK_SLABS_PER_SS && (m >> (first + n)) & 1)
+                n++;
+            os_purge((char *)ss + ((size_t)first << HAK_SLAB_SHIFT), (size_t)n << HAK_SLAB_SHIFT);
+            m &= ~(uint32_t)(((1ull << n) - 1) << first);
+        }
+    }
+}
+
+static void heap_release(ThreadCache *tc)
+{
+    Heap *h = tc->heap;
+    front_give_back(h, tc);
     tc->heap = NULL;
     hak_lock(&heaps_mutex);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
@@ -792,18 +804,28 @@ static void heap_release(ThreadCache *tc)
     hak_unlock(&heaps_mutex);
 }
 
-/* The exit_key destructor.  Other keys' destructors may still allocate
- * after it, in the same round or a later one: the key is re-armed so that
- * it runs again in each round and gives the heap up only in the last
- * (PTHREAD_DESTRUCTOR_ITERATIONS); a malloc after that gets a heap for
- * one call only (heap_alloc_slow). */
-void heap_thread_exit(void *heap)
+/* malloc_trim, for the calling thread: its front and carving spans, the
+ * frees other threads sent to its spans, its spare SuperSlab and the pages
+ * of its free slabs all go back.  (Other running threads' fronts are
+ * theirs alone: they are given back when those threads exit.) */
+void heap_trim(void)
+{
+    ThreadCache *tc = &hak_tc;
+    Heap *h = tc->heap;
+    if (!h)
+        return;
+    front_give_back(h, tc);
+    heap_collect(h);
+    superslabs_purge_free(h);
+}
+
+/* The exit_key destructor.  Other keys' destructors (and C++ thread_local
+ * ones) may still allocate after it: such a malloc gets a heap for that
+ * one call (heap_alloc_slow), since nothing would give a heap back later. */
+void heap_thread_exit(void *unused)
 {
     ThreadCache *tc = &hak_tc;
     if (!tc->heap)
-        return;
-    if (++tc->exit_rounds < PTHREAD_DESTRUCTOR_ITERATIONS &&
-        pthread_setspecific(exit_key, heap) == 0)
         return;
     tc->exited = true;
     heap_release(tc);
@@ -829,6 +851,8 @@ void heap_collect_abandoned(bool all)
         if (!h)
             break;
         heap_collect(h);
+        if (all)
+            superslabs_purge_free(h);
         h->abandoned_next = done;
         done = h;
     }

@@ -132,7 +132,7 @@ extern HAK_HIDDEN __thread ThreadCache hak_tc __attribute__((tls_model("initial-
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);
 void  front_free_slow(SuperSlab *ss, Block *b, unsigned cls);
-void  heap_trim_front(void);
+void  heap_trim(void);
 
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);

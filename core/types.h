@@ -152,7 +152,6 @@ typedef struct ThreadCache {
     uint64_t allocs[HAK_NCLASS + 1];    /* statistics: mallocs served      */
     Span    *cur[HAK_NCLASS];
     Heap    *heap;
-    uint8_t  exit_rounds;               /* thread-exit destructor rounds seen */
     bool     exited;                    /* the heap was given up at exit   */
 } ThreadCache;
 
