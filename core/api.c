@@ -238,7 +238,9 @@ HAK_API int hak_trim(void)
 {
     heap_trim();
     heap_collect_abandoned(true);
-    return extent_trim() > 0;
+    int released = extent_trim() > 0;
+    purger_poll();
+    return released;
 }
 
 /* ------------------------------------------------------------------ */

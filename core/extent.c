@@ -34,6 +34,9 @@ typedef struct FreeRange {
     uintptr_t start;
     size_t    len;
     uint64_t  dirty_since; /* ms timestamp of the last free; 0 = purged (reads zero) */
+    size_t    dirty;       /* bytes of it that may be resident (<= len): a    */
+                           /* range merged from a dirty and a clean one is    */
+                           /* not all resident                                */
 } FreeRange;
 
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
@@ -54,10 +57,16 @@ void extent_unlock(void) { hak_unlock(&ext_mutex); }
 static void range_remove(size_t i)
 {
     bytes_free -= ranges[i].len;
-    if (ranges[i].dirty_since)
-        bytes_dirty -= ranges[i].len;
+    bytes_dirty -= ranges[i].dirty;
     memmove(&ranges[i], &ranges[i + 1], (nranges - i - 1) * sizeof(FreeRange));
     nranges--;
+}
+
+/* The resident bytes of a part of r: where in r they are is not known, so
+ * each part is charged as much as it can hold. */
+static size_t part_dirty(const FreeRange *r, size_t part_len)
+{
+    return r->dirty < part_len ? r->dirty : part_len;
 }
 
 /* Double the table of free ranges.  Its memory comes straight from the OS
@@ -78,7 +87,7 @@ static bool ranges_grow(void)
 
 /* Insert a free range, merging with its neighbours.  Returns false when
  * the table is full and cannot grow (no memory left). */
-static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since)
+static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
 {
     size_t lo = 0, hi = nranges;
     while (lo < hi) {
@@ -96,31 +105,33 @@ static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since)
             start = ranges[i].start;
             len += ranges[i].len;
             if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
+            dirty += ranges[i].dirty;
             range_remove(i);
         }
         if (merge_next) {
             len += ranges[i].len;
             if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
+            dirty += ranges[i].dirty;
             range_remove(i);
         }
     } else if (nranges == ranges_cap && !ranges_grow()) {
         return false;
     }
     memmove(&ranges[i + 1], &ranges[i], (nranges - i) * sizeof(FreeRange));
-    ranges[i] = (FreeRange){ start, len, dirty_since };
+    ranges[i] = (FreeRange){ start, len, dirty_since, dirty_since ? dirty : 0 };
     nranges++;
     bytes_free += len;
-    if (dirty_since)
-        bytes_dirty += len;
+    bytes_dirty += ranges[i].dirty;
     return true;
 }
 
 static void purge_range(size_t i)
 {
     if (os_purge((void *)ranges[i].start, ranges[i].len)) {
-        bytes_dirty -= ranges[i].len;
-        bytes_purged += ranges[i].len;
+        bytes_dirty -= ranges[i].dirty;
+        bytes_purged += ranges[i].dirty;
         ranges[i].dirty_since = 0;
+        ranges[i].dirty = 0;
     }
 }
 
@@ -157,12 +168,14 @@ static uint64_t decay_now(uint64_t now)
 }
 
 /* Inside extent operations (never on the malloc/free fast path), at most
- * every decay/4 ms unless the cache is over its cap. */
+ * every decay/4 ms unless the cache is over its cap (with a decay time
+ * of 0, at every one). */
 static void decay(void)
 {
     uint64_t now = os_now_ms();
     uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
-    if (now - last_decay_ms >= period || bytes_dirty > ((size_t)hak_opt.cache_max_mb << 20))
+    if (!hak_opt.decay_ms || now - last_decay_ms >= period ||
+        bytes_dirty > ((size_t)hak_opt.cache_max_mb << 20))
         decay_now(now);
 }
 
@@ -176,6 +189,7 @@ static void decay(void)
 #define PURGER_MIN_DIRTY ((size_t)16 << 20)
 static pthread_cond_t purger_cond;
 static bool           purger_started, purger_idle;
+_Atomic bool          hak_purger_wanted; /* see purger_poll in internal.h */
 
 static void *purger_main(void *unused)
 {
@@ -201,11 +215,15 @@ void extent_fork_child(void)
 {
     pthread_mutex_init(&ext_mutex, NULL);
     purger_started = purger_idle = false;
+    atomic_store_explicit(&hak_purger_wanted, false, memory_order_relaxed);
 }
 
-/* Called without the lock (pthread_create allocates). */
-static void purger_start(void)
+/* pthread_create allocates: only from purger_poll, where the allocator is
+ * between operations and holds no lock. */
+void purger_start(void)
 {
+    if (!atomic_exchange(&hak_purger_wanted, false))
+        return; /* another thread got there first */
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     /* deadlines are os_now_ms() times: the coarse clock is the monotonic
@@ -229,10 +247,11 @@ static void purger_start(void)
     pthread_attr_destroy(&a);
 }
 
-/* dirty_since: the time the range became free, or 0 if it reads as zero. */
-static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since)
+/* dirty_since: the time the range became free, or 0 if it reads as zero;
+ * dirty: how many of its bytes may be resident. */
+static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
 {
-    if (!range_insert(start, len, dirty_since)) {
+    if (!range_insert(start, len, dirty_since, dirty)) {
         /* The table could not grow (out of memory): release the pages,
          * keep the address range reserved but unused, and count it. */
         os_purge((void *)start, len);
@@ -270,7 +289,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
     reservations[nreservations] = (Reservation){ (uintptr_t)p, want };
     __atomic_store_n(&nreservations, nreservations + 1, __ATOMIC_RELAXED); /* read unlocked */
     bytes_mapped += want;
-    free_range_locked((uintptr_t)p, want, 0);
+    free_range_locked((uintptr_t)p, want, 0, 0);
     return true;
 }
 
@@ -326,9 +345,10 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     FreeRange r = ranges[i];
     range_remove(i);
     if (at > r.start)
-        free_range_locked(r.start, at - r.start, r.dirty_since);
+        free_range_locked(r.start, at - r.start, r.dirty_since, part_dirty(&r, at - r.start));
     if (at + len < r.start + r.len)
-        free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since);
+        free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since,
+                          part_dirty(&r, r.start + r.len - (at + len)));
     extent_unlock();
     if (zeroed)
         *zeroed = r.dirty_since == 0;
@@ -339,20 +359,19 @@ void extent_free(void *p, size_t len)
 {
     HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
     extent_lock();
-    free_range_locked((uintptr_t)p, len, os_now_ms() | 1);
+    free_range_locked((uintptr_t)p, len, os_now_ms() | 1, len);
     decay();
-    bool start = false;
     if (bytes_dirty && hak_opt.decay_ms) {
         if (purger_idle) { /* it sleeps with nothing to do: one wake-up */
             purger_idle = false;
             pthread_cond_signal(&purger_cond);
         }
-        start = !purger_started && bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held;
-        purger_started |= start;
+        if (!purger_started && bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held) {
+            purger_started = true;
+            atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
+        }
     }
     extent_unlock();
-    if (start)
-        purger_start();
 }
 
 bool extent_grow(void *end, size_t extra)
@@ -366,7 +385,8 @@ bool extent_grow(void *end, size_t extra)
         if (r.start == (uintptr_t)end && r.len >= extra) {
             range_remove(i);
             if (r.len > extra)
-                free_range_locked(r.start + extra, r.len - extra, r.dirty_since);
+                free_range_locked(r.start + extra, r.len - extra, r.dirty_since,
+                                  part_dirty(&r, r.len - extra));
             ok = true;
             break;
         }
@@ -378,7 +398,7 @@ bool extent_grow(void *end, size_t extra)
 void extent_free_purged(void *p, size_t len)
 {
     extent_lock();
-    free_range_locked((uintptr_t)p, len, 0);
+    free_range_locked((uintptr_t)p, len, 0, 0);
     extent_unlock();
 }
 
@@ -388,10 +408,10 @@ size_t extent_trim(void)
     extent_lock();
     for (size_t i = 0; i < nranges; i++)
         if (ranges[i].dirty_since) {
-            size_t len = ranges[i].len;
+            size_t dirty = ranges[i].dirty;
             purge_range(i);
             if (!ranges[i].dirty_since)
-                released += len;
+                released += dirty;
         }
     /* Unmap reservations that are entirely free. */
     for (size_t k = 0; k < nreservations;) {
@@ -402,9 +422,11 @@ size_t extent_trim(void)
             if (r.start <= rv.start && r.start + r.len >= rv.start + rv.len) {
                 range_remove(i);
                 if (r.start < rv.start)
-                    range_insert(r.start, rv.start - r.start, r.dirty_since);
+                    range_insert(r.start, rv.start - r.start, r.dirty_since,
+                                 part_dirty(&r, rv.start - r.start));
                 if (r.start + r.len > rv.start + rv.len)
-                    range_insert(rv.start + rv.len, r.start + r.len - (rv.start + rv.len), r.dirty_since);
+                    range_insert(rv.start + rv.len, r.start + r.len - (rv.start + rv.len),
+                                 r.dirty_since, part_dirty(&r, r.start + r.len - (rv.start + rv.len)));
                 registry_set((void *)rv.start, rv.len, CHUNK_NONE);
                 os_unmap((void *)rv.start, rv.len);
                 bytes_mapped -= rv.len;

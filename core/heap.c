@@ -483,6 +483,7 @@ void front_overflow(unsigned cls)
 {
     ThreadCache *tc = &hak_tc;
     front_flush(tc->heap, tc, cls, hak_classes[cls].front_max / 2);
+    purger_poll();
 }
 
 static void delayed_push(Heap *h, Block *b)
@@ -675,6 +676,7 @@ __attribute__((constructor)) static void hak_process_start(void)
 
 void *heap_alloc_slow(size_t size, unsigned cls)
 {
+    purger_poll();
     ThreadCache *tc = &hak_tc;
     Heap *h = tc->heap;
     if (unlikely(!h)) {
@@ -802,6 +804,7 @@ static void heap_release(ThreadCache *tc)
     h->abandoned_next = abandoned_heaps;
     __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
     hak_unlock(&heaps_mutex);
+    purger_poll();
 }
 
 /* malloc_trim, for the calling thread: its front and carving spans, the

@@ -221,6 +221,16 @@ void  extent_lock(void);
 void  extent_unlock(void);
 void  extent_fork_child(void);
 void  extent_stats(struct hak_stats *st);
+/* The purger thread (extent.c) is wanted once enough freed memory waits
+ * for decay; it is started at the end of a malloc or free that reached the
+ * extents, never inside one (pthread_create allocates). */
+extern HAK_HIDDEN _Atomic bool hak_purger_wanted;
+void  purger_start(void);
+static inline void purger_poll(void)
+{
+    if (unlikely(atomic_load_explicit(&hak_purger_wanted, memory_order_relaxed)))
+        purger_start();
+}
 
 /* ---- large blocks (large.c) ---- */
 void  *large_alloc(size_t size, size_t align, bool zero);

@@ -136,6 +136,7 @@ void large_free(void *p)
     atomic_fetch_sub_explicit(&live_bytes, h->extent_len, memory_order_relaxed);
     guards_set(h->extent, h->extent_len, false);
     extent_free(h->extent, h->extent_len);
+    purger_poll();
 }
 
 /* Allocate a new block of size bytes, copy what the program may have
