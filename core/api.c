@@ -48,12 +48,13 @@ HAK_API void hak_free(void *p)
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
                hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = (SuperSlab *)align_down(addr, HAK_CHUNK_SIZE);
-        unsigned slab = (addr >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1);
-        unsigned cls = ss->slab_cls[slab];
+        unsigned page = (addr >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
+        unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
+        unsigned cls = ss->page_cls[page];
         if (likely(ss->owner == hak_tc.heap)) {
             /* The owner: push on the thread front, nothing else.  A pointer
-             * into the middle of a block, into a free or never-carved slab
-             * or the header, and a block that carries the free mark, take
+             * into the middle of a block, into a free slab, a page not
+             * carved yet or the header, and a block that carries the free mark, take
              * the slow path that sorts misuse from coincidence. */
             ThreadCache *tc = &hak_tc;
             uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &

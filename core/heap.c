@@ -186,7 +186,8 @@ static bool span_release(Heap *h, SuperSlab *ss, Span *s)
     unsigned idx = (unsigned)(s - ss->spans);
     uint32_t bits = (uint32_t)(((1ull << s->nslabs) - 1) << idx);
     span_bytes_add(s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
-    memset(&ss->slab_cls[idx], HAK_NO_CLASS, s->nslabs); /* free() rejects them now */
+    memset(&ss->page_cls[(size_t)idx << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)], HAK_NO_CLASS,
+           (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -221,7 +222,7 @@ static SuperSlab *superslab_get(Heap *h)
         ss->owner = h;
         ss->free_mask = FULL_MASK;
         /* slab 0 is this header: like free slabs, it has no class */
-        memset(ss->slab_cls, HAK_NO_CLASS, sizeof ss->slab_cls);
+        memset(ss->page_cls, HAK_NO_CLASS, sizeof ss->page_cls);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
     superslab_link_front(h, ss);
@@ -258,7 +259,7 @@ static Span *span_new(Heap *h, unsigned cls)
         idx = find_run(ss->free_mask, k);
     }
     ss->free_mask &= ~(uint32_t)(((1ull << k) - 1) << idx);
-    for (unsigned i = 0; i < k; i++) /* slab_cls is set as slabs are carved */
+    for (unsigned i = 0; i < k; i++) /* page_cls is set as pages are carved */
         ss->span_head[idx + i] = (uint8_t)idx;
     if (ss->free_mask == 0 && ss->next) {
         /* full: move it to the back so span_new stops at the first full one */
@@ -295,30 +296,29 @@ static Block *link_blocks(char *p, size_t bs, const uint16_t *order, uint32_t fr
     return head;
 }
 
-/* Carve the never-used blocks that start in the next slab of the span (the
- * slab holding bump): the first want of them are returned for the thread
- * front, the others go on the span's own list (which is empty).  A slab
- * is carved whole and only then gets its class in slab_cls: until then
- * free() rejects any address in it, so a never-carved block can never be
- * "freed" and later handed out twice.  The hardened build links them in a
- * random order, so that neighbours in memory are not handed out one after
- * another. */
+/* Carve at least want never-used blocks of the span, and then every block
+ * that starts in the same 4 KiB page as the last of them: a page gets its
+ * class in page_cls only once all blocks that start in it are carved, so
+ * free() rejects any address in a page not carved yet (a block malloc never
+ * returned can never be freed into a list and handed out twice), while
+ * carving still touches a few pages at a time.  The hardened build links
+ * them in a random order, so that neighbours in memory are not handed out
+ * one after another. */
 static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
 {
     size_t bs = span_block_size(s);
     char *p = s->bump;
     size_t off = (size_t)(p - span_start(ss, s));
-    size_t slab_end = (off / HAK_SLAB_SIZE + 1) * HAK_SLAB_SIZE;
-    uint32_t n = (uint32_t)((slab_end - off + bs - 1) / bs);
+    size_t end = align_up(off + (want - 1) * bs + 1, HAK_PAGE_SIZE); /* carve starts < end */
+    uint32_t n = (uint32_t)((end - off + bs - 1) / bs);
     if (n > s->fresh)
         n = s->fresh;
-    uint32_t m = want < n ? want : n;
     const uint16_t *order = NULL;
 #ifdef HAK_SECURE
     static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
     if (!rng)
         rng = hak_secret ^ (uintptr_t)&rng;
-    uint16_t shuffled[HAK_SLAB_SIZE / 16];
+    uint16_t shuffled[2 * HAK_PAGE_SIZE / 16];
     for (uint32_t i = 0; i < n; i++)
         shuffled[i] = (uint16_t)i;
     for (uint32_t i = n - 1; i > 0; i--) { /* Fisher-Yates, xorshift64 */
@@ -328,14 +328,18 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
     }
     order = shuffled;
 #endif
-    Block *list = link_blocks(p, bs, order, 0, m);
-    s->free = link_blocks(p, bs, order, m, n);
+    Block *list = link_blocks(p, bs, order, 0, n);
     s->fresh -= n;
+    char *bump = p + (size_t)n * bs;
     /* read by remote frees (block_is_valid): relaxed atomics */
-    __atomic_store_n(&s->bump, p + (size_t)n * bs, __ATOMIC_RELAXED);
-    __atomic_store_n(&ss->slab_cls[((uintptr_t)p >> HAK_SLAB_SHIFT) & (HAK_SLABS_PER_SS - 1)],
-                     s->cls, __ATOMIC_RELEASE);
-    *count = m;
+    __atomic_store_n(&s->bump, bump, __ATOMIC_RELAXED);
+    /* up to the page of the last carved start: the pages after it that the
+     * last block reaches into hold no start, or starts not carved yet */
+    uintptr_t first = ((uintptr_t)p >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
+    uintptr_t last = (((uintptr_t)bump - bs) >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
+    for (uintptr_t pg = first; pg <= last; pg++)
+        __atomic_store_n(&ss->page_cls[pg], s->cls, __ATOMIC_RELEASE);
+    *count = n;
     return list;
 }
 

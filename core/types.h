@@ -35,7 +35,7 @@
  * malloc pops the thread's list tc.free[class] (ThreadCache), which holds
  * free blocks of that class from any span of the thread's heap.  When it is
  * empty, the slow path (heap.c) refills it with a whole span's free blocks.
- * free(p) masks p to its SuperSlab, reads owner, slab_cls and span_head:
+ * free(p) masks p to its SuperSlab, reads owner, page_cls and span_head:
  *   - owner thread:   push on tc.free[class]; past a cap, the newest half
  *                     goes back to the spans (no atomics either way)
  *   - another thread: CAS-push on span->thread_free
@@ -55,7 +55,9 @@
 #define HAK_SLAB_SHIFT    16
 #define HAK_SLAB_SIZE     ((size_t)1 << HAK_SLAB_SHIFT)         /* 64 KiB */
 #define HAK_SLABS_PER_SS  32
-#define HAK_PAGE_SIZE     ((size_t)4096)
+#define HAK_PAGE_SHIFT    12
+#define HAK_PAGE_SIZE     ((size_t)1 << HAK_PAGE_SHIFT)
+#define HAK_PAGES_PER_SS  (HAK_CHUNK_SIZE / HAK_PAGE_SIZE)             /* 512 */
 #define HAK_MAX_SPAN      8          /* slabs in the longest span */
 
 #define HAK_NCLASS        43         /* size classes of tiny + mid */
@@ -110,11 +112,12 @@ typedef struct SuperSlab {
     /* What free() reads. */
     struct Heap *owner;                 /* never NULL while in use          */
     uint8_t   span_head[HAK_SLABS_PER_SS]; /* slab index -> span's first slab */
-    uint8_t   slab_cls[HAK_SLABS_PER_SS];  /* slab index -> size class, or  */
-                                        /* HAK_NO_CLASS (header, free slab) */
     uint32_t  free_mask;                /* bit i: slab i is unused           */
     uint32_t  _pad;
     struct SuperSlab *next, *prev;      /* heap->superslabs                  */
+    /* 4 KiB page -> class of the blocks that start in it, or HAK_NO_CLASS:
+     * the header, free slabs and pages not carved yet (see span_carve). */
+    uint8_t   page_cls[HAK_PAGES_PER_SS];
     Span      spans[HAK_SLABS_PER_SS] __attribute__((aligned(64))); /* [0] unused */
 } SuperSlab;
 

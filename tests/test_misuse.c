@@ -81,11 +81,12 @@ static void double_after_flush(void)
     free(launder(v[7]));
 }
 /* Block starts that malloc never returned: one already carved (free in the
- * thread front), one in a slab of the span not carved yet. */
+ * thread front), others in a page of the span not carved yet. */
 static void free_never_allocated_tiny(void) { char *p = malloc(64); free(launder(p + 64 * 5)); }
+static void free_never_carved_tiny(void) { char *p = malloc(64); free(launder(p + 64 * 200)); }
 static void free_never_carved_mid(void)
 {
-    char *p = malloc(20000); /* class 20480, 8-slab spans, carved a slab at a time */
+    char *p = malloc(20000); /* class 20480: the first carve takes 4 blocks */
     free(launder(p + 20480 * 5));
 }
 
@@ -111,6 +112,7 @@ static const struct misuse cases[] = {
     { "double free after the block was reused", double_after_reuse, true },
     { "double free after the block went to its span", double_after_flush, true },
     { "free of a tiny block never handed out", free_never_allocated_tiny, true },
+    { "free of a tiny block never carved", free_never_carved_tiny, true },
     { "free of a mid block never carved", free_never_carved_mid, true },
 };
 

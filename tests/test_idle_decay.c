@@ -1,0 +1,154 @@
+/* An idle process gives memory back: after a spike is freed, free memory
+ * unused for HAKMEM_DECAY_MS goes back to the OS even if no thread calls
+ * into the allocator again (docs/OPTIONS.md, HAKMEM_DECAY_MS).
+ *
+ * The test re-executes itself with HAKMEM_DECAY_MS=200 (options are read
+ * at start-up).  A spike of ~256 MiB: ~224 MiB of large blocks (64 KiB ..
+ * 4 MiB) in the main thread, and ~32 MiB of small and mid blocks allocated
+ * and freed by a worker thread that then exits (so none of them stays in a
+ * thread front).  Every page is touched, everything is freed, and then the
+ * main thread only sleeps and reads /proc/self/statm (open/read into a
+ * stack buffer: no malloc, no free, no stdio) for up to 2.5 s.
+ *
+ * What may legitimately stay resident: the main thread's front (a few small
+ * blocks from start-up), the registry and extent-table pages, heap
+ * metadata, at most one spare SuperSlab per heap: a few MiB.  RSS must come
+ * back to within 32 MiB of what it was before the spike.
+ * SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include "testutil.h"
+
+#define MiB ((size_t)1 << 20)
+#define DECAY_MS "200"
+#define LARGE_TOTAL (224 * MiB)
+#define SMALL_TOTAL (32 * MiB)
+#define SLACK (32 * MiB)
+#define WAIT_MS 2500
+
+/* RSS in bytes, without allocating (no stdio). */
+static size_t rss_now(void)
+{
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *p = buf;
+    while (*p && *p != ' ') p++; /* skip the size field */
+    while (*p == ' ') p++;
+    size_t pages = 0;
+    while (*p >= '0' && *p <= '9') pages = pages * 10 + (size_t)(*p++ - '0');
+    return pages * 4096;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { }
+}
+
+static void touch(unsigned char *p, size_t n, unsigned char v)
+{
+    for (size_t off = 0; off < n; off += 4096)
+        p[off] = v;
+    p[n - 1] = v;
+}
+
+/* Small and mid blocks, allocated, touched and freed by this thread. */
+static void *small_spike(void *arg)
+{
+    (void)arg;
+    enum { MAXB = 200000 };
+    static void *b[MAXB];
+    static size_t bn[MAXB];
+    tu_rng r = tu_rng_seed(5);
+    size_t total = 0;
+    int n = 0;
+    while (total < SMALL_TOTAL && n < MAXB) {
+        size_t sz = tu_rand(&r) % 4 ? tu_range(&r, 1, HAK_TINY_MAX)
+                                    : tu_range(&r, HAK_TINY_MAX + 1, HAK_MID_MAX);
+        b[n] = malloc(sz);
+        CHECK(b[n] != NULL, "malloc(%zu)", sz);
+        if (!b[n]) break;
+        bn[n] = sz;
+        touch(b[n], sz, (unsigned char)n);
+        total += sz;
+        n++;
+    }
+    size_t bad = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned char *p = b[i];
+        bad += p[0] != (unsigned char)i || p[bn[i] - 1] != (unsigned char)i;
+        free(p);
+    }
+    CHECK(bad == 0, "%zu small/mid blocks corrupted", bad);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    const char *d = getenv("HAKMEM_DECAY_MS");
+    if (!d || strcmp(d, DECAY_MS) != 0) {
+        /* options are read at start-up: run again with the option set */
+        setenv("HAKMEM_DECAY_MS", DECAY_MS, 1);
+        execv("/proc/self/exe", argv);
+        CHECK(0, "re-exec with HAKMEM_DECAY_MS=%s failed: %s", DECAY_MS, strerror(errno));
+        return TU_DONE();
+    }
+    alarm(60);
+    size_t rss0 = rss_now();
+    CHECK(rss0 > 0, "cannot read /proc/self/statm");
+
+    enum { MAXL = 4096 };
+    static unsigned char *lb[MAXL];
+    static size_t ln[MAXL];
+    tu_rng r = tu_rng_seed(11);
+    size_t total = 0;
+    int nl = 0;
+    while (total < LARGE_TOTAL && nl < MAXL) {
+        /* 64 KiB .. 4 MiB, more of the smaller ones */
+        size_t sz = tu_rand(&r) % 4 ? tu_range(&r, 64 << 10, 512 << 10)
+                                    : tu_range(&r, 512 << 10, 4 * MiB);
+        lb[nl] = malloc(sz);
+        CHECK(lb[nl] != NULL, "malloc(%zu)", sz);
+        if (!lb[nl]) break;
+        ln[nl] = sz;
+        touch(lb[nl], sz, (unsigned char)(nl + 1));
+        total += sz;
+        nl++;
+    }
+    pthread_t t;
+    int rc = pthread_create(&t, NULL, small_spike, NULL);
+    CHECK(rc == 0, "pthread_create: %s", strerror(rc));
+    if (rc == 0) pthread_join(t, NULL);
+    size_t rss_peak = rss_now();
+    size_t bad = 0;
+    for (int i = 0; i < nl; i++) {
+        bad += lb[i][0] != (unsigned char)(i + 1) || lb[i][ln[i] - 1] != (unsigned char)(i + 1);
+        free(lb[i]);
+    }
+    CHECK(bad == 0, "%zu large blocks corrupted", bad);
+    CHECK(rss_peak >= rss0 + LARGE_TOTAL / 2,
+          "the spike did not show in RSS (%zu -> %zu KiB): nothing to test", rss0 >> 10,
+          rss_peak >> 10);
+
+    /* Idle: no allocator call from here until the verdict. */
+    size_t rss = rss_now();
+    long waited = 0;
+    while (rss > rss0 + SLACK && waited < WAIT_MS) {
+        sleep_ms(100);
+        waited += 100;
+        rss = rss_now();
+    }
+    CHECK(rss <= rss0 + SLACK,
+          "RSS still %.1f MiB after %ld ms idle with HAKMEM_DECAY_MS=%s (%.1f MiB before the "
+          "spike, %.1f MiB at its peak): free memory is not returned while no thread calls "
+          "the allocator",
+          rss / 1048576.0, waited, DECAY_MS, rss0 / 1048576.0, rss_peak / 1048576.0);
+    return TU_DONE();
+}
