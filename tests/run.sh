@@ -134,7 +134,9 @@ if selected fuzz/fuzz_api && have_bin fuzz/fuzz_api out/fuzz/fuzz_api; then
     if [ $fail -gt $fail0 ]; then # the finding, above libFuzzer's stack trace
         grep -m 4 -E '^fuzz_api: op|^hakmem:|ERROR: AddressSanitizer|^Running: ' "$log" | sed 's/^/    | /'
     fi
-    ls "$fuzz_dir"/crash-* "$fuzz_dir"/timeout-* "$fuzz_dir"/leak-* 2>/dev/null | sed 's/^/    | kept: /'
+    for kept in "$fuzz_dir"/crash-* "$fuzz_dir"/timeout-* "$fuzz_dir"/leak-*; do
+        echo "    | kept: $kept" # (nullglob: no match, no line)
+    done
     find "$fuzz_dir" -mindepth 1 ! -name 'crash-*' ! -name 'timeout-*' ! -name 'leak-*' -delete 2>/dev/null
     rmdir "$fuzz_dir" 2>/dev/null
 fi
