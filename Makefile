@@ -12,7 +12,7 @@ LDLIBS  := -pthread
 
 SRC     := $(wildcard core/*.c)
 HDR     := $(wildcard core/*.h) include/hakmem.h
-BENCHES := bench_random_mixed larson bench_mid_large_mt bench_large bench_fragment bench_prodcons
+BENCHES := bench_random_mixed larson bench_mid_large_mt bench_large bench_large_mt bench_fragment bench_prodcons
 TESTSRC := $(wildcard tests/test_*.c)
 
 OBJ_release := $(SRC:core/%.c=out/release/obj/%.o)

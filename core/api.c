@@ -239,6 +239,7 @@ HAK_API int hak_trim(void)
 {
     heap_trim();
     heap_collect_abandoned(true);
+    large_cache_decay(true);
     int released = extent_trim() > 0;
     purger_poll();
     return released;

@@ -188,18 +188,32 @@ static void decay(void)
  * that none of the program's handlers ever runs on it. */
 #define PURGER_MIN_DIRTY ((size_t)16 << 20)
 static pthread_cond_t purger_cond;
-static bool           purger_started, purger_idle;
+static bool           purger_started;
+static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
 _Atomic bool          hak_purger_wanted; /* see purger_poll in internal.h */
 
 static void *purger_main(void *unused)
 {
     extent_lock();
     for (;;) {
+        purger_idle = false;
+        extent_unlock(); /* the large cache gives extents back through here */
+        uint64_t large_due = large_cache_decay(false);
+        extent_lock();
         uint64_t now = os_now_ms(), next = decay_now(now);
+        if (large_due && (!next || large_due < next))
+            next = large_due;
         if (!next) {
-            purger_idle = true;
-            pthread_cond_wait(&purger_cond, &ext_mutex);
-            continue;
+            /* Nothing to wait for, unless the large cache got something
+             * since it was decayed: purger_request (after adding to it)
+             * and this check (after setting idle) cannot both miss. */
+            atomic_store(&purger_idle, true);
+            if (!large_cache_central_bytes()) {
+                pthread_cond_wait(&purger_cond, &ext_mutex);
+                continue;
+            }
+            atomic_store(&purger_idle, false);
+            next = now + (uint64_t)hak_opt.decay_ms;
         }
         uint64_t min_sleep = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
         if (next < now + min_sleep)
@@ -214,8 +228,30 @@ static void *purger_main(void *unused)
 void extent_fork_child(void)
 {
     pthread_mutex_init(&ext_mutex, NULL);
-    purger_started = purger_idle = false;
+    purger_started = false;
+    atomic_store(&purger_idle, false);
     atomic_store_explicit(&hak_purger_wanted, false, memory_order_relaxed);
+}
+
+/* The large cache holds cached bytes in its central part: the purger must
+ * run to decay them (wake it if it sleeps with nothing to do; ask for one
+ * past the threshold).  Lock-free once the purger runs. */
+void purger_request(size_t cached)
+{
+    if (!hak_opt.decay_ms || hak_fork_locks_held)
+        return;
+    if (__atomic_load_n(&purger_started, __ATOMIC_RELAXED) && !atomic_load(&purger_idle))
+        return;
+    extent_lock();
+    if (purger_idle) {
+        purger_idle = false;
+        pthread_cond_signal(&purger_cond);
+    }
+    if (!purger_started && cached >= PURGER_MIN_DIRTY) {
+        purger_started = true;
+        atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
+    }
+    extent_unlock();
 }
 
 /* pthread_create allocates: only from purger_poll, where the allocator is
@@ -447,9 +483,9 @@ size_t extent_trim(void)
 void extent_stats(struct hak_stats *st)
 {
     extent_lock();
-    st->bytes_mapped = bytes_mapped;
-    st->bytes_cached = bytes_free;
-    st->bytes_dirty = bytes_dirty;
-    st->bytes_purged = bytes_purged;
+    st->bytes_mapped += bytes_mapped;
+    st->bytes_cached += bytes_free;
+    st->bytes_dirty += bytes_dirty;
+    st->bytes_purged += bytes_purged;
     extent_unlock();
 }

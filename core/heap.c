@@ -641,6 +641,7 @@ static Heap *heap_acquire(ThreadCache *tc, bool at_exit)
         heap_store_left -= HEAP_STRIDE;
         h->all_next = all_heaps;
         all_heaps = h;
+        large_front_init(&h->large);
         STAT_INC(heaps_created);
     }
     atomic_store(&h->state, HEAP_ACTIVE);
@@ -793,6 +794,7 @@ static void heap_release(ThreadCache *tc)
 {
     Heap *h = tc->heap;
     front_give_back(h, tc);
+    large_front_flush(&h->large, false);
     tc->heap = NULL;
     hak_lock(&heaps_mutex);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
@@ -822,6 +824,7 @@ void heap_trim(void)
     if (!h)
         return;
     front_give_back(h, tc);
+    large_front_flush(&h->large, true);
     heap_collect(h);
     superslabs_purge_free(h);
 }
@@ -836,6 +839,17 @@ void heap_thread_exit(void *unused)
         return;
     tc->exited = true;
     heap_release(tc);
+}
+
+LargeFront *heap_large_front(void)
+{
+    ThreadCache *tc = &hak_tc;
+    if (likely(tc->heap != NULL))
+        return &tc->heap->large;
+    if (tc->exited)
+        return NULL;
+    Heap *h = heap_acquire(tc, true);
+    return h ? &h->large : NULL;
 }
 
 /* Reclaim the memory that other threads freed into abandoned heaps.  Runs
@@ -877,6 +891,7 @@ void heap_collect_abandoned(bool all)
 void heaps_fork_prepare(void)
 {
     hak_lock(&heaps_mutex);
+    large_cache_fork_prepare();
     extent_lock();
     hak_fork_locks_held = true;
 }
@@ -885,6 +900,7 @@ void heaps_fork_parent(void)
 {
     hak_fork_locks_held = false;
     extent_unlock();
+    large_cache_fork_parent();
     hak_unlock(&heaps_mutex);
 }
 
@@ -895,6 +911,7 @@ void heaps_fork_child(void)
 {
     hak_fork_locks_held = false;
     extent_fork_child();
+    large_cache_fork_child();
     pthread_mutex_init(&heaps_mutex, NULL);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);
@@ -953,6 +970,12 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
             ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
         }
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
+        st->large_allocs += __atomic_load_n(&h->large.allocs, __ATOMIC_RELAXED);
+        st->large_frees += __atomic_load_n(&h->large.frees, __ATOMIC_RELAXED);
+        st->large_bytes_in_use += (uint64_t)__atomic_load_n(&h->large.bytes_out, __ATOMIC_RELAXED);
+        size_t cached = __atomic_load_n(&h->large.bytes, __ATOMIC_RELAXED);
+        st->bytes_cached += cached; /* freed large extents, still resident */
+        st->bytes_dirty += cached;
     }
     extent_unlock();
     hak_unlock(&heaps_mutex);

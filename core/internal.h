@@ -226,6 +226,7 @@ void  extent_stats(struct hak_stats *st);
  * extents, never inside one (pthread_create allocates). */
 extern HAK_HIDDEN _Atomic bool hak_purger_wanted;
 void  purger_start(void);
+void  purger_request(size_t cached); /* large_cache.c holds this much */
 static inline void purger_poll(void)
 {
     if (unlikely(atomic_load_explicit(&hak_purger_wanted, memory_order_relaxed)))
@@ -239,6 +240,25 @@ void  *large_realloc(void *p, size_t size);
 LargeHeader *large_header(const void *p); /* NULL if p is no live large block */
 bool   large_was_freed(const void *p);
 size_t large_usable(const LargeHeader *h, const void *p);
+
+/* ---- the cache of freed large extents (large_cache.c) ---- */
+/* The calling thread's front: its heap's (one made if it has none), NULL
+ * in thread-exit destructors after the heap was given up (heap.c). */
+LargeFront *heap_large_front(void);
+void   large_front_init(LargeFront *f);
+char  *large_cache_get(LargeFront *f, size_t len, size_t *got); /* NULL: none */
+bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
+void   large_front_flush(LargeFront *f, bool to_extents);
+size_t large_cache_round(size_t len);             /* up to a class size   */
+void   large_count(LargeFront *f, bool alloc, int64_t bytes); /* statistics */
+void   large_resize(LargeFront *f, int64_t bytes);
+void   large_cache_new_extent(size_t len);        /* extent bytes the     */
+void   large_cache_drop_extent(size_t len);       /* large tier holds     */
+uint64_t large_cache_decay(bool all);
+size_t large_cache_central_bytes(void);
+void   large_cache_fork_prepare(void);
+void   large_cache_fork_parent(void);
+void   large_cache_fork_child(void);
 void   large_stats(struct hak_stats *st);
 
 /* ---- foreign pointers (foreign.c) ---- */

@@ -4,8 +4,10 @@
  * The header's cookie mixes its own address with the process secret, so a
  * pointer is recognised as a live large block only if it is exactly one
  * (a pointer into the middle of a block, or a block freed twice, is not).
- * Freed extents go back to the extent cache (extent.c), which is what
- * makes repeated multi-megabyte allocations syscall-free.
+ * Freed extents are kept by size class (large_cache.c), per thread first,
+ * which is what makes repeated large allocations lock- and syscall-free;
+ * the extents (extent.c) get them back after the decay time.  The hardened
+ * build does not cache: its guard pages go with each malloc and free.
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 #include "registry.h"
@@ -21,16 +23,6 @@
 
 _Static_assert(sizeof(LargeHeader) == 64, "LargeHeader is 64 bytes");
 
-static _Atomic uint64_t n_allocs, n_frees, live_bytes, peak_bytes;
-
-static void live_add(uint64_t n)
-{
-    uint64_t now = atomic_fetch_add_explicit(&live_bytes, n, memory_order_relaxed) + n;
-    uint64_t peak = atomic_load_explicit(&peak_bytes, memory_order_relaxed);
-    while (now > peak && !atomic_compare_exchange_weak_explicit(&peak_bytes, &peak, now,
-                                                                memory_order_relaxed, memory_order_relaxed))
-        ;
-}
 
 static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
 {
@@ -103,13 +95,20 @@ void *large_alloc(size_t size, size_t align, bool zero)
     }
     size_t room = size ? size : 1; /* a 0-byte block still points inside its extent */
     size_t len = align_up(off + room, HAK_PAGE_SIZE) + 2 * HAK_GUARD_SIZE;
-    bool zeroed;
-    char *ext = align <= HAK_PAGE_SIZE
-                    ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
-                    : extent_alloc(len, align, HAK_GUARD_SIZE + HAK_PAGE_SIZE, &zeroed);
+    bool zeroed = false, cacheable = !HAK_GUARD_SIZE && align <= HDR;
+    LargeFront *f = heap_large_front();
+    char *ext = cacheable ? large_cache_get(f, len, &len) : NULL;
     if (!ext) {
-        errno = ENOMEM;
-        return NULL;
+        if (cacheable)
+            len = large_cache_round(len); /* a class size, to be cached again */
+        ext = align <= HAK_PAGE_SIZE
+                  ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
+                  : extent_alloc(len, align, HAK_GUARD_SIZE + HAK_PAGE_SIZE, &zeroed);
+        if (!ext) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        large_cache_new_extent(len);
     }
     off += HAK_GUARD_SIZE;
     if (HAK_GUARD_SIZE && align <= HDR) /* end the block at its guard page */
@@ -118,8 +117,7 @@ void *large_alloc(size_t size, size_t align, bool zero)
     void *p = place(ext, len, off, size);
     if (zero && !zeroed)
         memset(p, 0, size);
-    atomic_fetch_add_explicit(&n_allocs, 1, memory_order_relaxed);
-    live_add(len);
+    large_count(f, true, (int64_t)len);
     return p;
 }
 
@@ -132,10 +130,13 @@ void large_free(void *p)
         return;
     }
     h->cookie = cookie(h, LARGE_FREED);
-    atomic_fetch_add_explicit(&n_frees, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&live_bytes, h->extent_len, memory_order_relaxed);
+    LargeFront *f = heap_large_front();
+    large_count(f, false, -(int64_t)h->extent_len);
     guards_set(h->extent, h->extent_len, false);
-    extent_free(h->extent, h->extent_len);
+    if (HAK_GUARD_SIZE || !large_cache_put(f, h->extent, h->extent_len)) {
+        large_cache_drop_extent(h->extent_len);
+        extent_free(h->extent, h->extent_len);
+    }
     purger_poll();
 }
 
@@ -174,7 +175,8 @@ void *large_realloc(void *p, size_t size)
     if (need <= h->extent_len) { /* shrink in place, give the tail back */
         if (need < h->extent_len) {
             extent_free(h->extent + need, h->extent_len - need);
-            atomic_fetch_sub_explicit(&live_bytes, h->extent_len - need, memory_order_relaxed);
+            large_cache_drop_extent(h->extent_len - need);
+            large_resize(heap_large_front(), -(int64_t)(h->extent_len - need));
             h->extent_len = need;
         }
         h->size = size;
@@ -184,7 +186,8 @@ void *large_realloc(void *p, size_t size)
     if (extent_grow(h->extent + old_len, need - old_len)) { /* grow in place */
         h->extent_len = need;
         h->size = size;
-        live_add(need - old_len);
+        large_cache_new_extent(need - old_len);
+        large_resize(heap_large_front(), (int64_t)(need - old_len));
         return p;
     }
     if (old_len >= MREMAP_MIN) {
@@ -195,7 +198,8 @@ void *large_realloc(void *p, size_t size)
         char *ext = extent_alloc(need, HAK_PAGE_SIZE, 0, NULL);
         if (ext && os_move_pages(old, old_len, ext)) {
             extent_free_purged(old, old_len);
-            live_add(need - old_len);
+            large_cache_new_extent(need - old_len);
+            large_resize(heap_large_front(), (int64_t)(need - old_len));
             return place(ext, need, off, size);
         }
         if (ext)
@@ -203,12 +207,4 @@ void *large_realloc(void *p, size_t size)
         STAT_INC(fallbacks); /* copy instead */
     }
     return realloc_by_copy(p, usable, size, false);
-}
-
-void large_stats(struct hak_stats *st)
-{
-    st->large_allocs = atomic_load(&n_allocs);
-    st->large_frees = atomic_load(&n_frees);
-    st->large_bytes_in_use = atomic_load(&live_bytes);
-    st->large_bytes_peak = atomic_load(&peak_bytes);
 }

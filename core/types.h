@@ -121,6 +121,31 @@ typedef struct SuperSlab {
     Span      spans[HAK_SLABS_PER_SS] __attribute__((aligned(64))); /* [0] unused */
 } SuperSlab;
 
+/* A freed large extent waiting in the large cache (large_cache.c).  It
+ * lives in the extent itself, in the padding of the block's LargeHeader
+ * (at LARGE_LINK_OFFSET), so a cached extent costs no metadata. */
+typedef struct CachedExtent {
+    struct CachedExtent *next;
+    size_t   len;        /* bytes of the extent */
+    uint64_t freed_ms;   /* when it reached the central cache */
+} CachedExtent;
+
+/* Large size classes: every page count below 32 pages, then eight per
+ * power of two up to 32 MiB; the heap's front keeps those up to 4 MiB. */
+#define HAK_LARGE_NCLASS       (32 + (13 - 5) * 8 + 1)
+#define HAK_LARGE_FRONT_NCLASS (32 + (10 - 5) * 8 + 1)
+
+/* A heap's cache of freed large extents: like the thread front of the
+ * slab tiers, only its thread touches it (no lock, no atomic). */
+typedef struct LargeFront {
+    CachedExtent *bin[HAK_LARGE_FRONT_NCLASS];
+    size_t   bytes;          /* cached here                                */
+    unsigned shard;          /* home shard of the central cache            */
+    /* Statistics of the heap's threads, summed over heaps when read. */
+    uint64_t allocs, frees;
+    int64_t  bytes_out;      /* extent bytes allocated less freed          */
+} LargeFront;
+
 /* A thread's heap.  Immortal: recycled through the abandoned list. */
 enum heap_state { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_BUSY = 3, HEAP_ORPHAN = 4 };
 
@@ -141,6 +166,7 @@ typedef struct Heap {
     uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
                                         /* blocks of other heaps             */
     uint64_t  superslabs_live;
+    LargeFront large;
 } Heap;
 
 /* The thread-local front, like a tcmalloc thread cache.  tc.free[cls] holds

@@ -191,10 +191,14 @@ int main(void)
 
     unsigned long before[WORKERS];
     for (int i = 0; i < WORKERS; i++) before[i] = __atomic_load_n(&iters[i], __ATOMIC_RELAXED);
-    usleep(50000);
-    for (int i = 0; i < WORKERS; i++)
+    /* every worker goes on (a lock left held by a fork would stop it);
+     * on a loaded machine one may not run for a while: wait up to 5 s */
+    for (int i = 0; i < WORKERS; i++) {
+        for (int ms = 0; ms < 5000 && __atomic_load_n(&iters[i], __ATOMIC_RELAXED) == before[i]; ms++)
+            usleep(1000);
         CHECK(__atomic_load_n(&iters[i], __ATOMIC_RELAXED) > before[i],
               "worker %d made no progress after the forks", i);
+    }
     __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < WORKERS; i++) pthread_join(w[i], NULL);
 

@@ -1,0 +1,247 @@
+/* The cache of freed large extents (core/large_cache.c): blocks of every
+ * large class are reused with their contents intact and never overlap,
+ * across threads (a block freed by another thread goes to that thread's
+ * front), when threads exit with cached blocks, after malloc_trim, and in a
+ * forked child.
+ * SPDX-License-Identifier: MIT */
+#include <malloc.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/wait.h>
+#include "testutil.h"
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+/* Sizes around every large class boundary up to 40 MiB (classes: every
+ * page count below 128 KiB, then 8 per power of two up to 32 MiB). */
+static size_t sizes[512];
+static unsigned nsizes;
+
+static void make_sizes(void)
+{
+    for (size_t pages = 14; pages < 32; pages++)
+        sizes[nsizes++] = pages * 4096 - 64 - (pages & 1) * 100;
+    for (size_t p2 = 32; p2 <= 8192; p2 *= 2)
+        for (size_t k = 8; k < 16 && nsizes + 3 < sizeof sizes / sizeof *sizes; k++) {
+            size_t pages = k * (p2 / 8);
+            sizes[nsizes++] = pages * 4096 - 64;     /* exactly a class       */
+            sizes[nsizes++] = pages * 4096 - 63;     /* one byte more: next  */
+            sizes[nsizes++] = pages * 4096 + 4096;   /* a page more          */
+        }
+    sizes[nsizes++] = 40 * MiB; /* above the cached classes */
+}
+
+/* A block is filled at its first and last 4 KiB and one page in the
+ * middle, with a pattern tied to its address and seed. */
+static void fill(unsigned char *p, size_t n, uint64_t seed)
+{
+    size_t k = n < 4 * KiB ? n : 4 * KiB;
+    tu_fill(p, k, seed);
+    tu_fill(p + n - k, k, seed + 1);
+    tu_fill(p + n / 2 - k / 2, k, seed + 2);
+}
+
+static bool verify(unsigned char *p, size_t n, uint64_t seed)
+{
+    size_t k = n < 4 * KiB ? n : 4 * KiB;
+    return tu_verify(p, k, seed) == TU_OK && tu_verify(p + n - k, k, seed + 1) == TU_OK &&
+           tu_verify(p + n / 2 - k / 2, k, seed + 2) == TU_OK;
+}
+
+/* One thread: rounds of allocating a block of every size, checking that
+ * none overlaps another (each keeps its pattern), freeing them in a
+ * shuffled order, so that the next round reuses cached extents of every
+ * class. */
+static void classes(void)
+{
+    static unsigned char *b[512];
+    tu_rng r = tu_rng_seed(7);
+    for (int round = 0; round < 4; round++) {
+        for (unsigned i = 0; i < nsizes; i++) {
+            b[i] = malloc(sizes[i]);
+            CHECK(b[i] != NULL, "malloc(%zu)", sizes[i]);
+            if (!b[i]) continue;
+            CHECK(malloc_usable_size(b[i]) >= sizes[i], "usable %zu < %zu",
+                  malloc_usable_size(b[i]), sizes[i]);
+            CHECK(hak_ptr_kind(b[i]) == HAK_KIND_LARGE, "kind of %zu", sizes[i]);
+            fill(b[i], sizes[i], round * 1000 + i);
+        }
+        for (unsigned i = 0; i < nsizes; i++)
+            if (b[i])
+                CHECK(verify(b[i], sizes[i], round * 1000 + i), "round %d: block of %zu overwritten",
+                      round, sizes[i]);
+        for (unsigned i = nsizes; i > 1; i--) { /* shuffle, then free */
+            unsigned j = (unsigned)tu_range(&r, 0, i - 1);
+            unsigned char *t = b[i - 1]; b[i - 1] = b[j]; b[j] = t;
+            size_t ts = sizes[i - 1]; sizes[i - 1] = sizes[j]; sizes[j] = ts;
+        }
+        for (unsigned i = 0; i < nsizes; i++)
+            free(b[i]);
+    }
+    /* A stable pattern reuses cached extents: no more memory mapped. */
+    struct hak_stats s0 = tu_stats();
+    for (int round = 0; round < 20; round++) {
+        for (unsigned i = 0; i < nsizes - 1; i++) {
+            b[i] = malloc(sizes[i]);
+            if (b[i]) fill(b[i], sizes[i], i);
+        }
+        for (unsigned i = 0; i < nsizes - 1; i++) {
+            if (b[i]) CHECK(verify(b[i], sizes[i], i), "reused block of %zu overwritten", sizes[i]);
+            free(b[i]);
+        }
+    }
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.bytes_mapped <= s0.bytes_mapped, "a stable pattern mapped more: %llu -> %llu MiB",
+          (unsigned long long)(s0.bytes_mapped >> 20), (unsigned long long)(s1.bytes_mapped >> 20));
+    CHECK(s1.os_mmap == s0.os_mmap, "a stable pattern made %llu mmap calls",
+          (unsigned long long)(s1.os_mmap - s0.os_mmap));
+}
+
+/* Threads swapping large blocks through shared slots (a mutex per slot):
+ * most blocks are freed by another thread than the one that allocated
+ * them; contents are checked at every free. */
+#define SLOTS 64
+static _Atomic(unsigned char *) slot[SLOTS];
+static _Atomic size_t slot_size[SLOTS];
+static pthread_mutex_t slot_mu[SLOTS];
+
+static void swapper_locked(int idx, void *ctx)
+{
+    (void)ctx;
+    tu_rng r = tu_rng_seed(100 + (uint64_t)idx);
+    double end = tu_now() + tu_stress_seconds() / 2;
+    unsigned long ops = 0;
+    while (tu_now() < end) {
+        size_t n = tu_range(&r, 53 * KiB, (tu_rand(&r) & 7) ? 600 * KiB : 9 * MiB);
+        unsigned char *p = malloc(n);
+        CHECK(p != NULL, "malloc(%zu)", n);
+        if (!p) continue;
+        fill(p, n, (uintptr_t)p ^ n);
+        unsigned s = (unsigned)tu_range(&r, 0, SLOTS - 1);
+        pthread_mutex_lock(&slot_mu[s]);
+        unsigned char *old = atomic_load(&slot[s]);
+        size_t on = atomic_load(&slot_size[s]);
+        atomic_store(&slot[s], p);
+        atomic_store(&slot_size[s], n);
+        pthread_mutex_unlock(&slot_mu[s]);
+        if (old) {
+            CHECK(verify(old, on, (uintptr_t)old ^ on), "swapped block of %zu overwritten", on);
+            free(old);
+        }
+        ops++;
+    }
+    CHECK(ops > 0, "thread %d made no operation", idx);
+}
+
+static void threads(void)
+{
+    for (int i = 0; i < SLOTS; i++)
+        pthread_mutex_init(&slot_mu[i], NULL);
+    tu_run_threads(8, swapper_locked, NULL);
+    for (int i = 0; i < SLOTS; i++) {
+        unsigned char *p = atomic_load(&slot[i]);
+        size_t n = atomic_load(&slot_size[i]);
+        if (p) CHECK(verify(p, n, (uintptr_t)p ^ n), "final block of %zu overwritten", n);
+        free(p);
+        atomic_store(&slot[i], NULL);
+    }
+}
+
+/* Threads that exit with extents in their heap's front: the extents are
+ * not lost (the next threads and main reuse them: nothing more is mapped)
+ * and the statistics add up. */
+static void exit_with_cached(int idx, void *ctx)
+{
+    (void)ctx;
+    unsigned char *b[40];
+    for (int i = 0; i < 40; i++) {
+        size_t n = 64 * KiB + (size_t)(i % 10) * 100 * KiB;
+        b[i] = malloc(n);
+        CHECK(b[i] != NULL, "malloc(%zu)", n);
+        if (b[i]) fill(b[i], n, (uint64_t)idx * 100 + i);
+    }
+    for (int i = 0; i < 40; i++) {
+        size_t n = 64 * KiB + (size_t)(i % 10) * 100 * KiB;
+        if (b[i]) CHECK(verify(b[i], n, (uint64_t)idx * 100 + i), "block of %zu overwritten", n);
+        free(b[i]);
+    }
+}
+
+static void thread_exit(void)
+{
+    tu_run_threads(4, exit_with_cached, NULL); /* warm: extents exist now */
+    struct hak_stats s0 = tu_stats();
+    for (int k = 0; k < 20; k++)
+        tu_run_threads(4, exit_with_cached, NULL);
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.bytes_mapped <= s0.bytes_mapped + 64 * MiB,
+          "threads exiting with cached extents: mapped %llu -> %llu MiB",
+          (unsigned long long)(s0.bytes_mapped >> 20), (unsigned long long)(s1.bytes_mapped >> 20));
+    CHECK(s1.large_allocs - s0.large_allocs == s1.large_frees - s0.large_frees &&
+          s1.large_allocs - s0.large_allocs == 20 * 4 * 40,
+          "statistics: %llu large allocs and %llu frees, want %d each",
+          (unsigned long long)(s1.large_allocs - s0.large_allocs),
+          (unsigned long long)(s1.large_frees - s0.large_frees), 20 * 4 * 40);
+}
+
+/* malloc_trim gives every cached extent back. */
+static void trim(void)
+{
+    enum { N = 200 };
+    static unsigned char *b[N];
+    for (int i = 0; i < N; i++) {
+        b[i] = malloc(200 * KiB + (size_t)i * 4096);
+        if (b[i]) memset(b[i], 1, 200 * KiB);
+    }
+    for (int i = 0; i < N; i++)
+        free(b[i]);
+    struct hak_stats s0 = tu_stats();
+    CHECK(s0.bytes_dirty >= 20 * MiB, "freed extents are not cached (%llu MiB dirty)",
+          (unsigned long long)(s0.bytes_dirty >> 20));
+    malloc_trim(0);
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.bytes_dirty < 4 * MiB, "after malloc_trim %llu MiB of freed memory still resident",
+          (unsigned long long)(s1.bytes_dirty >> 20));
+}
+
+/* A forked child reuses the parent's cached extents, and they are intact
+ * in the parent afterwards. */
+static void fork_child(void)
+{
+    unsigned char *keep = malloc(300 * KiB);
+    fill(keep, 300 * KiB, 77);
+    for (int i = 0; i < 30; i++)
+        free(malloc(100 * KiB + (size_t)i * 8192)); /* cached now */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20);
+        int bad = !verify(keep, 300 * KiB, 77);
+        for (int i = 0; i < 200 && !bad; i++) {
+            size_t n = 100 * KiB + (size_t)(i % 30) * 8192;
+            unsigned char *p = malloc(n);
+            if (!p) _exit(3);
+            fill(p, n, (uint64_t)i);
+            bad |= !verify(p, n, (uint64_t)i);
+            free(p);
+        }
+        _exit(bad ? 2 : 0);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: status %#x", st);
+    CHECK(verify(keep, 300 * KiB, 77), "parent's block changed across fork");
+    free(keep);
+}
+
+int main(void)
+{
+    make_sizes();
+    classes();
+    threads();
+    thread_exit();
+    trim();
+    fork_child();
+    return TU_DONE();
+}
