@@ -891,7 +891,6 @@ void heap_collect_abandoned(bool all)
 void heaps_fork_prepare(void)
 {
     hak_lock(&heaps_mutex);
-    large_cache_fork_prepare();
     extent_lock();
     hak_fork_locks_held = true;
 }
@@ -900,7 +899,6 @@ void heaps_fork_parent(void)
 {
     hak_fork_locks_held = false;
     extent_unlock();
-    large_cache_fork_parent();
     hak_unlock(&heaps_mutex);
 }
 
@@ -911,7 +909,6 @@ void heaps_fork_child(void)
 {
     hak_fork_locks_held = false;
     extent_fork_child();
-    large_cache_fork_child();
     pthread_mutex_init(&heaps_mutex, NULL);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);

@@ -256,9 +256,6 @@ void   large_cache_new_extent(size_t len);        /* extent bytes the     */
 void   large_cache_drop_extent(size_t len);       /* large tier holds     */
 uint64_t large_cache_decay(bool all);
 size_t large_cache_central_bytes(void);
-void   large_cache_fork_prepare(void);
-void   large_cache_fork_parent(void);
-void   large_cache_fork_child(void);
 void   large_stats(struct hak_stats *st);
 
 /* ---- foreign pointers (foreign.c) ---- */

@@ -3,11 +3,16 @@
  * A freed large block keeps its extent, filed by size class: first in the
  * freeing thread's heap (Heap.large: no lock, no atomic; the next large
  * malloc of that class on the thread takes it back), past that front's cap
- * in a central cache split into shards, one lock each, every heap filing
- * into and refilling from its home shard first (so threads do not meet on
- * one lock), and only after the decay time back in the extents (extent.c),
- * which purge it after another decay time.  Large blocks have no owner: a
- * block freed by another thread goes into that thread's front.
+ * in a central cache split into shards, every heap filing into and
+ * refilling from its home shard first, and only after the decay time back
+ * in the extents (extent.c), which purge it after another decay time.
+ * Large blocks have no owner: a block freed by another thread goes into
+ * that thread's front.
+ *
+ * The central cache takes no lock: each shard and class is a stack of
+ * extents that a thread pushes a whole batch on with one CAS and empties
+ * with one exchange (keeping what it needs and pushing the rest back), so
+ * that no pop ever follows a link another thread may be changing (no ABA).
  *
  * Classes (types.h): an allocation takes the smallest class that holds it,
  * and a new extent is made that size, so that it can be reused by any
@@ -16,43 +21,30 @@
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 
-#include <pthread.h>
 #include <string.h>
 
 #define EXACT_PAGES  32
 #define FRONT_CAP    ((size_t)16 << 20)  /* bytes one heap's front keeps */
 #define NSHARD       8
-#define REFILL       4                   /* extents taken per shard visit */
+#define REFILL       16                  /* extents kept per shard visit  */
 #define LINK_OFFSET  32                  /* in LargeHeader's padding      */
+#define RELAXED      memory_order_relaxed
 _Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= sizeof(LargeHeader),
                "the link fits in the header's padding");
 
-/* The heads and byte counts are read without the lock (is there anything
- * here?), so they are written with relaxed atomics. */
 typedef struct Shard {
-    pthread_mutex_t lock;
-    CachedExtent   *list[HAK_LARGE_NCLASS]; /* newest first */
-    size_t          bytes;
-    uint64_t        last_decay_ms;
+    _Atomic(CachedExtent *) list[HAK_LARGE_NCLASS];
+    _Atomic size_t bytes;
 } __attribute__((aligned(64))) Shard;
 
 static Shard shards[NSHARD];
 static _Atomic unsigned next_shard;
-/* Bytes in the central cache; bytes held by the large tier (live blocks
- * and cached extents) and their peak.  Written on slow paths only. */
-static _Atomic size_t central_bytes, held_bytes, held_peak;
+/* Bytes held by the large tier (live blocks and cached extents) and their
+ * peak: written when extents come from or go back to the extents only. */
+static _Atomic size_t held_bytes, held_peak;
 /* Counts of threads that already gave their heap up (exit destructors). */
 static _Atomic uint64_t heapless_allocs, heapless_frees;
 static _Atomic int64_t  heapless_bytes_out;
-
-#define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
-#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-
-__attribute__((constructor)) static void shards_init(void)
-{
-    for (unsigned i = 0; i < NSHARD; i++)
-        pthread_mutex_init(&shards[i].lock, NULL);
-}
 
 /* ---- classes ---- */
 static unsigned class_up(size_t pages)
@@ -130,78 +122,64 @@ static void release(CachedExtent *c)
 
 /* ---- the central cache ---- */
 
-/* Cut the entries of a locked shard that waited a decay time (all: every
- * one) and return them as one list; lower *next_due (if given) to when the
- * next remaining one expires. */
-static CachedExtent *shard_expire(Shard *s, uint64_t now, bool all, uint64_t *next_due)
+size_t large_cache_central_bytes(void)
 {
-    CachedExtent *out = NULL;
-    size_t cut = 0;
-    s->last_decay_ms = now;
-    for (unsigned c = 0; c < HAK_LARGE_NCLASS; c++) {
-        CachedExtent **pp = &s->list[c];
-        while (*pp && !all && now - (*pp)->freed_ms < (uint64_t)hak_opt.decay_ms) {
-            uint64_t due = (*pp)->freed_ms + (uint64_t)hak_opt.decay_ms;
-            if (next_due && (!*next_due || due < *next_due))
-                *next_due = due;
-            pp = &(*pp)->next; /* newest first: the old ones are the tail */
-        }
-        CachedExtent *tail = *pp;
-        STORE(*pp, (CachedExtent *)NULL);
-        while (tail) {
-            CachedExtent *next = tail->next;
-            cut += tail->len;
-            tail->next = out;
-            out = tail;
-            tail = next;
-        }
-    }
-    STORE(s->bytes, s->bytes - cut);
-    atomic_fetch_sub_explicit(&central_bytes, cut, memory_order_relaxed);
-    return out;
+    size_t total = 0;
+    for (unsigned i = 0; i < NSHARD; i++)
+        total += atomic_load(&shards[i].bytes);
+    return total;
 }
 
-/* File a list of extents into the heap's home shard. */
+/* Push a chain (first .. last, linked) on a shard's stack of class c. */
+static void stack_push(Shard *s, unsigned c, CachedExtent *first, CachedExtent *last)
+{
+    CachedExtent *head = atomic_load_explicit(&s->list[c], RELAXED);
+    do {
+        last->next = head;
+    } while (!atomic_compare_exchange_weak_explicit(&s->list[c], &head, first,
+                                                    memory_order_release, RELAXED));
+}
+
+/* File a list of extents, sorted by class, into the heap's home shard: one
+ * push per class present. */
 static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
 {
+    if (!list)
+        return;
+    if (large_cache_central_bytes() + bytes > ((size_t)hak_opt.cache_max_mb << 20)) {
+        release(list); /* over the cap: straight back to the extents */
+        return;
+    }
     Shard *s = &shards[f ? f->shard : 0];
     uint64_t now = os_now_ms();
-    hak_lock(&s->lock);
+    atomic_fetch_add(&s->bytes, bytes); /* seq_cst: see purger_main */
     while (list) {
-        CachedExtent *next = list->next;
         unsigned c = class_down(list->len >> HAK_PAGE_SHIFT);
+        CachedExtent *first = list, *last = list;
         list->freed_ms = now;
-        list->next = s->list[c];
-        STORE(s->list[c], list);
-        list = next;
+        while (last->next && class_down(last->next->len >> HAK_PAGE_SHIFT) == c) {
+            last = last->next;
+            last->freed_ms = now;
+        }
+        list = last->next;
+        stack_push(s, c, first, last);
     }
-    STORE(s->bytes, s->bytes + bytes);
-    size_t total = atomic_fetch_add(&central_bytes, bytes) + bytes; /* see purger_main */
-    CachedExtent *expired = NULL;
-    uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
-    bool over_cap = total > ((size_t)hak_opt.cache_max_mb << 20);
-    if (over_cap || now - s->last_decay_ms >= period || !hak_opt.decay_ms)
-        expired = shard_expire(s, now, over_cap, NULL);
-    hak_unlock(&s->lock);
-    release(expired);
-    purger_request(total);
+    purger_request(large_cache_central_bytes());
 }
 
-/* Take an extent of class c from the central cache, home shard first, and
- * up to REFILL - 1 more of the class for the front. */
+/* Take an extent of class c from the central cache, home shard first: the
+ * whole stack is taken, one extent is the caller's, up to REFILL - 1 more
+ * go to the front, and the rest is pushed back. */
 static char *central_get(LargeFront *f, unsigned c, size_t *len)
 {
     unsigned home = f ? f->shard : 0;
     for (unsigned i = 0; i < NSHARD; i++) {
         Shard *s = &shards[(home + i) % NSHARD];
-        if (!LOAD(s->list[c]))
+        if (!atomic_load_explicit(&s->list[c], RELAXED))
             continue;
-        hak_lock(&s->lock);
-        CachedExtent *got = s->list[c];
-        if (!got) {
-            hak_unlock(&s->lock);
+        CachedExtent *got = atomic_exchange_explicit(&s->list[c], NULL, memory_order_acquire);
+        if (!got)
             continue;
-        }
         CachedExtent *rest = got->next;
         size_t taken = got->len;
         if (f && c < HAK_LARGE_FRONT_NCLASS) {
@@ -214,10 +192,13 @@ static char *central_get(LargeFront *f, unsigned c, size_t *len)
                 taken += more->len;
             }
         }
-        STORE(s->list[c], rest);
-        STORE(s->bytes, s->bytes - taken);
-        hak_unlock(&s->lock);
-        atomic_fetch_sub_explicit(&central_bytes, taken, memory_order_relaxed);
+        if (rest) {
+            CachedExtent *last = rest;
+            while (last->next)
+                last = last->next;
+            stack_push(s, c, rest, last);
+        }
+        atomic_fetch_sub_explicit(&s->bytes, taken, RELAXED);
         *len = got->len;
         return ext_of(got);
     }
@@ -295,40 +276,44 @@ void large_front_flush(LargeFront *f, bool to_extents)
 }
 
 /* Decay: extents that waited a decay time in the central cache (all: every
- * one) go back to the extents.  Returns when the next one is due (0: none). */
+ * one) go back to the extents.  Each stack is taken whole and the young
+ * ones are pushed back.  Returns when the next one is due (0: none). */
 uint64_t large_cache_decay(bool all)
 {
-    uint64_t now = os_now_ms(), next_due = 0;
+    uint64_t now = os_now_ms(), next_due = 0, decay = (uint64_t)hak_opt.decay_ms;
     for (unsigned i = 0; i < NSHARD; i++) {
         Shard *s = &shards[i];
-        if (!LOAD(s->bytes))
+        if (!atomic_load_explicit(&s->bytes, RELAXED))
             continue;
-        hak_lock(&s->lock);
-        CachedExtent *expired = shard_expire(s, now, all, &next_due);
-        hak_unlock(&s->lock);
-        release(expired);
+        for (unsigned c = 0; c < HAK_LARGE_NCLASS; c++) {
+            if (!atomic_load_explicit(&s->list[c], RELAXED))
+                continue;
+            CachedExtent *e = atomic_exchange_explicit(&s->list[c], NULL, memory_order_acquire);
+            CachedExtent *old = NULL, *young = NULL, *young_last = NULL;
+            size_t cut = 0;
+            while (e) {
+                CachedExtent *next = e->next;
+                if (all || now - e->freed_ms >= decay) {
+                    e->next = old;
+                    old = e;
+                    cut += e->len;
+                } else {
+                    if (!next_due || e->freed_ms + decay < next_due)
+                        next_due = e->freed_ms + decay;
+                    e->next = young;
+                    young = e;
+                    if (!young_last)
+                        young_last = e;
+                }
+                e = next;
+            }
+            if (young)
+                stack_push(s, c, young, young_last);
+            atomic_fetch_sub_explicit(&s->bytes, cut, RELAXED);
+            release(old);
+        }
     }
     return next_due;
-}
-
-size_t large_cache_central_bytes(void) { return atomic_load(&central_bytes); }
-
-void large_cache_fork_prepare(void)
-{
-    for (unsigned i = 0; i < NSHARD; i++)
-        hak_lock(&shards[i].lock);
-}
-
-void large_cache_fork_parent(void)
-{
-    for (unsigned i = 0; i < NSHARD; i++)
-        hak_unlock(&shards[i].lock);
-}
-
-void large_cache_fork_child(void)
-{
-    for (unsigned i = 0; i < NSHARD; i++)
-        pthread_mutex_init(&shards[i].lock, NULL);
 }
 
 void large_count(LargeFront *f, bool alloc, int64_t bytes)
@@ -359,7 +344,7 @@ void large_stats(struct hak_stats *st)
     st->large_allocs += atomic_load(&heapless_allocs);
     st->large_frees += atomic_load(&heapless_frees);
     st->large_bytes_in_use = out > 0 ? (uint64_t)out : 0;
-    size_t cached = atomic_load(&central_bytes);
+    size_t cached = large_cache_central_bytes();
     st->large_bytes_peak = atomic_load(&held_peak);
     st->bytes_cached += cached;
     st->bytes_dirty += cached;

@@ -21,7 +21,7 @@ ALLOCS=glibc,hakmem,mimalloc,jemalloc,tcmalloc
 OUT=$ROOT/out/bench
 BIN=$ROOT/out/release
 USE_STRACE=1
-ALL_BENCHES=(bench_random_mixed larson bench_mid_large_mt bench_large bench_fragment bench_prodcons)
+ALL_BENCHES=(bench_random_mixed larson bench_mid_large_mt bench_large bench_large_mt bench_fragment bench_prodcons)
 
 usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die_usage() { echo "bench.sh: $*" >&2; usage; }
@@ -74,6 +74,9 @@ bench_args() {  # BENCH MODE
         bench_large:full)         echo "4000 8 42" ;;
         bench_large:quick)        echo "1000 8 42" ;;
         bench_large:smoke)        echo "40 4 42" ;;
+        bench_large_mt:full)      echo "$NCPU 200000 65536 524288 42" ;;
+        bench_large_mt:quick)     echo "$NCPU 50000 65536 524288 42" ;;
+        bench_large_mt:smoke)     echo "2 2000 65536 524288 42" ;;
         bench_fragment:full)      echo "50 42" ;;
         bench_fragment:quick)     echo "10 42" ;;
         bench_fragment:smoke)     echo "1 42" ;;
