@@ -98,7 +98,9 @@ static size_t small_usable(const void *p)
 {
     SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
     Span *s = span_of(ss, p);
-    if (!s->nslabs || !span_is_block_start(ss, s, p) || (const char *)p >= s->bump)
+    /* the owner may be carving meanwhile: bump is read like remote frees do */
+    if (!s->nslabs || !span_is_block_start(ss, s, p) ||
+        (const char *)p >= __atomic_load_n(&s->bump, __ATOMIC_RELAXED))
         return 0;
     return span_block_size(s) - HAK_CANARY_SIZE;
 }

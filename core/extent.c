@@ -395,7 +395,11 @@ void extent_free(void *p, size_t len)
 {
     HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
     extent_lock();
-    free_range_locked((uintptr_t)p, len, os_now_ms() | 1, len);
+    /* dirty_since is never 0 (that means purged), and never ahead of the
+     * clock: now | 1 would be, on a clock that only returns even values,
+     * and decay would see the range as 2^64 ms old and purge it at once. */
+    uint64_t now = os_now_ms();
+    free_range_locked((uintptr_t)p, len, now ? now : 1, len);
     decay();
     if (bytes_dirty && hak_opt.decay_ms) {
         if (purger_idle) { /* it sleeps with nothing to do: one wake-up */

@@ -794,7 +794,7 @@ static void heap_release(ThreadCache *tc)
 {
     Heap *h = tc->heap;
     front_give_back(h, tc);
-    large_front_flush(&h->large, false);
+    large_front_flush(&h->large);
     tc->heap = NULL;
     hak_lock(&heaps_mutex);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
@@ -824,7 +824,7 @@ void heap_trim(void)
     if (!h)
         return;
     front_give_back(h, tc);
-    large_front_flush(&h->large, true);
+    large_front_flush(&h->large);
     heap_collect(h);
     superslabs_purge_free(h);
 }

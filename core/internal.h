@@ -248,7 +248,7 @@ LargeFront *heap_large_front(void);
 void   large_front_init(LargeFront *f);
 char  *large_cache_get(LargeFront *f, size_t len, size_t *got); /* NULL: none */
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
-void   large_front_flush(LargeFront *f, bool to_extents);
+void   large_front_flush(LargeFront *f);        /* back to the extents */
 size_t large_cache_round(size_t len);             /* up to a class size   */
 void   large_count(LargeFront *f, bool alloc, int64_t bytes); /* statistics */
 void   large_resize(LargeFront *f, int64_t bytes);

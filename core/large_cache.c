@@ -6,6 +6,8 @@
  * in a central cache split into shards, every heap filing into and
  * refilling from its home shard first, and only after the decay time back
  * in the extents (extent.c), which purge it after another decay time.
+ * Only extents up to 4 MiB are cached: bigger ones vary too much in size
+ * to be reused by class, and the extents reuse them by best fit.
  * Large blocks have no owner: a block freed by another thread goes into
  * that thread's front.
  *
@@ -24,9 +26,12 @@
 #include <string.h>
 
 #define EXACT_PAGES  32
-#define FRONT_CAP    ((size_t)16 << 20)  /* bytes one heap's front keeps */
+#define FRONT_CAP    ((size_t)8 << 20)  /* bytes one heap's front keeps */
 #define NSHARD       8
 #define REFILL       16                  /* extents kept per shard visit  */
+#define UP_CLASSES   2
+#define MISSES_FLUSH 3                   /* misses in a row that flush    */
+#define CENTRAL_CAP  ((size_t)64 << 20) /* over it: to the extents at once */
 #define LINK_OFFSET  32                  /* in LargeHeader's padding      */
 #define RELAXED      memory_order_relaxed
 _Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= sizeof(LargeHeader),
@@ -146,7 +151,7 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
 {
     if (!list)
         return;
-    if (large_cache_central_bytes() + bytes > ((size_t)hak_opt.cache_max_mb << 20)) {
+    if (large_cache_central_bytes() + bytes > CENTRAL_CAP) {
         release(list); /* over the cap: straight back to the extents */
         return;
     }
@@ -182,7 +187,7 @@ static char *central_get(LargeFront *f, unsigned c, size_t *len)
             continue;
         CachedExtent *rest = got->next;
         size_t taken = got->len;
-        if (f && c < HAK_LARGE_FRONT_NCLASS) {
+        if (f && c < HAK_LARGE_NCLASS) {
             for (unsigned k = 1; k < REFILL && rest && f->bytes < FRONT_CAP / 2; k++) {
                 CachedExtent *more = rest;
                 rest = more->next;
@@ -205,29 +210,12 @@ static char *central_get(LargeFront *f, unsigned c, size_t *len)
     return NULL;
 }
 
-/* ---- the API of large.c ---- */
-char *large_cache_get(LargeFront *f, size_t len, size_t *got)
-{
-    size_t pages = len >> HAK_PAGE_SHIFT;
-    if (pages > MAX_PAGES)
-        return NULL;
-    unsigned c = class_up(pages);
-    if (f && c < HAK_LARGE_FRONT_NCLASS && f->bin[c]) {
-        CachedExtent *e = f->bin[c];
-        f->bin[c] = e->next;
-        f->bytes -= e->len;
-        *got = e->len;
-        return ext_of(e);
-    }
-    return central_get(f, c, got);
-}
-
 /* Take every extent of the front's classes from top down to (not
  * including) class stop, until it holds at most keep bytes. */
 static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
 {
     CachedExtent *list = NULL;
-    for (unsigned c = HAK_LARGE_FRONT_NCLASS; c-- > 0 && f->bytes > keep;)
+    for (unsigned c = HAK_LARGE_NCLASS; c-- > 0 && f->bytes > keep;)
         while (f->bin[c]) {
             CachedExtent *e = f->bin[c];
             f->bin[c] = e->next;
@@ -239,6 +227,38 @@ static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
     return list;
 }
 
+/* ---- the API of large.c ---- */
+char *large_cache_get(LargeFront *f, size_t len, size_t *got)
+{
+    size_t pages = len >> HAK_PAGE_SHIFT;
+    if (pages > MAX_PAGES)
+        return NULL;
+    unsigned c = class_up(pages);
+    /* the class, or one up to UP_CLASSES above (a size within 25% over):
+     * a bigger extent is better than fresh memory */
+    for (unsigned k = c; f && k < HAK_LARGE_NCLASS && k <= c + UP_CLASSES; k++)
+        if (f->bin[k]) {
+            CachedExtent *e = f->bin[k];
+            f->bin[k] = e->next;
+            f->bytes -= e->len;
+            f->misses = 0;
+            *got = e->len;
+            return ext_of(e);
+        }
+    char *ext = central_get(f, c, got);
+    if (ext || !f)
+        return ext;
+    /* A miss.  Many in a row mean sizes that rarely meet their class again:
+     * the extents the front holds go back to the extents, which reuse them
+     * by best fit for any size, rather than fresh memory being taken. */
+    if (++f->misses >= MISSES_FLUSH) {
+        size_t bytes = 0;
+        release(front_take(f, 0, &bytes));
+        f->misses = 0;
+    }
+    return NULL;
+}
+
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
@@ -248,7 +268,7 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     e->len = len;
     e->next = NULL;
     unsigned c = class_down(pages);
-    if (!f || c >= HAK_LARGE_FRONT_NCLASS) {
+    if (!f || c >= HAK_LARGE_NCLASS) {
         central_put(f, e, len);
         return true;
     }
@@ -263,16 +283,13 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     return true;
 }
 
-/* A heap given up by its thread, or malloc_trim (to_extents): the front
- * empties into the central cache, or straight back to the extents. */
-void large_front_flush(LargeFront *f, bool to_extents)
+/* A heap given up by its thread, or malloc_trim: the front goes back to
+ * the extents, which reuse it by best fit for any size (threads that come
+ * and go rarely meet the same classes again). */
+void large_front_flush(LargeFront *f)
 {
     size_t bytes = 0;
-    CachedExtent *list = front_take(f, 0, &bytes);
-    if (to_extents)
-        release(list);
-    else if (list)
-        central_put(f, list, bytes);
+    release(front_take(f, 0, &bytes));
 }
 
 /* Decay: extents that waited a decay time in the central cache (all: every

@@ -131,16 +131,16 @@ typedef struct CachedExtent {
 } CachedExtent;
 
 /* Large size classes: every page count below 32 pages, then eight per
- * power of two up to 32 MiB; the heap's front keeps those up to 4 MiB. */
-#define HAK_LARGE_NCLASS       (32 + (13 - 5) * 8 + 1)
-#define HAK_LARGE_FRONT_NCLASS (32 + (10 - 5) * 8 + 1)
+ * power of two up to 4 MiB (bigger extents are not cached). */
+#define HAK_LARGE_NCLASS (32 + (10 - 5) * 8 + 1)
 
 /* A heap's cache of freed large extents: like the thread front of the
  * slab tiers, only its thread touches it (no lock, no atomic). */
 typedef struct LargeFront {
-    CachedExtent *bin[HAK_LARGE_FRONT_NCLASS];
+    CachedExtent *bin[HAK_LARGE_NCLASS];
     size_t   bytes;          /* cached here                                */
     unsigned shard;          /* home shard of the central cache            */
+    unsigned misses;         /* allocations it could not serve, in a row   */
     /* Statistics of the heap's threads, summed over heaps when read. */
     uint64_t allocs, frees;
     int64_t  bytes_out;      /* extent bytes allocated less freed          */
