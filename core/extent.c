@@ -2,11 +2,12 @@
  *
  * Address space is reserved from the OS in large 2 MiB-aligned
  * reservations (32 MiB growing to 1 GiB), registered as CHUNK_ARENA.  The
- * page-granular free ranges of all reservations are kept in one array
- * sorted by address; allocation is best fit (warm, not-yet-purged ranges
- * first), frees coalesce with their neighbours.  SuperSlabs (2 MiB,
- * 2 MiB-aligned) and large blocks both come from here, so an emptied
- * SuperSlab and a freed large block are the same kind of cached memory.
+ * page-granular free ranges of all reservations are kept in an index
+ * (ranges.c) that finds a range by size (best fit among resident,
+ * not-yet-purged ranges first) and by its neighbours (frees coalesce),
+ * each in O(1) expected time.  SuperSlabs (2 MiB, 2 MiB-aligned) and large
+ * blocks both come from here, so an emptied SuperSlab and a freed large
+ * block are the same kind of cached memory.
  *
  * Nothing is unmapped in steady state.  Free ranges stay "dirty" (resident)
  * until the decay policy purges them with madvise: after HAKMEM_DECAY_MS, or
@@ -14,9 +15,10 @@
  * (malloc_trim) purges everything and unmaps wholly free reservations.
  *
  * All of this runs under one mutex, taken only when a SuperSlab or a large
- * block changes hands.
+ * extent changes hands outside the caches (large_cache.c).
  * SPDX-License-Identifier: MIT */
 #include "os.h"
+#include "ranges.h"
 #include "registry.h"
 
 #include <pthread.h>
@@ -24,159 +26,74 @@
 #include <time.h>
 #include <string.h>
 
-#define RANGES_INITIAL   1024   /* the table doubles (mmap) when full  */
 #define MAX_RESERVATIONS 4096
 #define RESERVE_MIN      ((size_t)32 << 20)
 #define RESERVE_MAX      ((size_t)1 << 30)
-#define BIG_EXTENT       ((size_t)4 << 20)  /* placed from the top: see find_fit */
-
-typedef struct FreeRange {
-    uintptr_t start;
-    size_t    len;
-    uint64_t  dirty_since; /* ms timestamp of the last free; 0 = purged (reads zero) */
-    size_t    dirty;       /* bytes of it that may be resident (<= len): a    */
-                           /* range merged from a dirty and a clean one is    */
-                           /* not all resident                                */
-} FreeRange;
 
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
 static pthread_mutex_t ext_mutex = PTHREAD_MUTEX_INITIALIZER;
-static FreeRange   initial_ranges[RANGES_INITIAL];
-static FreeRange  *ranges = initial_ranges;
-static size_t      nranges, ranges_cap = RANGES_INITIAL;
-static Reservation reservations[MAX_RESERVATIONS];
+static Reservation reservations[MAX_RESERVATIONS]; /* sorted by start */
 static size_t      nreservations;
-static size_t      bytes_mapped, bytes_free, bytes_dirty, bytes_purged;
-
+static size_t      bytes_mapped;
 static uint64_t    last_decay_ms;
 
 void extent_lock(void) { hak_lock(&ext_mutex); }
 void extent_unlock(void) { hak_unlock(&ext_mutex); }
 
-static void range_remove(size_t i)
+/* Free ranges never span two reservations, so that a reservation that is
+ * entirely free is one range (extent_trim unmaps it). */
+bool extent_reservation_edge(uintptr_t addr)
 {
-    bytes_free -= ranges[i].len;
-    bytes_dirty -= ranges[i].dirty;
-    memmove(&ranges[i], &ranges[i + 1], (nranges - i - 1) * sizeof(FreeRange));
-    nranges--;
-}
-
-/* The resident bytes of a part of r: where in r they are is not known, so
- * each part is charged as much as it can hold. */
-static size_t part_dirty(const FreeRange *r, size_t part_len)
-{
-    return r->dirty < part_len ? r->dirty : part_len;
-}
-
-/* Double the table of free ranges.  Its memory comes straight from the OS
- * (it is ours, not the program's) and the old table is given back. */
-static bool ranges_grow(void)
-{
-    size_t cap = ranges_cap * 2, bytes = align_up(cap * sizeof(FreeRange), HAK_PAGE_SIZE);
-    FreeRange *t = os_map_aligned(bytes, HAK_PAGE_SIZE);
-    if (!t)
-        return false;
-    memcpy(t, ranges, nranges * sizeof(FreeRange));
-    if (ranges != initial_ranges)
-        os_unmap(ranges, align_up(ranges_cap * sizeof(FreeRange), HAK_PAGE_SIZE));
-    ranges = t;
-    ranges_cap = cap;
-    return true;
-}
-
-/* Insert a free range, merging with its neighbours.  Returns false when
- * the table is full and cannot grow (no memory left). */
-static bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
-{
-    size_t lo = 0, hi = nranges;
+    size_t lo = 0, hi = nreservations;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (ranges[mid].start < start) lo = mid + 1; else hi = mid;
+        if (reservations[mid].start < addr) lo = mid + 1; else hi = mid;
     }
-    size_t i = lo;
-    HAK_ASSERT(i == 0 || ranges[i - 1].start + ranges[i - 1].len <= start);
-    HAK_ASSERT(i == nranges || start + len <= ranges[i].start);
-    bool merge_prev = i > 0 && ranges[i - 1].start + ranges[i - 1].len == start;
-    bool merge_next = i < nranges && start + len == ranges[i].start;
-    if (merge_prev || merge_next) {
-        if (merge_prev) {
-            i--;
-            start = ranges[i].start;
-            len += ranges[i].len;
-            if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
-            dirty += ranges[i].dirty;
-            range_remove(i);
-        }
-        if (merge_next) {
-            len += ranges[i].len;
-            if (ranges[i].dirty_since > dirty_since) dirty_since = ranges[i].dirty_since;
-            dirty += ranges[i].dirty;
-            range_remove(i);
-        }
-    } else if (nranges == ranges_cap && !ranges_grow()) {
-        return false;
-    }
-    memmove(&ranges[i + 1], &ranges[i], (nranges - i) * sizeof(FreeRange));
-    ranges[i] = (FreeRange){ start, len, dirty_since, dirty_since ? dirty : 0 };
-    nranges++;
-    bytes_free += len;
-    bytes_dirty += ranges[i].dirty;
-    return true;
+    return lo < nreservations && reservations[lo].start == addr;
 }
 
-static void purge_range(size_t i)
+/* Above the cap on resident free memory, the ranges least recently made
+ * dirty are purged first. */
+static void purge_over_cap(void)
 {
-    if (os_purge((void *)ranges[i].start, ranges[i].len)) {
-        bytes_dirty -= ranges[i].dirty;
-        bytes_purged += ranges[i].dirty;
-        ranges[i].dirty_since = 0;
-        ranges[i].dirty = 0;
+    size_t cap = (size_t)hak_opt.cache_max_mb << 20;
+    while (range_bytes_dirty > cap) {
+        FreeRange *oldest = ranges_dirty_oldest();
+        if (!oldest || !range_purge(oldest)) /* madvise failed: later */
+            break;
     }
 }
 
 /* Decay: purge the ranges that stayed free longer than the decay time,
- * and the oldest ones while the dirty cache is above its cap.  Returns
- * when the next dirty range expires (0: none is left). */
+ * then what is above the cap.  Returns when the next dirty range expires
+ * (0: none is left). */
 static uint64_t decay_now(uint64_t now)
 {
-    size_t cap = (size_t)hak_opt.cache_max_mb << 20;
     uint64_t next = 0;
     last_decay_ms = now;
-    for (size_t i = 0; i < nranges; i++) {
-        uint64_t since = ranges[i].dirty_since;
-        if (!since)
-            continue;
-        if (now - since >= (uint64_t)hak_opt.decay_ms)
-            purge_range(i);
-        else if (!next || since + (uint64_t)hak_opt.decay_ms < next)
-            next = since + (uint64_t)hak_opt.decay_ms;
+    for (FreeRange *r = ranges_dirty(), *n; r; r = n) {
+        n = r->dirty_next; /* a purge takes r off the list */
+        if (now - r->dirty_since >= (uint64_t)hak_opt.decay_ms)
+            range_purge(r);
+        else if (!next || r->dirty_since + (uint64_t)hak_opt.decay_ms < next)
+            next = r->dirty_since + (uint64_t)hak_opt.decay_ms;
     }
-    while (bytes_dirty > cap) {
-        size_t oldest = nranges;
-        for (size_t i = 0; i < nranges; i++)
-            if (ranges[i].dirty_since &&
-                (oldest == nranges || ranges[i].dirty_since < ranges[oldest].dirty_since))
-                oldest = i;
-        if (oldest == nranges)
-            break;
-        purge_range(oldest);
-        if (ranges[oldest].dirty_since) /* madvise failed: give up for now */
-            break;
-    }
-    return bytes_dirty ? (next ? next : now + 1) : 0;
+    purge_over_cap();
+    return range_bytes_dirty ? (next ? next : now + 1) : 0;
 }
 
-/* Inside extent operations (never on the malloc/free fast path), at most
- * every decay/4 ms unless the cache is over its cap (with a decay time
- * of 0, at every one). */
+/* Inside extent operations (never on the malloc/free fast path): the full
+ * decay at most every decay/4 ms (with a decay time of 0, at every one),
+ * the cap at every one. */
 static void decay(void)
 {
     uint64_t now = os_now_ms();
     uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
-    if (!hak_opt.decay_ms || now - last_decay_ms >= period ||
-        bytes_dirty > ((size_t)hak_opt.cache_max_mb << 20))
+    if (!hak_opt.decay_ms || now - last_decay_ms >= period)
         decay_now(now);
+    else
+        purge_over_cap();
 }
 
 /* The purger: decay for a program that stopped calling malloc and free
@@ -288,8 +205,8 @@ void purger_start(void)
 static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
 {
     if (!range_insert(start, len, dirty_since, dirty)) {
-        /* The table could not grow (out of memory): release the pages,
-         * keep the address range reserved but unused, and count it. */
+        /* No record for it (out of memory): release the pages, keep the
+         * address range reserved but unused, and count it. */
         os_purge((void *)start, len);
         STAT_INC(fallbacks);
     }
@@ -322,69 +239,45 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
         return false;
     }
     registry_set(p, want, CHUNK_ARENA);
-    reservations[nreservations] = (Reservation){ (uintptr_t)p, want };
+    size_t k = nreservations;
+    while (k > 0 && reservations[k - 1].start > (uintptr_t)p) {
+        reservations[k] = reservations[k - 1];
+        k--;
+    }
+    reservations[k] = (Reservation){ (uintptr_t)p, want };
     __atomic_store_n(&nreservations, nreservations + 1, __ATOMIC_RELAXED); /* read unlocked */
     bytes_mapped += want;
     free_range_locked((uintptr_t)p, want, 0, 0);
     return true;
 }
 
-/* Find a range for len bytes such that (start + offset) is a multiple of
- * align.  Warm (dirty) ranges are preferred: reusing them costs no page
- * faults and keeps RSS from growing; among those the smallest fit.  Big
- * extents are placed at the top of their range and the rest at the bottom,
- * so the two populations grow from opposite ends instead of interleaving:
- * holes left by big buffers then stay big (bench_large: -12% peak RSS). */
-static bool find_fit(size_t len, size_t align, size_t offset, size_t *idx, uintptr_t *at)
-{
-    size_t best = nranges;
-    for (size_t i = 0; i < nranges; i++) {
-        FreeRange *r = &ranges[i];
-        if (r->len < len)
-            continue;
-        uintptr_t s = align_up(r->start + offset, align) - offset;
-        if (s + len > r->start + r->len)
-            continue;
-        if (best == nranges) { best = i; continue; }
-        FreeRange *b = &ranges[best];
-        bool rd = r->dirty_since != 0, bd = b->dirty_since != 0;
-        if (rd != bd ? rd : r->len < b->len)
-            best = i;
-    }
-    if (best == nranges)
-        return false;
-    *idx = best;
-    if (len >= BIG_EXTENT) { /* big ones from the top of the range */
-        uintptr_t end = ranges[best].start + ranges[best].len;
-        *at = align_down(end - len + offset, align) - offset;
-    } else {
-        *at = align_up(ranges[best].start + offset, align) - offset;
-    }
-    return true;
-}
-
+/* Big extents (ranges.c: 4 MiB and more) are placed at the top of their
+ * range and the rest at the bottom, so the two populations grow from
+ * opposite ends instead of interleaving: holes left by big buffers then
+ * stay big (bench_large: -12% peak RSS). */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
 {
     HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && is_pow2(align) && align >= HAK_PAGE_SIZE);
-    size_t i;
     uintptr_t at;
     extent_lock();
     decay();
-    if (!find_fit(len, align, offset, &i, &at)) {
+    FreeRange *f = range_find_fit(len, align, offset, &at);
+    if (!f) {
         extent_unlock();
         /* A new reservation always fits the request: one is enough. */
-        if (!reserve_and_lock(len, align, offset) || !find_fit(len, align, offset, &i, &at)) {
+        if (!reserve_and_lock(len, align, offset) ||
+            !(f = range_find_fit(len, align, offset, &at))) {
             extent_unlock();
             return NULL;
         }
     }
-    FreeRange r = ranges[i];
-    range_remove(i);
+    FreeRange r = *f;
+    range_remove(f);
     if (at > r.start)
-        free_range_locked(r.start, at - r.start, r.dirty_since, part_dirty(&r, at - r.start));
+        free_range_locked(r.start, at - r.start, r.dirty_since, range_part_dirty(&r, at - r.start));
     if (at + len < r.start + r.len)
         free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since,
-                          part_dirty(&r, r.start + r.len - (at + len)));
+                          range_part_dirty(&r, r.start + r.len - (at + len)));
     extent_unlock();
     if (zeroed)
         *zeroed = r.dirty_since == 0;
@@ -401,12 +294,12 @@ void extent_free(void *p, size_t len)
     uint64_t now = os_now_ms();
     free_range_locked((uintptr_t)p, len, now ? now : 1, len);
     decay();
-    if (bytes_dirty && hak_opt.decay_ms) {
+    if (range_bytes_dirty && hak_opt.decay_ms) {
         if (purger_idle) { /* it sleeps with nothing to do: one wake-up */
             purger_idle = false;
             pthread_cond_signal(&purger_cond);
         }
-        if (!purger_started && bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held) {
+        if (!purger_started && range_bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held) {
             purger_started = true;
             atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
         }
@@ -418,18 +311,14 @@ bool extent_grow(void *end, size_t extra)
 {
     bool ok = false;
     extent_lock();
-    for (size_t i = 0; i < nranges; i++) {
-        FreeRange r = ranges[i];
-        if (r.start > (uintptr_t)end)
-            break;
-        if (r.start == (uintptr_t)end && r.len >= extra) {
-            range_remove(i);
-            if (r.len > extra)
-                free_range_locked(r.start + extra, r.len - extra, r.dirty_since,
-                                  part_dirty(&r, r.len - extra));
-            ok = true;
-            break;
-        }
+    FreeRange *f = range_starting_at((uintptr_t)end);
+    if (f && f->len >= extra) {
+        FreeRange r = *f;
+        range_remove(f);
+        if (r.len > extra)
+            free_range_locked(r.start + extra, r.len - extra, r.dirty_since,
+                              range_part_dirty(&r, r.len - extra));
+        ok = true;
     }
     extent_unlock();
     return ok;
@@ -444,41 +333,28 @@ void extent_free_purged(void *p, size_t len)
 
 size_t extent_trim(void)
 {
-    size_t released = 0;
     extent_lock();
-    for (size_t i = 0; i < nranges; i++)
-        if (ranges[i].dirty_since) {
-            size_t dirty = ranges[i].dirty;
-            purge_range(i);
-            if (!ranges[i].dirty_since)
-                released += dirty;
-        }
-    /* Unmap reservations that are entirely free. */
+    size_t released = range_bytes_dirty;
+    for (FreeRange *r = ranges_dirty(), *n; r; r = n) {
+        n = r->dirty_next;
+        if (!range_purge(r))
+            released -= r->dirty;
+    }
+    /* Unmap reservations that are entirely free: each is one free range. */
     for (size_t k = 0; k < nreservations;) {
         Reservation rv = reservations[k];
-        bool unmapped = false;
-        for (size_t i = 0; i < nranges; i++) {
-            FreeRange r = ranges[i];
-            if (r.start <= rv.start && r.start + r.len >= rv.start + rv.len) {
-                range_remove(i);
-                if (r.start < rv.start)
-                    range_insert(r.start, rv.start - r.start, r.dirty_since,
-                                 part_dirty(&r, rv.start - r.start));
-                if (r.start + r.len > rv.start + rv.len)
-                    range_insert(rv.start + rv.len, r.start + r.len - (rv.start + rv.len),
-                                 r.dirty_since, part_dirty(&r, r.start + r.len - (rv.start + rv.len)));
-                registry_set((void *)rv.start, rv.len, CHUNK_NONE);
-                os_unmap((void *)rv.start, rv.len);
-                bytes_mapped -= rv.len;
-                released += rv.len;
-                reservations[k] = reservations[nreservations - 1];
-                __atomic_store_n(&nreservations, nreservations - 1, __ATOMIC_RELAXED);
-                unmapped = true;
-                break;
-            }
-        }
-        if (!unmapped)
+        FreeRange *f = range_starting_at(rv.start);
+        if (!f || f->len != rv.len) {
             k++;
+            continue;
+        }
+        range_remove(f);
+        registry_set((void *)rv.start, rv.len, CHUNK_NONE);
+        os_unmap((void *)rv.start, rv.len);
+        bytes_mapped -= rv.len;
+        released += rv.len;
+        memmove(&reservations[k], &reservations[k + 1], (nreservations - k - 1) * sizeof *reservations);
+        __atomic_store_n(&nreservations, nreservations - 1, __ATOMIC_RELAXED);
     }
     extent_unlock();
     return released;
@@ -488,8 +364,8 @@ void extent_stats(struct hak_stats *st)
 {
     extent_lock();
     st->bytes_mapped += bytes_mapped;
-    st->bytes_cached += bytes_free;
-    st->bytes_dirty += bytes_dirty;
-    st->bytes_purged += bytes_purged;
+    st->bytes_cached += range_bytes_free;
+    st->bytes_dirty += range_bytes_dirty;
+    st->bytes_purged += range_bytes_purged;
     extent_unlock();
 }

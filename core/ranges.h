@@ -1,0 +1,61 @@
+/* The index of free address ranges inside hakmem's reservations
+ * (ranges.c), used by extent.c under its lock.
+ *
+ * Every operation is O(1) expected or O(log n) at worst in the number of
+ * free ranges: a range is found by its start or its end through two hash
+ * tables (coalescing a freed range with its neighbours), and by size
+ * through size bins (placement), one set of bins for resident ("dirty")
+ * ranges and one for purged ones, with a bitmap of the non-empty bins.
+ * The range records live in memory of their own from the OS, never in the
+ * free ranges themselves (those may be purged, and writing to them would
+ * fault their pages back in).
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_RANGES_H
+#define HAK_RANGES_H
+
+#include "internal.h"
+
+typedef struct FreeRange {
+    uintptr_t start;
+    size_t    len;
+    uint64_t  dirty_since;  /* ms timestamp of the last free; 0 = purged   */
+    size_t    dirty;        /* bytes of it that may be resident (<= len)   */
+    struct FreeRange *bin_next, *bin_prev;    /* its size bin              */
+    struct FreeRange *dirty_next, *dirty_prev;/* all dirty ranges          */
+    struct FreeRange *start_next, *end_next;  /* hash chains               */
+    uint16_t  bin;
+} FreeRange;
+
+/* Byte counts of all free ranges (read under the extent lock). */
+extern HAK_HIDDEN size_t range_bytes_free, range_bytes_dirty, range_bytes_purged;
+
+/* Add a free range, merged with the free ranges that end where it starts
+ * and start where it ends, unless a reservation boundary lies between
+ * (extent_reservation_edge).  False if no record could be had (out of
+ * memory): the caller then loses the range. */
+bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty);
+void range_remove(FreeRange *r);
+/* A range that holds len bytes at an address a with (a + offset) a multiple
+ * of align, resident ones first, each time the smallest size bin that has
+ * one (sizes in a bin are at most 19% apart); *at is where the extent
+ * goes in it: big extents at the top, the others at the bottom. */
+FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at);
+FreeRange *range_starting_at(uintptr_t start);
+/* madvise a dirty range away; it stays in the index, clean. */
+bool range_purge(FreeRange *r);
+/* The dirty ranges, the most recently made dirty (freed, merged or split)
+ * first: ranges_dirty() then ->dirty_next; the least recent is
+ * ranges_dirty_oldest(), then ->dirty_prev. */
+FreeRange *ranges_dirty(void);
+FreeRange *ranges_dirty_oldest(void);
+/* The resident bytes of a part of r: where they are is not known, so each
+ * part is charged as much as it can hold. */
+static inline size_t range_part_dirty(const FreeRange *r, size_t part_len)
+{
+    return r->dirty < part_len ? r->dirty : part_len;
+}
+
+/* extent.c: is addr the start of a reservation (no merging across it)? */
+bool extent_reservation_edge(uintptr_t addr);
+
+#endif
