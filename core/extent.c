@@ -32,14 +32,14 @@
 
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
-static pthread_mutex_t ext_mutex = PTHREAD_MUTEX_INITIALIZER;
+static HakLock ext_lock = HAK_LOCK_INIT;
 static Reservation reservations[MAX_RESERVATIONS]; /* sorted by start */
 static size_t      nreservations;
 static size_t      bytes_mapped;
 static uint64_t    last_decay_ms;
 
-void extent_lock(void) { hak_lock(&ext_mutex); }
-void extent_unlock(void) { hak_unlock(&ext_mutex); }
+void extent_lock(void) { hak_lock(&ext_lock); }
+void extent_unlock(void) { hak_unlock(&ext_lock); }
 
 /* Free ranges never span two reservations, so that a reservation that is
  * entirely free is one range (extent_trim unmaps it). */
@@ -126,7 +126,7 @@ static void *purger_main(void *unused)
              * and this check (after setting idle) cannot both miss. */
             atomic_store(&purger_idle, true);
             if (!large_cache_central_bytes()) {
-                pthread_cond_wait(&purger_cond, &ext_mutex);
+                pthread_cond_wait(&purger_cond, &ext_lock.m);
                 continue;
             }
             atomic_store(&purger_idle, false);
@@ -136,7 +136,7 @@ static void *purger_main(void *unused)
         if (next < now + min_sleep)
             next = now + min_sleep;
         struct timespec ts = { (time_t)(next / 1000), (long)(next % 1000) * 1000000L };
-        pthread_cond_timedwait(&purger_cond, &ext_mutex, &ts);
+        pthread_cond_timedwait(&purger_cond, &ext_lock.m, &ts);
     }
     return NULL;
 }
@@ -144,7 +144,7 @@ static void *purger_main(void *unused)
 /* The child has no purger: the next big free starts one. */
 void extent_fork_child(void)
 {
-    pthread_mutex_init(&ext_mutex, NULL);
+    pthread_mutex_init(&ext_lock.m, NULL);
     purger_started = false;
     atomic_store(&purger_idle, false);
     atomic_store_explicit(&hak_purger_wanted, false, memory_order_relaxed);
@@ -363,6 +363,8 @@ size_t extent_trim(void)
 void extent_stats(struct hak_stats *st)
 {
     extent_lock();
+    st->lock_extents_acquired = ext_lock.acquired;
+    st->lock_extents_contended = ext_lock.contended;
     st->bytes_mapped += bytes_mapped;
     st->bytes_cached += range_bytes_free;
     st->bytes_dirty += range_bytes_dirty;

@@ -11,6 +11,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -21,7 +22,7 @@ uintptr_t hak_free_mark;
 uint8_t   hak_class_of[(HAK_SMALL_MAX >> 4) + 1];
 ClassInfo hak_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
 
-static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
+static HakLock heaps_mutex = HAK_LOCK_INIT;
 static Heap  *all_heaps;          /* every heap, linked by all_next      */
 static Heap  *abandoned_heaps;    /* heaps of exited threads, LIFO       */
 static char  *heap_store;         /* storage that new heaps are cut from */
@@ -37,6 +38,7 @@ static uint64_t last_collect_ms;
 #define SPAN_MIN_BLOCKS 128         /* see classes_init                   */
 #define FRONT_BYTES (256 * 1024)    /* see classes_init                   */
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
+static Heap *heap_acquire(ThreadCache *tc, bool at_exit);
 
 /* ------------------------------------------------------------------ */
 /* Size classes: 16..128 by 16, then four classes per power of two up to
@@ -122,18 +124,15 @@ static void runtime_init(void)
 /* ------------------------------------------------------------------ */
 /* Spans                                                                */
 
-/* Bytes of spans given to the tiny and mid classes, and their peaks. */
-static _Atomic int64_t span_bytes[2], span_peak[2];
-
-static void span_bytes_add(unsigned cls, int64_t delta)
+/* Bytes of spans given to the tiny and mid classes, and their peaks: per
+ * heap (only its owner writes them), summed when read. */
+static void span_bytes_add(Heap *h, unsigned cls, int64_t delta)
 {
     unsigned tier = cls >= HAK_NCLASS_TINY;
-    int64_t now = atomic_fetch_add_explicit(&span_bytes[tier], delta, memory_order_relaxed) + delta;
-    int64_t peak = atomic_load_explicit(&span_peak[tier], memory_order_relaxed);
-    while (now > peak &&
-           !atomic_compare_exchange_weak_explicit(&span_peak[tier], &peak, now,
-                                                  memory_order_relaxed, memory_order_relaxed))
-        ;
+    int64_t now = h->span_bytes[tier] + delta;
+    __atomic_store_n(&h->span_bytes[tier], now, __ATOMIC_RELAXED);
+    if (now > h->span_peak[tier])
+        __atomic_store_n(&h->span_peak[tier], now, __ATOMIC_RELAXED);
 }
 
 static void partial_push(Heap *h, Span *s)
@@ -185,7 +184,7 @@ static bool span_release(Heap *h, SuperSlab *ss, Span *s)
         partial_remove(h, s);
     unsigned idx = (unsigned)(s - ss->spans);
     uint32_t bits = (uint32_t)(((1ull << s->nslabs) - 1) << idx);
-    span_bytes_add(s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
+    span_bytes_add(h, s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
     memset(&ss->page_cls[(size_t)idx << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)], HAK_NO_CLASS,
            (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
     s->nslabs = 0;
@@ -274,7 +273,7 @@ static Span *span_new(Heap *h, unsigned cls)
     Span *s = &ss->spans[idx];
     memset(s, 0, sizeof *s);
     const ClassInfo *ci = &hak_classes[cls];
-    span_bytes_add(cls, (int64_t)k * HAK_SLAB_SIZE);
+    span_bytes_add(h, cls, (int64_t)k * HAK_SLAB_SIZE);
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
     s->bump = span_start(ss, s);
@@ -508,7 +507,11 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
         hak_invalid_pointer("free of a pointer that is not an allocated block", b);
         return;
     }
+    /* Counted per heap, never in a shared counter: a thread that only
+     * frees (a consumer) gets a heap for it, once. */
     Heap *mine = hak_tc.heap;
+    if (unlikely(!mine) && !hak_tc.exited)
+        mine = heap_acquire(&hak_tc, true);
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
     b->free_mark = hak_free_mark;
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
@@ -909,7 +912,7 @@ void heaps_fork_child(void)
 {
     hak_fork_locks_held = false;
     extent_fork_child();
-    pthread_mutex_init(&heaps_mutex, NULL);
+    pthread_mutex_init(&heaps_mutex.m, NULL);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);
         if (h != hak_tc.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY)) {
@@ -929,6 +932,39 @@ void heaps_fork_child(void)
  * followed, the extent lock keeps every reservation mapped, and a heap's
  * front pointer is cleared under heaps_mutex before its thread's TLS goes
  * away; so the figures may be slightly inexact but reading never faults. */
+/* HAKMEM_STATS: the cross-thread frees each heap's threads sent, for the
+ * busiest heaps (where threads collide on each other's spans). */
+void heaps_report_remote(void)
+{
+    enum { TOP = 8 };
+    Heap *top[TOP] = { 0 };
+    uint64_t sent[TOP] = { 0 };
+    unsigned n = 0, idx = 0, heap_no[TOP] = { 0 };
+    hak_lock(&heaps_mutex);
+    for (Heap *h = all_heaps; h; h = h->all_next, idx++) {
+        uint64_t total = 0;
+        for (unsigned c = 0; c < HAK_NCLASS; c++)
+            total += __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
+        if (!total)
+            continue;
+        unsigned k = n < TOP ? n++ : TOP - 1;
+        if (k == TOP - 1 && n == TOP && total <= sent[k])
+            continue;
+        while (k > 0 && sent[k - 1] < total) { /* keep them sorted */
+            top[k] = top[k - 1]; sent[k] = sent[k - 1]; heap_no[k] = heap_no[k - 1];
+            k--;
+        }
+        top[k] = h; sent[k] = total; heap_no[k] = idx;
+    }
+    hak_unlock(&heaps_mutex);
+    char buf[160];
+    for (unsigned i = 0; i < n; i++) {
+        snprintf(buf, sizeof buf, "  heap %u: %llu cross-thread frees sent\n", heap_no[i],
+                 (unsigned long long)sent[i]);
+        hak_write_stderr(buf);
+    }
+}
+
 void heaps_stats(struct hak_stats *st, ClassStats *by_class)
 {
     uint64_t out[HAK_NCLASS] = { 0 };
@@ -967,6 +1003,10 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
             ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
         }
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
+        st->tiny_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[0], __ATOMIC_RELAXED);
+        st->tiny_span_peak += (uint64_t)__atomic_load_n(&h->span_peak[0], __ATOMIC_RELAXED);
+        st->mid_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[1], __ATOMIC_RELAXED);
+        st->mid_span_peak += (uint64_t)__atomic_load_n(&h->span_peak[1], __ATOMIC_RELAXED);
         st->large_allocs += __atomic_load_n(&h->large.allocs, __ATOMIC_RELAXED);
         st->large_frees += __atomic_load_n(&h->large.frees, __ATOMIC_RELAXED);
         st->large_bytes_in_use += (uint64_t)__atomic_load_n(&h->large.bytes_out, __ATOMIC_RELAXED);
@@ -974,6 +1014,8 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
         st->bytes_cached += cached; /* freed large extents, still resident */
         st->bytes_dirty += cached;
     }
+    st->lock_heaps_acquired = heaps_mutex.acquired;
+    st->lock_heaps_contended = heaps_mutex.contended;
     extent_unlock();
     hak_unlock(&heaps_mutex);
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
@@ -984,8 +1026,5 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
         if (by_class) by_class[c].out += out[c];
     }
     st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
-    st->tiny_span_bytes = (uint64_t)atomic_load(&span_bytes[0]);
-    st->tiny_span_peak = (uint64_t)atomic_load(&span_peak[0]);
-    st->mid_span_bytes = (uint64_t)atomic_load(&span_bytes[1]);
-    st->mid_span_peak = (uint64_t)atomic_load(&span_peak[1]);
+
 }

@@ -35,21 +35,32 @@ static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
  * registration), so for it taking and releasing a lock is a no-op. */
 #include <pthread.h>
 extern HAK_HIDDEN __thread bool hak_fork_locks_held __attribute__((tls_model("initial-exec")));
-static inline void hak_lock(pthread_mutex_t *m)
+/* A shared lock, with how often it was taken and how often a thread had to
+ * wait for it (HAKMEM_STATS): written by the holder only. */
+typedef struct HakLock {
+    pthread_mutex_t m;
+    uint64_t acquired, contended;
+} HakLock;
+#define HAK_LOCK_INIT { PTHREAD_MUTEX_INITIALIZER, 0, 0 }
+static inline void hak_lock(HakLock *l)
 {
     if (unlikely(hak_fork_locks_held))
         return;
-    for (int i = 0; i < 256; i++) {
-        if (pthread_mutex_trylock(m) == 0)
-            return;
-        __builtin_ia32_pause();
-    }
-    pthread_mutex_lock(m);
+    bool waited = false;
+    for (int i = 0; i < 256; i++, waited = true)
+        if (pthread_mutex_trylock(&l->m) == 0)
+            goto got;
+        else
+            __builtin_ia32_pause();
+    pthread_mutex_lock(&l->m);
+got:
+    l->acquired++;
+    l->contended += waited;
 }
-static inline void hak_unlock(pthread_mutex_t *m)
+static inline void hak_unlock(HakLock *l)
 {
     if (likely(!hak_fork_locks_held))
-        pthread_mutex_unlock(m);
+        pthread_mutex_unlock(&l->m);
 }
 
 /* ---- errors (error.c) ---- */
@@ -147,6 +158,7 @@ typedef struct ClassStats {
     uint64_t refills;
 } ClassStats;
 void  heaps_stats(struct hak_stats *st, ClassStats *by_class);
+void  heaps_report_remote(void); /* HAKMEM_STATS lines, busiest heaps */
 /* Secret, options and class tables are set up by the first thread heap;
  * paths that may run before any heap exists call this first. */
 void  hak_ensure_runtime(void);

@@ -87,6 +87,10 @@ HAK_API void hak_stats_print(void)
          (unsigned long long)st.invalid_frees);
     LINE("  heaps: %llu created, %llu adopted from exited threads\n",
          (unsigned long long)st.heaps_created, (unsigned long long)st.heaps_adopted);
+    LINE("  locks: heap list taken %llu times (%llu waited), extents taken %llu times (%llu waited)\n",
+         (unsigned long long)st.lock_heaps_acquired, (unsigned long long)st.lock_heaps_contended,
+         (unsigned long long)st.lock_extents_acquired, (unsigned long long)st.lock_extents_contended);
+    heaps_report_remote();
     LINE("  peak RSS %.2f MiB\n", mib(st.peak_rss));
 }
 

@@ -166,6 +166,7 @@ typedef struct Heap {
     uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
                                         /* blocks of other heaps             */
     uint64_t  superslabs_live;
+    int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see heap.c        */
     LargeFront large;
 } Heap;
 

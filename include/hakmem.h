@@ -50,9 +50,9 @@ struct hak_stats {
                                      (in use, or cached in a thread front) */
     uint64_t mid_bytes_in_use;    /* same for mid blocks */
     uint64_t tiny_span_bytes;     /* bytes of spans serving tiny classes */
-    uint64_t tiny_span_peak;      /* their peak */
+    uint64_t tiny_span_peak;      /* their peak (summed over the heaps) */
     uint64_t mid_span_bytes;      /* bytes of spans serving mid classes */
-    uint64_t mid_span_peak;       /* their peak */
+    uint64_t mid_span_peak;       /* their peak (summed over the heaps) */
     uint64_t large_bytes_in_use;  /* bytes of live large blocks (mapped size) */
     uint64_t large_bytes_peak;    /* their peak */
     uint64_t large_allocs;        /* large blocks allocated */
@@ -80,6 +80,9 @@ struct hak_stats {
     uint64_t heaps_created;       /* thread heaps ever created */
     uint64_t heaps_adopted;       /* heaps of exited threads reused */
     uint64_t peak_rss;            /* bytes, from getrusage */
+    /* The shared locks: times taken, and times a thread had to wait. */
+    uint64_t lock_heaps_acquired, lock_heaps_contended;     /* heap list */
+    uint64_t lock_extents_acquired, lock_extents_contended; /* extents   */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */
