@@ -20,7 +20,7 @@ OBJ_debug   := $(SRC:core/%.c=out/debug/obj/%.o)
 
 .SECONDEXPANSION:
 .SECONDARY:
-.PHONY: all release debug test stress bench bench-deps install uninstall clean
+.PHONY: all release debug test stress bench bench-scale bench-deps install uninstall clean
 all release: out/release/libhakmem.so out/release/libhakmem.a out/secure/libhakmem.so \
              $(BENCHES:%=out/release/%) $(TESTSRC:tests/%.c=out/release/tests/%)
 debug: out/debug/libhakmem.so out/debug/libhakmem.a $(TESTSRC:tests/%.c=out/debug/tests/%)
@@ -137,6 +137,11 @@ stress: all debug $(CHECK_BINS)
 
 bench: all
 	bash scripts/bench.sh $(if $(QUICK),--quick,)
+
+# Throughput against threads (1, 2, 4 ... nproc; THREADS="..." to choose)
+# for prodcons, larson and bench_large_mt: out/bench-scale/scale.{csv,svg}.
+bench-scale: all
+	bash scripts/bench_scale.sh $(if $(QUICK),--quick,) $(if $(THREADS),--threads "$(THREADS)",)
 
 bench-deps:
 	apt-get update && apt-get install -y libmimalloc2.0 libjemalloc2 libtcmalloc-minimal4 strace time

@@ -86,4 +86,26 @@ for svg in ("chart.svg", "rss.svg"):
 if not os.path.getsize(os.path.join(out, "machine.txt")):
     fail("machine.txt empty")
 PY
+# The scaling harness: two thread counts, every workload, a CSV row per
+# allocator and point with positive throughput and RSS, and a parseable SVG.
+SCALE="$OUT/scale"
+bash "$ROOT/scripts/bench_scale.sh" --quick --threads "1 2" --out "$SCALE" > "$SCALE.log" 2>&1 ||
+    { tail -n 20 "$SCALE.log"; fail "bench_scale.sh exited with $?"; }
+python3 - "$SCALE" <<'PY' || exit 1
+import csv, os, sys
+import xml.etree.ElementTree as ET
+d = sys.argv[1]
+def fail(msg):
+    print("FAIL test_bench_harness: bench_scale: " + msg)
+    sys.exit(1)
+rows = list(csv.DictReader(open(os.path.join(d, "scale.csv"))))
+got = {(r["workload"], r["allocator"], r["threads"]) for r in rows
+       if float(r["ops_per_s"]) > 0 and int(r["peak_rss_kib"]) > 0}
+want = {(w, a, t) for w in ("prodcons", "larson", "large") for a in ("glibc", "hakmem") for t in ("1", "2")}
+if not want <= got:
+    fail("missing or empty points: %r" % sorted(want - got))
+root = ET.parse(os.path.join(d, "scale.svg")).getroot()
+if len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) < 6:
+    fail("scale.svg has too few lines")
+PY
 echo "PASS test_bench_harness"
