@@ -105,7 +105,7 @@ static void decay(void)
  * that none of the program's handlers ever runs on it. */
 #define PURGER_MIN_DIRTY ((size_t)16 << 20)
 static pthread_cond_t purger_cond;
-static bool           purger_started;
+static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
 _Atomic bool          hak_purger_wanted; /* see purger_poll in internal.h */
 
@@ -145,7 +145,7 @@ static void *purger_main(void *unused)
 void extent_fork_child(void)
 {
     pthread_mutex_init(&ext_lock.m, NULL);
-    purger_started = false;
+    atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store(&purger_idle, false);
     atomic_store_explicit(&hak_purger_wanted, false, memory_order_relaxed);
 }
@@ -157,15 +157,15 @@ void purger_request(size_t cached)
 {
     if (!hak_opt.decay_ms || hak_fork_locks_held)
         return;
-    if (__atomic_load_n(&purger_started, __ATOMIC_RELAXED) && !atomic_load(&purger_idle))
+    if (atomic_load_explicit(&purger_started, memory_order_relaxed) && !atomic_load(&purger_idle))
         return;
     extent_lock();
     if (purger_idle) {
         purger_idle = false;
         pthread_cond_signal(&purger_cond);
     }
-    if (!purger_started && cached >= PURGER_MIN_DIRTY) {
-        purger_started = true;
+    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) && cached >= PURGER_MIN_DIRTY) {
+        atomic_store_explicit(&purger_started, true, memory_order_relaxed);
         atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
     }
     extent_unlock();
@@ -273,8 +273,11 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     }
     FreeRange r = *f;
     range_remove(f);
-    if (at > r.start)
-        free_range_locked(r.start, at - r.start, r.dirty_since, range_part_dirty(&r, at - r.start));
+    if (at > r.start) {
+        size_t d = range_part_dirty(&r, at - r.start);
+        free_range_locked(r.start, at - r.start, r.dirty_since, d);
+        r.dirty -= d; /* the parts never carry more than the whole */
+    }
     if (at + len < r.start + r.len)
         free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since,
                           range_part_dirty(&r, r.start + r.len - (at + len)));
@@ -299,8 +302,9 @@ void extent_free(void *p, size_t len)
             purger_idle = false;
             pthread_cond_signal(&purger_cond);
         }
-        if (!purger_started && range_bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held) {
-            purger_started = true;
+        if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
+            range_bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held) {
+            atomic_store_explicit(&purger_started, true, memory_order_relaxed);
             atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
         }
     }
@@ -312,7 +316,9 @@ bool extent_grow(void *end, size_t extra)
     bool ok = false;
     extent_lock();
     FreeRange *f = range_starting_at((uintptr_t)end);
-    if (f && f->len >= extra) {
+    /* not into the next reservation: a block freed there would make a
+     * free range across the two, and neither could be unmapped */
+    if (f && f->len >= extra && !extent_reservation_edge((uintptr_t)end)) {
         FreeRange r = *f;
         range_remove(f);
         if (r.len > extra)

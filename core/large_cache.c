@@ -262,7 +262,7 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
-    if (pages > MAX_PAGES)
+    if (pages > MAX_PAGES || !hak_opt.decay_ms) /* decay 0: keep nothing */
         return false;
     CachedExtent *e = link_of(ext);
     e->len = len;
@@ -310,7 +310,8 @@ uint64_t large_cache_decay(bool all)
             size_t cut = 0;
             while (e) {
                 CachedExtent *next = e->next;
-                if (all || now - e->freed_ms >= decay) {
+                /* freed_ms may be a tick after now (another thread's put) */
+                if (all || (now >= e->freed_ms && now - e->freed_ms >= decay)) {
                     e->next = old;
                     old = e;
                     cut += e->len;

@@ -48,8 +48,9 @@ bool range_purge(FreeRange *r);
  * ranges_dirty_oldest(), then ->dirty_prev. */
 FreeRange *ranges_dirty(void);
 FreeRange *ranges_dirty_oldest(void);
-/* The resident bytes of a part of r: where they are is not known, so each
- * part is charged as much as it can hold. */
+/* The resident bytes of a part of r: where they are is not known, so a
+ * part is charged as much as it can hold (the caller takes them off r's
+ * count before charging the next part). */
 static inline size_t range_part_dirty(const FreeRange *r, size_t part_len)
 {
     return r->dirty < part_len ? r->dirty : part_len;

@@ -54,7 +54,8 @@ struct hak_stats {
     uint64_t mid_span_bytes;      /* bytes of spans serving mid classes */
     uint64_t mid_span_peak;       /* their peak (summed over the heaps) */
     uint64_t large_bytes_in_use;  /* bytes of live large blocks (mapped size) */
-    uint64_t large_bytes_peak;    /* their peak */
+    uint64_t large_bytes_peak;    /* peak of the bytes the large tier held:
+                                     live blocks and cached extents */
     uint64_t large_allocs;        /* large blocks allocated */
     uint64_t large_frees;         /* large blocks freed */
     uint64_t slab_refills;        /* thread-front refills from a slab */
