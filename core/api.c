@@ -47,7 +47,7 @@ HAK_API void hak_free(void *p)
     /* One test rejects NULL-ish, misaligned and non-user addresses alike. */
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
                hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
-        SuperSlab *ss = (SuperSlab *)align_down(addr, HAK_CHUNK_SIZE);
+        SuperSlab *ss = superslab_of(p);
         unsigned page = (addr >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
         unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
         unsigned cls = ss->page_cls[page];
@@ -96,7 +96,7 @@ HAK_API void *hak_calloc(size_t count, size_t size)
 /* Usable size of a block of hakmem's slab tiers, 0 if p is not one. */
 static size_t small_usable(const void *p)
 {
-    SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+    SuperSlab *ss = superslab_of(p);
     Span *s = span_of(ss, p);
     /* the owner may be carving meanwhile: bump is read like remote frees do */
     if (!s->nslabs || !span_is_block_start(ss, s, p) ||
@@ -229,7 +229,7 @@ HAK_API enum hak_kind hak_ptr_kind(const void *p)
     if (kind == CHUNK_SUPERSLAB) {
         if (!small_usable(p))
             return HAK_KIND_FOREIGN;
-        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
+        SuperSlab *ss = superslab_of(p);
         return span_of(ss, p)->cls < HAK_NCLASS_TINY ? HAK_KIND_TINY : HAK_KIND_MID;
     }
     if (kind == CHUNK_ARENA && large_header(p))

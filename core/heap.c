@@ -461,7 +461,7 @@ static void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
         return;
     Block *b = tc->free[cls];
     for (uint32_t left = count - keep; left; left--) {
-        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
+        SuperSlab *ss = superslab_of(b);
         /* The blocks were checked when they were freed; a link that leads
          * out of this heap's SuperSlabs means the list was overwritten. */
         if (unlikely(!b || registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
@@ -547,7 +547,7 @@ static void heap_drain_delayed(Heap *h)
         Block *next = (Block *)(b->next_enc ^ hak_secret);
         if (next && registry_kind(next) != CHUNK_SUPERSLAB)
             hak_fatal("corrupted delayed-free list at", b);
-        SuperSlab *ss = (SuperSlab *)align_down((uintptr_t)b, HAK_CHUNK_SIZE);
+        SuperSlab *ss = superslab_of(b);
         span_put(h, ss, span_of(ss, b), b);
         b = next;
     }

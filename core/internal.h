@@ -130,8 +130,6 @@ static inline uint64_t canary_value(const void *b)
 #define HAK_GUARD_SIZE  ((size_t)0)
 #endif
 
-
-
 /* ---- size classes (heap.c) ---- */
 extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
 extern HAK_HIDDEN ClassInfo hak_classes[HAK_NCLASS + 1];

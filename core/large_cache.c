@@ -151,7 +151,8 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
 {
     if (!list)
         return;
-    if (large_cache_central_bytes() + bytes > CENTRAL_CAP) {
+    size_t total = large_cache_central_bytes() + bytes;
+    if (total > CENTRAL_CAP) {
         release(list); /* over the cap: straight back to the extents */
         return;
     }
@@ -169,7 +170,7 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
         list = last->next;
         stack_push(s, c, first, last);
     }
-    purger_request(large_cache_central_bytes());
+    purger_request(total);
 }
 
 /* Take an extent of class c from the central cache, home shard first: the
