@@ -14,7 +14,10 @@
 #include <errno.h>
 #include <string.h>
 
-extern void __libc_free(void *);
+/* Weak: a fully static program (cc -static ... libhakmem.a) must not pull
+ * glibc's malloc.o in beside ours, and has no glibc blocks to free.  There
+ * __libc_free is NULL and every unknown pointer is an invalid free. */
+extern void __libc_free(void *) __attribute__((weak));
 
 #define CHUNK_MMAPPED ((size_t)2)
 #define PAGE_CACHE    8
@@ -36,7 +39,7 @@ static bool page_known(uintptr_t page)
 static size_t glibc_usable(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    if (a < 4096 || (a & 15))
+    if (!__libc_free || a < 4096 || (a & 15))
         return 0;
     uintptr_t page = align_down(a - 16, HAK_PAGE_SIZE); /* p-16..p-1: one page */
     bool known = page_known(page);

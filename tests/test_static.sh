@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fully static programs: `cc -static app.c libhakmem.a` must link without
+# glibc's malloc.o (no "multiple definition of malloc"), contain none of
+# glibc's allocator, and run: tests/static/static_app.c checks every tier,
+# glibc-internal allocations, threads and fork, and that an invalid free
+# still ends in hakmem's report.  Needs glibc's static libc (libc6-dev).
+# Run from the repository root (ROOT overrides); exit 0 on success.
+set -euo pipefail
+
+ROOT=${ROOT:-$(pwd)}
+CC=${CC:-cc}
+LIB=$ROOT/out/release/libhakmem.a
+unset LD_PRELOAD HAKMEM_STATS HAKMEM_VERBOSE || true
+
+fail() {
+    echo "test_static: FAIL: $*" >&2
+    exit 1
+}
+
+[ -f "$LIB" ] || fail "missing $LIB (run make)"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-static.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+if ! "$CC" -static -O1 -std=gnu11 -D_GNU_SOURCE -pthread -I"$ROOT/include" \
+        -o "$tmp/static_app" "$ROOT/tests/static/static_app.c" "$LIB" 2>"$tmp/ld.log"; then
+    fail "static link: $(grep -m 1 -E 'multiple definition|undefined|error' "$tmp/ld.log" || tail -n 1 "$tmp/ld.log")"
+fi
+if readelf -l "$tmp/static_app" | grep -q INTERP; then
+    fail "the program is not static: it has a program interpreter"
+fi
+# glibc's allocator proper (its arenas and tcache) must not be linked in.
+if nm "$tmp/static_app" | grep -qE ' [tT] (_int_malloc|_int_free|__libc_malloc)$'; then
+    fail "glibc's malloc.o was linked in: $(nm "$tmp/static_app" | grep -m 1 -E ' [tT] (_int_malloc|__libc_malloc)$')"
+fi
+
+out=$("$tmp/static_app" 2>&1) || fail "static_app: $out"
+[ "$out" = "static_app: ok" ] || fail "static_app printed: $out"
+
+rc=0
+err=$("$tmp/static_app" invalid 2>&1 >/dev/null) || rc=$?
+[ "$rc" -eq 134 ] || fail "invalid free in a static program: exit $rc, expected SIGABRT ($err)"
+case "$err" in
+    "hakmem: free of a pointer hakmem did not allocate: 0x"*) ;;
+    *) fail "invalid free in a static program: message '$err'" ;;
+esac
+echo "test_static: ok (static link without glibc's malloc, tiers, threads, fork, invalid free)"
