@@ -63,7 +63,7 @@ CFLAGS_fault := $(CFLAGS_debug) -DHAK_FAULT_INJECTION
 # installed as libhakmem-secure.so; see docs/ARCHITECTURE.md.
 CFLAGS_secure := $(CFLAGS_release) -DHAK_SECURE
 OBJ_secure := $(SRC:core/%.c=out/secure/obj/%.o)
-SECURE_TESTS := test_hardened test_align test_mt_prodcons test_stress test_fork test_thread_churn test_foreign test_realloc_race test_fork_handlers test_tls_dtors
+SECURE_TESTS := test_hardened test_misuse_matrix test_xthread_stress test_align test_mt_prodcons test_stress test_fork test_thread_churn test_foreign test_realloc_race test_fork_handlers test_tls_dtors
 CFLAGS_ubsan := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=undefined -fno-sanitize-recover=all
 CFLAGS_tsan  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=thread
 CFLAGS_fuzz  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=fuzzer-no-link,address

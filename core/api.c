@@ -7,6 +7,7 @@
  * ...) are aliases of these functions, so LD_PRELOAD and -lhakmem callers
  * run exactly this code.
  * SPDX-License-Identifier: MIT */
+#include "harden.h"
 #include "registry.h"
 
 #include <errno.h>
@@ -15,20 +16,29 @@
 /* ------------------------------------------------------------------ */
 /* Fast paths                                                           */
 
+/* A block of class cls for a request of size bytes: pop the thread front. */
+static inline void *small_alloc(size_t size, unsigned cls)
+{
+    ThreadCache *tc = &hak_tc;
+    Block *b = tc->free[cls];
+    if (likely(b != NULL)) {
+        tc->free[cls] = block_pop_next(b);
+        b->free_mark = 0;
+        tc->count[cls]--;
+        tc->allocs[cls]++; /* statistics: per thread, no branch */
+        return harden_alloc(b, size);
+    }
+    return harden_alloc(heap_alloc_slow(slab_request(size), cls), size);
+}
+
 HAK_API void *hak_malloc(size_t size)
 {
-    if (likely(size <= HAK_SMALL_MAX - HAK_CANARY_SIZE)) {
-        ThreadCache *tc = &hak_tc;
-        unsigned cls = size_class(size + HAK_CANARY_SIZE);
-        Block *b = tc->free[cls];
-        if (likely(b != NULL)) {
-            tc->free[cls] = block_next_fast(b);
-            b->free_mark = 0;
-            tc->count[cls]--;
-            tc->allocs[cls]++; /* statistics: per thread, no branch */
-            return canary_arm(b);
-        }
-        return canary_arm(heap_alloc_slow(size + HAK_CANARY_SIZE, cls));
+    if (likely(size <= HAK_SLAB_REQUEST_MAX)) {
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+        if (size == 0)
+            return zero_alloc();
+#endif
+        return small_alloc(size, size_class(slab_request(size)));
     }
     return large_alloc(size, 0, false);
 }
@@ -37,6 +47,10 @@ static HAK_NOINLINE void free_other(void *p, unsigned kind)
 {
     if (kind == CHUNK_ARENA)
         large_free(p);
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+    else if (kind == CHUNK_ZERO)
+        zero_free(p);
+#endif
     else if (p)
         foreign_free(p);
 }
@@ -48,28 +62,11 @@ HAK_API void hak_free(void *p)
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
                hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = superslab_of(p);
-        unsigned page = (addr >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
-        unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
-        unsigned cls = ss->page_cls[page];
-        if (likely(ss->owner == hak_tc.heap)) {
-            /* The owner: push on the thread front, nothing else.  A pointer
-             * into the middle of a block, into a free slab, a page not
-             * carved yet or the header, and a block that carries the free mark, take
-             * the slow path that sorts misuse from coincidence. */
-            ThreadCache *tc = &hak_tc;
-            uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
-                                      (HAK_CHUNK_SIZE - 1));
-            Block *b = p;
-            if (unlikely(!offset_is_block(cls, off) || b->free_mark == hak_free_mark)) {
-                front_free_slow(ss, b, cls);
-                return;
-            }
-            front_push(tc, cls, b);
-            return;
-        }
-        if (cls != HAK_NO_CLASS)
-            canary_check(cls, p);
-        span_free_remote(ss, span_of(ss, p), p);
+#if HAK_HARDEN_BLOCKS
+        harden_free(ss, p, ss->page_cls[page_index(p)]);
+#else
+        slab_free(ss, p, page_index(p));
+#endif
         return;
     }
     free_other(p, registry_kind(p));
@@ -85,7 +82,7 @@ HAK_API void *hak_calloc(size_t count, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    if (total > HAK_SMALL_MAX - HAK_CANARY_SIZE)
+    if (total > HAK_SLAB_REQUEST_MAX)
         return large_alloc(total, 0, true); /* fresh extents are known zero */
     void *p = hak_malloc(total);
     if (likely(p != NULL))
@@ -93,16 +90,26 @@ HAK_API void *hak_calloc(size_t count, size_t size)
     return p;
 }
 
-/* Usable size of a block of hakmem's slab tiers, 0 if p is not one. */
-static size_t small_usable(const void *p)
+/* Is p a block of the slab tiers (the hardened build: a live one), and
+ * how many bytes may the program use? */
+static bool small_live(const void *p, size_t *usable)
 {
     SuperSlab *ss = superslab_of(p);
     Span *s = span_of(ss, p);
-    /* the owner may be carving meanwhile: bump is read like remote frees do */
-    if (!s->nslabs || !span_is_block_start(ss, s, p) ||
-        (const char *)p >= __atomic_load_n(&s->bump, __ATOMIC_RELAXED))
-        return 0;
-    return span_block_size(s) - HAK_CANARY_SIZE;
+    if (!block_is_valid(ss, s, p))
+        return false;
+#if HAK_HARDEN_BLOCKS
+    return harden_live(ss, s, p, usable);
+#else
+    *usable = span_block_size(s);
+    return true;
+#endif
+}
+
+/* The bytes a slab block holds for the program, whatever it asked for. */
+static size_t small_room(const void *p)
+{
+    return span_block_size(span_of(superslab_of(p), p)) - HAK_CANARY_SIZE;
 }
 
 HAK_API void *hak_realloc(void *p, size_t size)
@@ -115,14 +122,19 @@ HAK_API void *hak_realloc(void *p, size_t size)
     }
     unsigned kind = registry_kind(p);
     if (kind == CHUNK_SUPERSLAB) {
-        size_t usable = small_usable(p);
-        if (!usable) {
+        size_t usable;
+        if (!small_live(p, &usable)) {
             hak_invalid_pointer("realloc of a pointer that is not an allocated block", p);
             errno = EINVAL;
             return NULL;
         }
-        if (size <= usable && size >= usable / 2)
-            return p; /* fits, and not worth moving to a smaller class */
+        size_t room = small_room(p);
+        if (size <= room && size >= room / 2) { /* fits, not worth a smaller class */
+#if HAK_HARDEN_BLOCKS
+            harden_resize(p, size);
+#endif
+            return p;
+        }
         void *q = hak_malloc(size);
         if (q) {
             memcpy(q, p, usable < size ? usable : size);
@@ -132,8 +144,39 @@ HAK_API void *hak_realloc(void *p, size_t size)
     }
     if (kind == CHUNK_ARENA)
         return large_realloc(p, size);
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+    if (kind == CHUNK_ZERO) {
+        void *q = hak_malloc(size); /* nothing to copy */
+        if (q)
+            zero_free(p);
+        return q;
+    }
+#endif
     return foreign_realloc(p, size);
 }
+
+/* The size a program says a block has must be one that gives the block's
+ * class (slab tiers) or exactly its requested size (large blocks). */
+HAK_API void hak_free_sized(void *p, size_t size)
+{
+    unsigned kind = registry_kind(p);
+    bool match = true;
+    size_t usable;
+    if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
+        SuperSlab *ss = superslab_of(p);
+        match = HAK_HARDEN_CANARY ? usable == size /* the canary knows the size */
+                                  : size <= HAK_SLAB_REQUEST_MAX &&
+                                    size_class(slab_request(size)) == span_of(ss, p)->cls;
+    } else if (kind == CHUNK_ARENA) {
+        LargeHeader *h = large_header(p);
+        match = !h || h->size == size;
+    }
+    if (unlikely(!match))
+        hak_invalid_pointer("free or delete with the wrong size", p);
+    hak_free(p);
+}
+
+HAK_API unsigned hak_mitigations(void) { return HAK_MITIGATIONS; }
 
 HAK_API void *hak_reallocarray(void *p, size_t count, size_t size)
 {
@@ -153,11 +196,11 @@ static void *alloc_aligned(size_t align, size_t size)
 {
     if (align <= 16)
         return hak_malloc(size);
-    if (size <= HAK_SMALL_MAX - HAK_CANARY_SIZE && align <= HAK_SMALL_MAX) {
+    if (size <= HAK_SLAB_REQUEST_MAX && align <= HAK_SMALL_MAX) {
         hak_ensure_runtime(); /* the class table */
-        for (unsigned c = size_class(size + HAK_CANARY_SIZE); c < HAK_NCLASS; c++)
+        for (unsigned c = size_class(slab_request(size)); c < HAK_NCLASS; c++)
             if (hak_classes[c].block_size % align == 0)
-                return hak_malloc(hak_classes[c].block_size - HAK_CANARY_SIZE);
+                return small_alloc(size, c);
     }
     return large_alloc(size, align, false);
 }
@@ -214,20 +257,28 @@ HAK_API size_t hak_usable_size(const void *p)
     if (p == NULL)
         return 0;
     unsigned kind = registry_kind(p);
+    size_t usable;
     if (kind == CHUNK_SUPERSLAB)
-        return small_usable(p);
+        return small_live(p, &usable) ? usable : 0;
     if (kind == CHUNK_ARENA) {
         LargeHeader *h = large_header(p);
         return h ? large_usable(h, p) : 0;
     }
+    if (kind != CHUNK_NONE)
+        return 0; /* the hardened build's zero-size blocks */
     return foreign_usable(p);
 }
 
 HAK_API enum hak_kind hak_ptr_kind(const void *p)
 {
     unsigned kind = registry_kind(p);
+    size_t usable;
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+    if (kind == CHUNK_ZERO)
+        return zero_live(p) ? HAK_KIND_TINY : HAK_KIND_FOREIGN;
+#endif
     if (kind == CHUNK_SUPERSLAB) {
-        if (!small_usable(p))
+        if (!small_live(p, &usable))
             return HAK_KIND_FOREIGN;
         SuperSlab *ss = superslab_of(p);
         return span_of(ss, p)->cls < HAK_NCLASS_TINY ? HAK_KIND_TINY : HAK_KIND_MID;
@@ -240,6 +291,7 @@ HAK_API enum hak_kind hak_ptr_kind(const void *p)
 HAK_API int hak_trim(void)
 {
     heap_trim();
+    large_quarantine_flush();
     heap_collect_abandoned(true);
     large_cache_decay(true);
     int released = extent_trim() > 0;
@@ -257,6 +309,7 @@ HAK_API int hak_trim(void)
 
 EXPORT(malloc, hak_malloc);
 EXPORT(free, hak_free);
+EXPORT(free_sized, hak_free_sized);
 EXPORT(calloc, hak_calloc);
 EXPORT(realloc, hak_realloc);
 EXPORT(reallocarray, hak_reallocarray);

@@ -16,6 +16,10 @@
  *
  * All of this runs under one mutex, taken only when a SuperSlab or a large
  * extent changes hands outside the caches (large_cache.c).
+ *
+ * With guard pages (the hardened build), free ranges are PROT_NONE: a run
+ * off the end of any block into memory nobody holds faults.  extent_alloc
+ * makes what it hands out accessible, extent_free inaccessible again.
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 #include "ranges.h"
@@ -200,6 +204,14 @@ void purger_start(void)
     pthread_attr_destroy(&a);
 }
 
+/* Guard pages: a free range is inaccessible; failures are counted and
+ * leave it accessible (a guard the less). */
+static void guard_free(void *p, size_t len)
+{
+    if (HAK_GUARD_SIZE && !os_protect(p, len, false))
+        STAT_INC(fallbacks);
+}
+
 /* dirty_since: the time the range became free, or 0 if it reads as zero;
  * dirty: how many of its bytes may be resident. */
 static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
@@ -239,6 +251,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
         return false;
     }
     registry_set(p, want, CHUNK_ARENA);
+    guard_free(p, want);
     size_t k = nreservations;
     while (k > 0 && reservations[k - 1].start > (uintptr_t)p) {
         reservations[k] = reservations[k - 1];
@@ -282,6 +295,10 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
         free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since,
                           range_part_dirty(&r, r.start + r.len - (at + len)));
     extent_unlock();
+    if (HAK_GUARD_SIZE && !os_protect((void *)at, len, true)) {
+        extent_free((void *)at, len);
+        return NULL;
+    }
     if (zeroed)
         *zeroed = r.dirty_since == 0;
     return (void *)at;
@@ -290,6 +307,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
 void extent_free(void *p, size_t len)
 {
     HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
+    guard_free(p, len);
     extent_lock();
     /* dirty_since is never 0 (that means purged), and never ahead of the
      * clock: now | 1 would be, on a clock that only returns even values,
@@ -327,11 +345,16 @@ bool extent_grow(void *end, size_t extra)
         ok = true;
     }
     extent_unlock();
+    if (ok && HAK_GUARD_SIZE && !os_protect(end, extra, true)) {
+        extent_free(end, extra);
+        ok = false;
+    }
     return ok;
 }
 
 void extent_free_purged(void *p, size_t len)
 {
+    guard_free(p, len);
     extent_lock();
     free_range_locked((uintptr_t)p, len, 0, 0);
     extent_unlock();

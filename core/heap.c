@@ -7,6 +7,7 @@
  * life cycle of heaps (thread start, thread exit, fork).  See types.h for
  * the data structures.
  * SPDX-License-Identifier: MIT */
+#include "harden.h"
 #include "os.h"
 #include "registry.h"
 
@@ -88,9 +89,10 @@ static void classes_init(void)
          * at most 2048 blocks) before flushing half back to the spans. */
         size_t front = FRONT_BYTES / size;
         front = front < 32 ? 32 : front > 2048 ? 2048 : front;
+        /* (the hardened build keeps each span's last page as a guard) */
         hak_classes[c] = (ClassInfo){ UINT64_MAX / size + 1, (uint32_t)size,
-                                      (uint32_t)(best * HAK_SLAB_SIZE / size), (uint32_t)front,
-                                      (uint8_t)best };
+                                      (uint32_t)((best * HAK_SLAB_SIZE - HAK_GUARD_SIZE) / size),
+                                      (uint32_t)front, (uint8_t)best };
     }
     for (size_t i = 0; i <= (HAK_SMALL_MAX >> 4); i++)
         hak_class_of[i] = (uint8_t)size_class_compute(i << 4);
@@ -153,6 +155,22 @@ static void partial_remove(Heap *h, Span *s)
     s->next = s->prev = NULL;
 }
 
+/* Guard pages (hardened build): everything of a SuperSlab but its header
+ * page and the spans in use is PROT_NONE, so that a run off the end of a
+ * span, or off the header, faults.  A failure leaves the pages accessible
+ * (counted as a fallback); one to make a span accessible fails the span. */
+static void guard(void *p, size_t len)
+{
+    if (HAK_GUARD_SIZE && !os_protect(p, len, false))
+        STAT_INC(fallbacks);
+}
+
+static void superslab_to_extents(SuperSlab *ss)
+{
+    registry_set(ss, HAK_CHUNK_SIZE, CHUNK_ARENA);
+    extent_free(ss, HAK_CHUNK_SIZE); /* guarded whole, made accessible when reused */
+}
+
 static void superslab_release(Heap *h, SuperSlab *ss)
 {
     if (ss->prev) ss->prev->next = ss->next; else h->superslabs = ss->next;
@@ -162,8 +180,7 @@ static void superslab_release(Heap *h, SuperSlab *ss)
         h->spare = ss; /* keep one, so a heap that breathes does not churn */
         return;
     }
-    registry_set(ss, HAK_CHUNK_SIZE, CHUNK_ARENA);
-    extent_free(ss, HAK_CHUNK_SIZE);
+    superslab_to_extents(ss);
 }
 
 static void superslab_link_front(Heap *h, SuperSlab *ss)
@@ -187,6 +204,7 @@ static bool span_release(Heap *h, SuperSlab *ss, Span *s)
     span_bytes_add(h, s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
     memset(&ss->page_cls[(size_t)idx << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)], HAK_NO_CLASS,
            (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
+    guard(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -222,6 +240,8 @@ static SuperSlab *superslab_get(Heap *h)
         ss->free_mask = FULL_MASK;
         /* slab 0 is this header: like free slabs, it has no class */
         memset(ss->page_cls, HAK_NO_CLASS, sizeof ss->page_cls);
+        _Static_assert(sizeof(SuperSlab) <= HAK_PAGE_SIZE, "the header fits its guarded page");
+        guard((char *)ss + HAK_PAGE_SIZE, HAK_CHUNK_SIZE - HAK_PAGE_SIZE);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
     superslab_link_front(h, ss);
@@ -257,6 +277,10 @@ static Span *span_new(Heap *h, unsigned cls)
             return NULL;
         idx = find_run(ss->free_mask, k);
     }
+    /* the span's pages but its last (a guard) become accessible */
+    if (HAK_GUARD_SIZE && !os_protect((char *)ss + ((size_t)idx << HAK_SLAB_SHIFT),
+                                      ((size_t)k << HAK_SLAB_SHIFT) - HAK_GUARD_SIZE, true))
+        return NULL;
     ss->free_mask &= ~(uint32_t)(((1ull << k) - 1) << idx);
     for (unsigned i = 0; i < k; i++) /* page_cls is set as pages are carved */
         ss->span_head[idx + i] = (uint8_t)idx;
@@ -313,7 +337,8 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
     if (n > s->fresh)
         n = s->fresh;
     const uint16_t *order = NULL;
-#ifdef HAK_SECURE
+    harden_carve(p, bs, n);
+#if HAK_HARDEN_RANDOM_ORDER
     static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
     if (!rng)
         rng = hak_secret ^ (uintptr_t)&rng;
@@ -330,8 +355,9 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
     Block *list = link_blocks(p, bs, order, 0, n);
     s->fresh -= n;
     char *bump = p + (size_t)n * bs;
-    /* read by remote frees (block_is_valid): relaxed atomics */
-    __atomic_store_n(&s->bump, bump, __ATOMIC_RELAXED);
+    /* read by remote frees (block_is_valid); release: the hardened build's
+     * neighbour checks read the carved blocks' canaries below it */
+    __atomic_store_n(&s->bump, bump, __ATOMIC_RELEASE);
     /* up to the page of the last carved start: the pages after it that the
      * last block reaches into hold no start, or starts not carved yet */
     uintptr_t first = ((uintptr_t)p >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
@@ -377,15 +403,6 @@ static Block *span_take(Heap *h, SuperSlab *ss, Span *s, uint32_t *count)
     return list;
 }
 
-/* Return a block to a span of the heap, by its owner (or the collector of
- * an abandoned heap): push on span->free, wake a FULL span, release an
- * empty one.  Returns true if that released the whole SuperSlab. */
-static bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
-{
-    return s->nslabs != 0 && span_is_block_start(ss, s, p) &&
-           (const char *)p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED);
-}
-
 static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
 {
     HAK_ASSERT(ss->owner == h && s->used + s->fresh < span_capacity(s));
@@ -399,6 +416,9 @@ static bool span_after_put(Heap *h, SuperSlab *ss, Span *s)
     return false;
 }
 
+/* Return a block to a span of the heap, by its owner (or the collector of
+ * an abandoned heap): push on span->free, wake a FULL span, release an
+ * empty one.  Returns true if that released the whole SuperSlab. */
 static bool span_put(Heap *h, SuperSlab *ss, Span *s, Block *b)
 {
     HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
@@ -692,7 +712,8 @@ void *heap_alloc_slow(size_t size, unsigned cls)
             errno = ENOMEM;
             return NULL;
         }
-        cls = size_class_compute(size); /* the table was empty until now */
+        if (hak_classes[cls].block_size < size) /* the table was empty until now */
+            cls = size_class_compute(size);
         if (unlikely(tc->exited)) {
             /* Called from a thread-exit destructor that ran after ours: the
              * heap serves this one call and is given back at once, since
@@ -713,7 +734,7 @@ void *heap_alloc_slow(size_t size, unsigned cls)
         }
         tc->count[cls] = n;
     }
-    tc->free[cls] = block_next_fast(b);
+    tc->free[cls] = block_pop_next(b);
     b->free_mark = 0;
     tc->count[cls]--;
     tc->allocs[cls]++;
@@ -750,8 +771,7 @@ static void heap_collect(Heap *h)
         ss = next;
     }
     if (h->spare) {
-        registry_set(h->spare, HAK_CHUNK_SIZE, CHUNK_ARENA);
-        extent_free(h->spare, HAK_CHUNK_SIZE);
+        superslab_to_extents(h->spare);
         h->spare = NULL;
     }
 }
@@ -796,6 +816,7 @@ static void superslabs_purge_free(Heap *h)
 static void heap_release(ThreadCache *tc)
 {
     Heap *h = tc->heap;
+    quarantine_flush(tc);
     front_give_back(h, tc);
     large_front_flush(&h->large);
     tc->heap = NULL;
@@ -826,6 +847,7 @@ void heap_trim(void)
     Heap *h = tc->heap;
     if (!h)
         return;
+    quarantine_flush(tc);
     front_give_back(h, tc);
     large_front_flush(&h->large);
     heap_collect(h);

@@ -109,26 +109,17 @@ static inline void block_set_next(Block *b, Block *next)
     b->next_enc = (uintptr_t)next ^ hak_secret;
 }
 
-/* ---- the hardened build (HAK_SECURE, libhakmem-secure.so) ----
- * Every tiny/mid block ends with an 8-byte canary derived from its address
- * and the secret, written by malloc and checked by free; fresh blocks are
- * handed out in random order; large blocks sit between guard pages.  The
- * default build compiles all of this away. */
-#ifdef HAK_SECURE
-#define HAK_CANARY_SIZE ((size_t)8)
-#define HAK_GUARD_SIZE  HAK_PAGE_SIZE
-static inline uint64_t *canary_slot(const void *b, uint32_t block_size)
+/* ---- hardening (mitigations.h): room the tiers reserve ----
+ * A hardened slab block ends with an 8-byte canary after the free-list link
+ * and the free mark, so it holds 24 bytes at least; a hardened large block
+ * sits between guard pages, as does (at its end) every span. */
+#define HAK_CANARY_SIZE (HAK_HARDEN_CANARY ? (size_t)8 : (size_t)0)
+#define HAK_GUARD_SIZE  (HAK_HARDEN_GUARD_PAGES ? HAK_PAGE_SIZE : (size_t)0)
+static inline size_t slab_request(size_t size)
 {
-    return (uint64_t *)((char *)b + block_size - HAK_CANARY_SIZE);
+    return HAK_HARDEN_CANARY ? (size < 16 ? 16 : size) + HAK_CANARY_SIZE : size;
 }
-static inline uint64_t canary_value(const void *b)
-{
-    return ((uintptr_t)b * 0x9E3779B97F4A7C15ull) ^ hak_secret;
-}
-#else
-#define HAK_CANARY_SIZE ((size_t)0)
-#define HAK_GUARD_SIZE  ((size_t)0)
-#endif
+#define HAK_SLAB_REQUEST_MAX (HAK_SMALL_MAX - HAK_CANARY_SIZE)
 
 /* ---- size classes (heap.c) ---- */
 extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
@@ -191,34 +182,52 @@ static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
 static inline uint32_t span_block_size(const Span *s) { return hak_classes[s->cls].block_size; }
 static inline uint32_t span_capacity(const Span *s) { return hak_classes[s->cls].capacity; }
 
-#ifdef HAK_SECURE
-static inline void *canary_arm(void *p)
+/* A block of a carved slab, at a block start below the carving point. */
+static inline bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
 {
-    if (p) {
-        *canary_slot(p, span_block_size(span_of(superslab_of(p), p))) = canary_value(p);
-    }
-    return p;
+    /* the owner may be carving meanwhile: bump is read like remote frees do */
+    return s->nslabs != 0 && span_is_block_start(ss, s, p) &&
+           (const char *)p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED);
 }
-static inline void canary_check(unsigned cls, const void *p)
-{
-    if (unlikely(*canary_slot(p, hak_classes[cls].block_size) != canary_value(p)))
-        hak_fatal("block overflow (canary overwritten) at", p);
-}
-#else
-static inline void *canary_arm(void *p) { return p; }
-static inline void canary_check(unsigned cls, const void *p) { (void)cls; (void)p; }
-#endif
 
 /* The owner's free of a checked block: push it on the thread front (with
  * the free mark), flush past the class's cap. */
 static inline void front_push(ThreadCache *tc, unsigned cls, Block *b)
 {
-    canary_check(cls, b);
     block_set_next(b, tc->free[cls]);
     b->free_mark = hak_free_mark;
     tc->free[cls] = b;
     if (unlikely(++tc->count[cls] > hak_classes[cls].front_max))
         front_overflow(cls);
+}
+
+/* free() of a block of the slab tiers, after the registry said so.  The
+ * owner pushes on its thread front, nothing else; a pointer into the
+ * middle of a block, into a free slab, a page not carved yet or the
+ * header, and a block that carries the free mark, take the slow path that
+ * sorts misuse from coincidence.  Any other thread sends the block back
+ * to its span with one CAS. */
+static inline unsigned page_index(const void *p)
+{
+    return ((uintptr_t)p >> HAK_PAGE_SHIFT) & (HAK_PAGES_PER_SS - 1);
+}
+static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
+{
+    ThreadCache *tc = &hak_tc;
+    unsigned cls = ss->page_cls[page];
+    if (likely(ss->owner == tc->heap)) {
+        uintptr_t addr = (uintptr_t)b;
+        unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
+        uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
+                                  (HAK_CHUNK_SIZE - 1));
+        if (unlikely(!offset_is_block(cls, off) || b->free_mark == hak_free_mark)) {
+            front_free_slow(ss, b, cls);
+            return;
+        }
+        front_push(tc, cls, b);
+        return;
+    }
+    span_free_remote(ss, span_of(ss, b), b);
 }
 
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */

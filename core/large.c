@@ -7,8 +7,12 @@
  * Freed extents are kept by size class (large_cache.c), per thread first,
  * which is what makes repeated large allocations lock- and syscall-free;
  * the extents (extent.c) get them back after the decay time.  The hardened
- * build does not cache: its guard pages go with each malloc and free.
+ * build does not cache: its guard pages go with each malloc and free, and
+ * a freed extent waits PROT_NONE in the quarantine (harden.c).  Its
+ * canaries: the header's padding, and the bytes from the requested size
+ * to the guard page.
  * SPDX-License-Identifier: MIT */
+#include "harden.h"
 #include "os.h"
 #include "registry.h"
 
@@ -32,7 +36,7 @@ static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
 static LargeHeader *header_at(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    if ((a & 15) || a < HDR)
+    if ((a & 15) || a < HDR || large_quarantined(p)) /* (its header faults) */
         return NULL;
     LargeHeader *h = (LargeHeader *)(a - HDR);
     /* p may sit at the start of its chunk: the header must be ours too. */
@@ -49,13 +53,48 @@ LargeHeader *large_header(const void *p)
 
 bool large_was_freed(const void *p)
 {
+    if (large_quarantined(p))
+        return true;
     LargeHeader *h = header_at(p);
     return h && h->cookie == cookie(h, LARGE_FREED);
 }
 
-size_t large_usable(const LargeHeader *h, const void *p)
+/* Up to the guard page, or the end of the extent; with canaries, what
+ * the program asked for (the rest is checked on free). */
+static size_t large_room(const LargeHeader *h, const void *p)
 {
     return (size_t)(h->extent + h->extent_len - HAK_GUARD_SIZE - (const char *)p);
+}
+
+size_t large_usable(const LargeHeader *h, const void *p)
+{
+    return HAK_HARDEN_CANARY ? h->size : large_room(h, p);
+}
+
+/* Canaries of a large block: the header's padding words, then its tail. */
+static uint64_t pad_canary(const LargeHeader *h, unsigned i)
+{
+    return h->cookie * (2 * i + 3) ^ hak_secret;
+}
+
+static void large_arm(LargeHeader *h, char *p)
+{
+    if (!HAK_HARDEN_CANARY)
+        return;
+    for (unsigned i = 0; i < 4; i++)
+        h->_pad[i] = pad_canary(h, i);
+    memset(p + h->size, tail_byte(), large_room(h, p) - h->size);
+}
+
+static void large_check(const LargeHeader *h, const char *p)
+{
+    if (!HAK_HARDEN_CANARY)
+        return;
+    for (unsigned i = 0; i < 4; i++)
+        if (h->_pad[i] != pad_canary(h, i))
+            hak_fatal("block underflow (large block header overwritten) at", p);
+    if (!bytes_are(p + h->size, large_room(h, p) - h->size, tail_byte()))
+        hak_fatal("block overflow (bytes past the requested size changed) at", p);
 }
 
 /* Hardened build: the first and last page of the extent are made
@@ -77,6 +116,7 @@ static void *place(char *ext, size_t len, size_t off, size_t size)
     h->extent = ext;
     h->extent_len = len;
     h->size = size;
+    large_arm(h, ext + off);
     return ext + off;
 }
 
@@ -129,9 +169,15 @@ void large_free(void *p)
                             "free of a pointer hakmem did not allocate", p);
         return;
     }
+    large_check(h, p);
     h->cookie = cookie(h, LARGE_FREED);
     LargeFront *f = heap_large_front();
     large_count(f, false, -(int64_t)h->extent_len);
+#if HAK_HARDEN_QUARANTINE
+    large_quarantine_put(h->extent, h->extent_len, p);
+    purger_poll();
+    return;
+#endif
     guards_set(h->extent, h->extent_len, false);
     if (HAK_GUARD_SIZE || !large_cache_put(f, h->extent, h->extent_len)) {
         large_cache_drop_extent(h->extent_len);
@@ -180,12 +226,14 @@ void *large_realloc(void *p, size_t size)
             h->extent_len = need;
         }
         h->size = size;
+        large_arm(h, p);
         return p;
     }
     size_t old_len = h->extent_len;
     if (extent_grow(h->extent + old_len, need - old_len)) { /* grow in place */
         h->extent_len = need;
         h->size = size;
+        large_arm(h, p);
         large_cache_new_extent(need - old_len);
         large_resize(heap_large_front(), (int64_t)(need - old_len));
         return p;

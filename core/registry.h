@@ -8,7 +8,8 @@
 
 #include "internal.h"
 
-enum chunk_kind { CHUNK_NONE = 0, CHUNK_SUPERSLAB = 1, CHUNK_ARENA = 2 };
+/* CHUNK_ZERO: the hardened build's PROT_NONE region of malloc(0) blocks. */
+enum chunk_kind { CHUNK_NONE = 0, CHUNK_SUPERSLAB = 1, CHUNK_ARENA = 2, CHUNK_ZERO = 3 };
 
 #define HAK_ADDR_BITS 47
 extern HAK_HIDDEN uint8_t hak_chunk_kind[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)];

@@ -50,6 +50,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mitigations.h"
+
 #define HAK_CHUNK_SHIFT   21
 #define HAK_CHUNK_SIZE    ((size_t)1 << HAK_CHUNK_SHIFT)        /* 2 MiB */
 #define HAK_SLAB_SHIFT    16
@@ -59,6 +61,7 @@
 #define HAK_PAGE_SIZE     ((size_t)1 << HAK_PAGE_SHIFT)
 #define HAK_PAGES_PER_SS  (HAK_CHUNK_SIZE / HAK_PAGE_SIZE)             /* 512 */
 #define HAK_MAX_SPAN      8          /* slabs in the longest span */
+#define HAK_QUARANTINE_SLOTS 256     /* hardened: freed blocks held per thread */
 
 #define HAK_NCLASS        43         /* size classes of tiny + mid */
 #define HAK_NCLASS_TINY   20         /* classes 0..19 are <= 1 KiB */
@@ -183,6 +186,13 @@ typedef struct ThreadCache {
     Span    *cur[HAK_NCLASS];
     Heap    *heap;
     bool     exited;                    /* the heap was given up at exit   */
+#if HAK_HARDEN_QUARANTINE
+    /* Blocks this thread freed, waiting to be really freed: a free puts
+     * its block in a random slot and frees the one that was there. */
+    Block   *quarantine[HAK_QUARANTINE_SLOTS];
+    uint64_t quarantine_rng;
+    unsigned quarantine_audit;          /* the slot malloc looks at next   */
+#endif
 } ThreadCache;
 
 /* Header in front of every large block (exactly 64 bytes). */

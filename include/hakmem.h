@@ -20,6 +20,10 @@ extern "C" {
 
 void  *hak_malloc(size_t size);
 void   hak_free(void *ptr);
+/* free(ptr) of a block allocated with size bytes (C23 free_sized, C++
+ * sized delete): a size that does not match the block's is reported like
+ * an invalid free (HAKMEM_INVALID_FREE), then the block is freed. */
+void   hak_free_sized(void *ptr, size_t size);
 void  *hak_calloc(size_t count, size_t size);
 void  *hak_realloc(void *ptr, size_t size);
 void  *hak_reallocarray(void *ptr, size_t count, size_t size);
@@ -43,6 +47,22 @@ enum hak_kind hak_ptr_kind(const void *ptr);
 /* Size limits of the tiers (bytes of requested size). */
 #define HAK_TINY_MAX ((size_t)1024)
 #define HAK_MID_MAX  ((size_t)(52 * 1024))
+
+/* The hardening mitigations compiled into this library, as a mask of
+ * HAK_MIT_* bits: 0 for libhakmem, HAK_MIT_ALL for libhakmem-secure (the
+ * out/secure build).  docs/ARCHITECTURE.md says what each one catches. */
+enum hak_mitigation {
+    HAK_MIT_CANARY          = 1 << 0, /* bytes past the requested size (and a
+                                         word before each block) checked on free */
+    HAK_MIT_GUARD_PAGES     = 1 << 1, /* PROT_NONE pages around large blocks, at
+                                         the end of each span, after headers */
+    HAK_MIT_RANDOM_ORDER    = 1 << 2, /* fresh blocks handed out shuffled */
+    HAK_MIT_QUARANTINE      = 1 << 3, /* freed blocks reused late, at random */
+    HAK_MIT_ZERO_ON_FREE    = 1 << 4, /* freed blocks zeroed, checked at reuse */
+    HAK_MIT_ZERO_SIZE_GUARD = 1 << 5  /* malloc(0) points where any access faults */
+};
+#define HAK_MIT_ALL 63u
+unsigned hak_mitigations(void);
 
 /* Process-wide statistics.  Counts are totals since start. */
 struct hak_stats {

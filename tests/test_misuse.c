@@ -116,32 +116,14 @@ static const struct misuse cases[] = {
     { "free of a mid block never carved", free_never_carved_mid, true },
 };
 
+static void run_case(size_t i) { cases[i].fn(); }
+
 int main(void)
 {
     int caught = 0, total = 0;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        int fds[2];
-        if (pipe(fds) != 0)
-            return 2;
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-            dup2(fds[1], 2);
-            close(fds[0]);
-            alarm(10);
-            cases[i].fn();
-            _exit(0);
-        }
-        close(fds[1]);
         char err[512];
-        size_t got = 0;
-        ssize_t n;
-        while (got + 1 < sizeof err && (n = read(fds[0], err + got, sizeof err - 1 - got)) > 0)
-            got += (size_t)n;
-        err[got] = 0;
-        close(fds[0]);
-        int st;
-        waitpid(pid, &st, 0);
+        int st = tu_in_child(run_case, i, err, sizeof err);
         bool ok = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "hakmem:") != NULL;
         total++;
         caught += ok;

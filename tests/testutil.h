@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "hakmem.h"
@@ -199,6 +200,35 @@ static inline size_t tu_opaque(size_t v)
 {
     __asm__ volatile("" : "+r"(v));
     return v;
+}
+
+/* Run fn(arg) in a child process (alarm after 20 s) and return its wait
+ * status; err gets what it wrote to stderr.  For cases that misuse the
+ * heap on purpose and are expected to die. */
+static inline int tu_in_child(void (*fn)(size_t), size_t arg, char *err, size_t errlen)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        alarm(20);
+        fn(arg);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    ssize_t n;
+    while (got + 1 < errlen && (n = read(fds[0], err + got, errlen - 1 - got)) > 0)
+        got += (size_t)n;
+    err[got] = 0;
+    close(fds[0]);
+    int st = -1;
+    waitpid(pid, &st, 0);
+    return st;
 }
 
 static inline struct hak_stats tu_stats(void)

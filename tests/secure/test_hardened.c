@@ -8,33 +8,6 @@
 #include <unistd.h>
 #include "testutil.h"
 
-/* Run fn in a child; return its wait status and what it wrote to stderr. */
-static int in_child(void (*fn)(size_t), size_t arg, char *err, size_t errlen)
-{
-    int fds[2];
-    if (pipe(fds) != 0)
-        return -1;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        alarm(20);
-        fn(arg);
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t got = 0;
-    ssize_t n;
-    while (got + 1 < errlen && (n = read(fds[0], err + got, errlen - 1 - got)) > 0)
-        got += (size_t)n;
-    err[got] = 0;
-    close(fds[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return st;
-}
-
 static volatile char sink;
 
 static void overflow_small(size_t n)
@@ -70,12 +43,12 @@ static void canaries(void)
     static const size_t sizes[] = { 1, 8, 24, 100, 1000, 1016, 5000, 50000 };
     char err[512];
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
-        int st = in_child(overflow_small, sizes[i], err, sizeof err);
+        int st = tu_in_child(overflow_small, sizes[i], err, sizeof err);
         CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT,
               "overflow of a %zu-byte block not caught (status %#x)", sizes[i], st);
         CHECK(strstr(err, "hakmem") && strstr(err, "overflow"),
               "overflow of %zu bytes: message '%s'", sizes[i], err);
-        st = in_child(exact_small, sizes[i], err, sizeof err);
+        st = tu_in_child(exact_small, sizes[i], err, sizeof err);
         CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
               "writing exactly the usable size of a %zu-byte block failed (status %#x: %s)",
               sizes[i], st, err);
@@ -87,10 +60,10 @@ static void guards(void)
     static const size_t sizes[] = { 60000, 100000, 1 << 20, 5 << 20 };
     char err[512];
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
-        int st = in_child(overflow_large, sizes[i], err, sizeof err);
+        int st = tu_in_child(overflow_large, sizes[i], err, sizeof err);
         CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
               "overflow of a %zu-byte large block did not fault (status %#x)", sizes[i], st);
-        st = in_child(underflow_large, sizes[i], err, sizeof err);
+        st = tu_in_child(underflow_large, sizes[i], err, sizeof err);
         CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
               "underflow of a %zu-byte large block did not fault (status %#x)", sizes[i], st);
     }

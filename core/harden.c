@@ -1,0 +1,408 @@
+/* The hardened build's per-block checks, quarantine and zero-size region
+ * (mitigations.h says what each catches; harden.h how the tiers call in).
+ * Nothing here is compiled into the default build.
+ *
+ * A slab block's states, as the canary records them:
+ *   free  (CANARY_FREE)  zeroed past its link and free mark (ZERO_ON_FREE),
+ *                        on a free list or carved and never handed out;
+ *   live  (its size)     handed out; the bytes from the requested size to
+ *                        the canary hold tail_byte();
+ *   quarantined          freed by the program, canary free and zeroed,
+ *                        waiting in its freeing thread's ring;
+ *   busy (CANARY_BUSY)   being armed or scrubbed by one thread.
+ * SPDX-License-Identifier: MIT */
+#include "harden.h"
+#include "os.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <string.h>
+
+#if HAK_HARDEN_BLOCKS
+
+/* Bytes of a free block that must stay zero: past the link and the mark,
+ * up to the canary. */
+static bool free_block_intact(const Block *b, size_t bs)
+{
+    return !HAK_HARDEN_ZERO_ON_FREE || bytes_are((const char *)b + 16, bs - 16 - HAK_CANARY_SIZE, 0);
+}
+
+/* Busy, then the bytes, then the new state: a thread that reads the same
+ * state before and after looking at the bytes saw them whole (the stores
+ * are ordered: release, and x86 keeps stores in order). */
+static void arm(void *b, size_t bs, size_t size)
+{
+    if (HAK_HARDEN_CANARY) {
+        canary_set(b, bs, CANARY_BUSY);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        memset((char *)b + size, tail_byte(), bs - HAK_CANARY_SIZE - size);
+        canary_set(b, bs, (uint32_t)size);
+    }
+}
+
+static void scrub(void *b, size_t bs)
+{
+    if (HAK_HARDEN_CANARY) {
+        canary_set(b, bs, CANARY_BUSY);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    if (HAK_HARDEN_ZERO_ON_FREE)
+        memset(b, 0, bs - HAK_CANARY_SIZE);
+    if (HAK_HARDEN_CANARY)
+        canary_set(b, bs, CANARY_FREE);
+}
+
+#if HAK_HARDEN_QUARANTINE
+static void quarantine_audit(ThreadCache *tc);
+#endif
+
+void *harden_alloc_block(Block *b, size_t size)
+{
+#if HAK_HARDEN_QUARANTINE
+    quarantine_audit(&hak_tc);
+#endif
+    size_t bs = span_block_size(span_of(superslab_of(b), b));
+    if (unlikely(!free_block_intact(b, bs)))
+        hak_fatal("write after free (a free block was changed) at", b);
+    if (HAK_HARDEN_CANARY && unlikely(canary_get(b, bs) != CANARY_FREE))
+        hak_fatal("heap corruption (a free block's canary was overwritten) at", b);
+    b->next_enc = 0; /* the program never sees an encoded link */
+    arm(b, bs, size);
+    return b;
+}
+
+void harden_resize(void *b, size_t size)
+{
+    arm(b, span_block_size(span_of(superslab_of(b), b)), size);
+}
+
+void harden_carve(char *p, size_t bs, uint32_t n)
+{
+    if (HAK_HARDEN_ZERO_ON_FREE)
+        memset(p, 0, (size_t)n * bs); /* reused SuperSlab memory may be dirty */
+    if (HAK_HARDEN_CANARY)
+        for (uint32_t i = 0; i < n; i++)
+            canary_set(p + (size_t)i * bs, bs, CANARY_FREE);
+}
+
+bool harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size)
+{
+    size_t bs = span_block_size(s);
+    if (!HAK_HARDEN_CANARY) {
+        *size = bs;
+        return true;
+    }
+    uint32_t c = canary_get(p, bs);
+    if (c == CANARY_FREE || c == CANARY_BUSY)
+        return false;
+    if (c == CANARY_CORRUPT || c > bs - HAK_CANARY_SIZE)
+        hak_fatal("block overflow (canary overwritten) at", p);
+    *size = c;
+    return true;
+}
+
+/* Is the neighbour n of a block being freed whole?  Its canary must be;
+ * if it is live, its tail too; if it is free, the bytes of it that a run
+ * off our block's end (its first bytes past the link and mark) or start
+ * (its last 64 bytes) would reach first must still be zero.  n may be
+ * freed or handed out by another thread meanwhile (see arm): its canary
+ * is read again after its bytes, and a change means they were not the
+ * ones checked. */
+static bool neighbour_intact(const char *n, size_t bs, bool above)
+{
+    size_t room = bs - HAK_CANARY_SIZE;
+    uint32_t c = canary_get(n, bs);
+    bool ok;
+    if (c == CANARY_BUSY) {
+        return true;
+    } else if (c == CANARY_FREE) {
+        size_t from = 16, to = room;
+        if (room > 16 + 64) {
+            if (above) to = 16 + 64; else from = room - 64;
+        }
+        ok = !HAK_HARDEN_ZERO_ON_FREE || bytes_are(n + from, to - from, 0);
+    } else {
+        ok = c <= room && bytes_are(n + c, room - c, tail_byte());
+    }
+    if (ok)
+        return true;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return canary_get(n, bs) != c;
+}
+
+/* An overflow of b runs into the block above it, an underflow into the
+ * one below (at a span's ends there is a guard page instead). */
+static void check_neighbours(SuperSlab *ss, Span *s, const Block *b, size_t bs)
+{
+    const char *p = (const char *)b, *start = span_start(ss, s);
+    if (p > start && !neighbour_intact(p - bs, bs, false))
+        hak_fatal("block underflow (the end of the block below was overwritten) at", b);
+    if (p + bs < (const char *)__atomic_load_n(&s->bump, __ATOMIC_ACQUIRE) &&
+        !neighbour_intact(p + bs, bs, true))
+        hak_fatal("block overflow (the block above was overwritten) at", b);
+}
+
+static void check_live(SuperSlab *ss, Span *s, Block *b, size_t bs)
+{
+    uint32_t size = canary_get(b, bs);
+    if (size == CANARY_CORRUPT || size > bs - HAK_CANARY_SIZE)
+        hak_fatal("block overflow (canary overwritten) at", b);
+    if (!bytes_are((char *)b + size, bs - HAK_CANARY_SIZE - size, tail_byte()))
+        hak_fatal("block overflow (bytes past the requested size changed) at", b);
+    check_neighbours(ss, s, b, bs);
+}
+
+#if HAK_HARDEN_QUARANTINE
+static bool quarantine_has(const ThreadCache *tc, const Block *b)
+{
+    for (unsigned i = 0; i < HAK_QUARANTINE_SLOTS; i++)
+        if (tc->quarantine[i] == b)
+            return true;
+    return false;
+}
+
+/* b leaves the quarantine: nobody may have written to it meanwhile. */
+static void quarantine_release(Block *b)
+{
+    SuperSlab *ss = superslab_of(b);
+    Span *s = span_of(ss, b);
+    /* zeroed whole but for the mark when it came in */
+    if (unlikely(!free_block_intact(b, span_block_size(s)) ||
+                 (HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != hak_free_mark))))
+        hak_fatal("write after free (a block in quarantine was changed) at", b);
+    b->free_mark = 0;
+    slab_free(ss, b, page_index(b));
+}
+
+/* Blocks can wait in the quarantine for long, or for ever if the program
+ * stops freeing: every malloc looks at the start of one of them. */
+static void quarantine_audit(ThreadCache *tc)
+{
+    Block *b = tc->quarantine[tc->quarantine_audit++ % HAK_QUARANTINE_SLOTS];
+    if (!b || !HAK_HARDEN_ZERO_ON_FREE)
+        return;
+    size_t room = span_block_size(span_of(superslab_of(b), b)) - HAK_CANARY_SIZE;
+    if (b->next_enc != 0 || b->free_mark != hak_free_mark ||
+        !bytes_are((char *)b + 16, (room < 256 ? room : 256) - 16, 0))
+        hak_fatal("write after free (a block in quarantine was changed) at", b);
+}
+
+void quarantine_flush(ThreadCache *tc)
+{
+    for (unsigned i = 0; i < HAK_QUARANTINE_SLOTS; i++) {
+        Block *b = tc->quarantine[i];
+        if (b) {
+            tc->quarantine[i] = NULL;
+            quarantine_release(b);
+        }
+    }
+}
+#endif
+
+void harden_free(SuperSlab *ss, Block *b, unsigned cls)
+{
+    Span *s = span_of(ss, b);
+    if (unlikely(cls == HAK_NO_CLASS || !block_is_valid(ss, s, b))) {
+        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        return;
+    }
+    size_t bs = span_block_size(s);
+    if (HAK_HARDEN_CANARY) {
+        uint32_t c = canary_get(b, bs);
+        if (c == CANARY_FREE || c == CANARY_BUSY) { /* free, in a quarantine, */
+            hak_invalid_pointer("double free", b); /* or being freed       */
+            return;
+        }
+        check_live(ss, s, b, bs);
+    }
+#if HAK_HARDEN_QUARANTINE
+    ThreadCache *tc = &hak_tc;
+    if (!HAK_HARDEN_CANARY && b->free_mark == hak_free_mark && quarantine_has(tc, b)) {
+        hak_invalid_pointer("double free", b);
+        return;
+    }
+#endif
+    scrub(b, bs);
+#if HAK_HARDEN_QUARANTINE
+    /* A thread without a heap (or past giving it up) has nobody to flush
+     * its quarantine at exit: its frees go straight through. */
+    if (tc->heap && !tc->exited) {
+        b->free_mark = hak_free_mark;
+        uint64_t r = tc->quarantine_rng;
+        if (!r)
+            r = hak_secret ^ (uintptr_t)tc;
+        r ^= r << 13; r ^= r >> 7; r ^= r << 17; /* xorshift64 */
+        tc->quarantine_rng = r;
+        unsigned i = (unsigned)(r % HAK_QUARANTINE_SLOTS);
+        Block *out = tc->quarantine[i];
+        tc->quarantine[i] = b;
+        if (out)
+            quarantine_release(out);
+        return;
+    }
+#endif
+    b->free_mark = 0;
+    slab_free(ss, b, page_index(b));
+}
+#endif /* HAK_HARDEN_BLOCKS */
+
+/* ------------------------------------------------------------------ */
+/* Large blocks in quarantine: PROT_NONE and purged, a FIFO of extents.  */
+/* A lock, but only the hardened build takes it, on large frees, which    */
+/* already make system calls there.                                      */
+
+#if HAK_HARDEN_QUARANTINE
+#define LARGE_QUARANTINE 32
+static HakLock lq_lock = HAK_LOCK_INIT;
+static struct { char *ext; size_t len; const void *p; } lq[LARGE_QUARANTINE];
+static unsigned lq_next;
+
+static void large_release(char *ext, size_t len)
+{
+    large_cache_drop_extent(len);
+    /* The extents keep free ranges PROT_NONE (guard pages) or make them
+     * accessible when they hand them out again. */
+    if (!HAK_GUARD_SIZE && !os_protect(ext, len, true)) {
+        STAT_INC(fallbacks); /* cannot be made usable again: kept out */
+        return;
+    }
+    extent_free_purged(ext, len);
+}
+
+void large_quarantine_put(char *ext, size_t len, const void *p)
+{
+    os_purge(ext, len);            /* reads as zero, not resident */
+    os_protect(ext, len, false);   /* any access faults; may fail (counted) */
+    hak_lock(&lq_lock);
+    char *out = lq[lq_next].ext;
+    size_t out_len = lq[lq_next].len;
+    lq[lq_next].ext = ext;
+    lq[lq_next].len = len;
+    lq[lq_next].p = p;
+    lq_next = (lq_next + 1) % LARGE_QUARANTINE;
+    hak_unlock(&lq_lock);
+    if (out)
+        large_release(out, out_len);
+}
+
+bool large_quarantined(const void *p)
+{
+    bool found = false;
+    hak_lock(&lq_lock);
+    for (unsigned i = 0; i < LARGE_QUARANTINE && !found; i++)
+        found = lq[i].ext && lq[i].p == p;
+    hak_unlock(&lq_lock);
+    return found;
+}
+
+void large_quarantine_flush(void)
+{
+    for (unsigned i = 0; i < LARGE_QUARANTINE; i++) {
+        hak_lock(&lq_lock);
+        char *ext = lq[i].ext;
+        size_t len = lq[i].len;
+        lq[i].ext = NULL;
+        hak_unlock(&lq_lock);
+        if (ext)
+            large_release(ext, len);
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------ */
+/* malloc(0): 16-byte slots of PROT_NONE chunks, a bit each.            */
+
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+#define ZERO_SLOT  16
+#define ZERO_SLOTS (HAK_CHUNK_SIZE / ZERO_SLOT)
+typedef struct ZeroChunk {
+    char *base;
+    struct ZeroChunk *next;
+    size_t used, cursor;
+    uint64_t live[ZERO_SLOTS / 64];
+} ZeroChunk;
+static HakLock zero_lock = HAK_LOCK_INIT;
+static ZeroChunk *zero_chunks;
+
+static ZeroChunk *zero_chunk_new(void)
+{
+    bool zeroed;
+    size_t meta = align_up(sizeof(ZeroChunk), HAK_PAGE_SIZE);
+    ZeroChunk *c = extent_alloc(meta, HAK_PAGE_SIZE, 0, &zeroed);
+    char *base = c ? extent_alloc(HAK_CHUNK_SIZE, HAK_CHUNK_SIZE, 0, &zeroed) : NULL;
+    if (!base || !os_protect(base, HAK_CHUNK_SIZE, false)) {
+        if (base) extent_free(base, HAK_CHUNK_SIZE);
+        if (c) extent_free(c, meta);
+        return NULL;
+    }
+    memset(c, 0, sizeof *c);
+    c->base = base;
+    registry_set(base, HAK_CHUNK_SIZE, CHUNK_ZERO);
+    c->next = zero_chunks;
+    zero_chunks = c;
+    return c;
+}
+
+void *zero_alloc(void)
+{
+    hak_lock(&zero_lock);
+    ZeroChunk *c = zero_chunks;
+    while (c && c->used == ZERO_SLOTS)
+        c = c->next;
+    if (!c && !(c = zero_chunk_new())) {
+        hak_unlock(&zero_lock);
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* next fit: a slot just freed is the last to be handed out again */
+    size_t w = c->cursor / 64;
+    while (c->live[w] == UINT64_MAX)
+        w = (w + 1) % (ZERO_SLOTS / 64);
+    size_t slot = w * 64 + (size_t)__builtin_ctzll(~c->live[w]);
+    c->live[w] |= 1ull << (slot % 64);
+    c->used++;
+    c->cursor = (slot + 1) % ZERO_SLOTS;
+    hak_unlock(&zero_lock);
+    return c->base + slot * ZERO_SLOT;
+}
+
+/* The slot of p, under zero_lock: its chunk, or NULL if p is no slot. */
+static ZeroChunk *zero_slot(const void *p, size_t *slot)
+{
+    uintptr_t a = (uintptr_t)p;
+    for (ZeroChunk *c = zero_chunks; c; c = c->next)
+        if (align_down(a, HAK_CHUNK_SIZE) == (uintptr_t)c->base) {
+            if (a % ZERO_SLOT)
+                return NULL;
+            *slot = (a - (uintptr_t)c->base) / ZERO_SLOT;
+            return c;
+        }
+    return NULL;
+}
+
+bool zero_live(const void *p)
+{
+    size_t slot;
+    hak_lock(&zero_lock);
+    ZeroChunk *c = zero_slot(p, &slot);
+    bool live = c && (c->live[slot / 64] >> (slot % 64) & 1);
+    hak_unlock(&zero_lock);
+    return live;
+}
+
+void zero_free(void *p)
+{
+    size_t slot;
+    hak_lock(&zero_lock);
+    ZeroChunk *c = zero_slot(p, &slot);
+    const char *problem = !c ? "free of a pointer that is not an allocated block"
+                          : !(c->live[slot / 64] >> (slot % 64) & 1) ? "double free" : NULL;
+    if (!problem) {
+        c->live[slot / 64] &= ~(1ull << (slot % 64));
+        c->used--;
+    }
+    hak_unlock(&zero_lock);
+    if (problem)
+        hak_invalid_pointer(problem, p);
+}
+#endif

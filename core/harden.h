@@ -1,0 +1,120 @@
+/* The hardened build's checks (mitigations.h), as the tiers call them.
+ * In the default build every function here is an empty inline or absent,
+ * and the fast paths compile as if this file did not exist.
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_HARDEN_H
+#define HAK_HARDEN_H
+
+#include "internal.h"
+#include "registry.h"
+
+/* Any of the per-block mitigations: free() of a slab block then goes
+ * through harden_free, malloc through harden_alloc_block. */
+#define HAK_HARDEN_BLOCKS (HAK_HARDEN_CANARY || HAK_HARDEN_QUARANTINE || HAK_HARDEN_ZERO_ON_FREE)
+
+/* ---- canaries ----
+ * A block's last word is its canary: a key derived from its address and
+ * the secret, XOR the requested size repeated in all four 16-bit lanes
+ * (CANARY_FREE while the block is free), so that any byte written over it
+ * breaks the lanes' agreement.  The bytes between the requested size and
+ * the canary hold tail_byte().  A block changing state (being armed or
+ * scrubbed) says CANARY_BUSY meanwhile, so that another thread checking it
+ * as a neighbour (harden.c) never takes a half-written block for damage. */
+#define CANARY_FREE    0xFFFFu
+#define CANARY_BUSY    0xFFFEu
+#define CANARY_CORRUPT UINT32_MAX
+static inline uint64_t *canary_slot(const void *b, size_t block_size)
+{
+    return (uint64_t *)((char *)b + block_size - 8);
+}
+static inline uint64_t canary_key(const void *b)
+{
+    return ((uintptr_t)b * 0x9E3779B97F4A7C15ull) ^ hak_secret;
+}
+static inline void canary_set(void *b, size_t block_size, uint32_t size)
+{
+    __atomic_store_n(canary_slot(b, block_size),
+                     canary_key(b) ^ ((uint64_t)size * 0x0001000100010001ull), __ATOMIC_RELEASE);
+}
+/* The size a canary holds, CANARY_FREE, or CANARY_CORRUPT. */
+static inline uint32_t canary_get(const void *b, size_t block_size)
+{
+    uint64_t v = __atomic_load_n(canary_slot(b, block_size), __ATOMIC_ACQUIRE) ^ canary_key(b);
+    uint32_t size = (uint32_t)(v & 0xFFFF);
+    return v == (uint64_t)size * 0x0001000100010001ull ? size : CANARY_CORRUPT;
+}
+static inline uint8_t tail_byte(void) { return (uint8_t)(hak_secret >> 40) | 0x81; }
+
+/* Are the n bytes at p all v? */
+static inline bool bytes_are(const void *p, size_t n, uint8_t v)
+{
+    const unsigned char *c = p;
+    uint64_t w = v * 0x0101010101010101ull;
+    size_t i = 0;
+    for (; i < n && ((uintptr_t)(c + i) & 7); i++)
+        if (c[i] != v) return false;
+    for (; i + 8 <= n; i += 8)
+        if (*(const uint64_t *)(c + i) != w) return false;
+    for (; i < n; i++)
+        if (c[i] != v) return false;
+    return true;
+}
+
+#if HAK_HARDEN_BLOCKS
+/* malloc got b from a free list or a fresh carve: check that nobody wrote
+ * to it while it was free, then arm its canary for size bytes. */
+void  *harden_alloc_block(Block *b, size_t size);
+/* free() of a slab block: validate, check the canaries, scrub, quarantine;
+ * the block that leaves the quarantine is freed by slab_free. */
+void   harden_free(SuperSlab *ss, Block *b, unsigned cls);
+/* A live block's requested size; false if p is free. */
+bool   harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size);
+/* realloc kept b in place at a new size. */
+void   harden_resize(void *b, size_t size);
+/* span_carve's fresh blocks, before they are linked: zeroed, canary free. */
+void   harden_carve(char *p, size_t block_size, uint32_t n);
+static inline void *harden_alloc(void *p, size_t size)
+{
+    return p ? harden_alloc_block(p, size) : NULL;
+}
+#else
+static inline void *harden_alloc(void *p, size_t size) { return p; }
+static inline void harden_carve(char *p, size_t block_size, uint32_t n) { }
+#endif
+
+#if HAK_HARDEN_QUARANTINE
+/* Really free every block of the thread's quarantine (thread exit, trim). */
+void   quarantine_flush(ThreadCache *tc);
+/* Large blocks: a freed extent waits PROT_NONE; a free of one that waits
+ * is a double free. */
+void   large_quarantine_put(char *ext, size_t len, const void *p);
+bool   large_quarantined(const void *p);
+void   large_quarantine_flush(void);
+#else
+static inline void quarantine_flush(ThreadCache *tc) { }
+static inline bool large_quarantined(const void *p) { return false; }
+static inline void large_quarantine_flush(void) { }
+#endif
+
+/* The malloc pop: the hardened build checks the free mark and the link of
+ * the block it takes (a write after free over them is caught here).  A
+ * thread front holds blocks of many SuperSlabs: the link must lead to one. */
+static inline Block *block_pop_next(const Block *b)
+{
+    Block *n = block_next_fast(b);
+#if HAK_HARDEN_ZERO_ON_FREE
+    if (unlikely(b->free_mark != hak_free_mark ||
+                 (n && ((uintptr_t)n & 15 || registry_kind(n) != CHUNK_SUPERSLAB))))
+        hak_fatal("write after free (a free block's link or mark was overwritten) at", b);
+#endif
+    return n;
+}
+
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+/* malloc(0): a distinct 16-byte slot of a PROT_NONE region (CHUNK_ZERO). */
+void  *zero_alloc(void);
+void   zero_free(void *p);
+bool   zero_live(const void *p);
+#endif
+
+#endif
