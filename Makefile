@@ -20,7 +20,7 @@ OBJ_debug   := $(SRC:core/%.c=out/debug/obj/%.o)
 
 .SECONDEXPANSION:
 .SECONDARY:
-.PHONY: all release debug test stress bench bench-scale bench-deps install uninstall clean
+.PHONY: all release debug test stress bench bench-scale bench-hardening print-release-cflags bench-deps install uninstall clean
 all release: out/release/libhakmem.so out/release/libhakmem.a out/secure/libhakmem.so \
              $(BENCHES:%=out/release/%) $(TESTSRC:tests/%.c=out/release/tests/%)
 debug: out/debug/libhakmem.so out/debug/libhakmem.a $(TESTSRC:tests/%.c=out/debug/tests/%)
@@ -150,6 +150,13 @@ bench: all
 # for prodcons, larson and bench_large_mt: out/bench-scale/scale.{csv,svg}.
 bench-scale: all
 	bash scripts/bench_scale.sh $(if $(QUICK),--quick,) $(if $(THREADS),--threads "$(THREADS)",)
+
+# The cost of each hardening mitigation: out/harden/cost.md.
+bench-hardening: all
+	bash scripts/hardening_cost.sh $(if $(QUICK),--quick,)
+
+print-release-cflags:
+	@echo $(CFLAGS_release)
 
 bench-deps:
 	apt-get update && apt-get install -y libmimalloc2.0 libjemalloc2 libtcmalloc-minimal4 strace time

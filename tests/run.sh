@@ -19,9 +19,10 @@ else
 fi
 # Scripts get ROOT/HAK_TEST_LIB/HAK_TEST_DEBUG_LIB (names outside hakmem's
 # HAKMEM_* option namespace, which warns about unknown variables).
-unset HAK_TEST_LIB HAK_TEST_DEBUG_LIB
+unset HAK_TEST_LIB HAK_TEST_DEBUG_LIB HAK_TEST_SECURE_LIB
 SCRIPT_ENV=(ROOT="$ROOT" HAK_TEST_LIB="$ROOT/out/release/libhakmem.so"
-            HAK_TEST_DEBUG_LIB="$ROOT/out/debug/libhakmem.so")
+            HAK_TEST_DEBUG_LIB="$ROOT/out/debug/libhakmem.so"
+            HAK_TEST_SECURE_LIB="$ROOT/out/secure/libhakmem.so")
 
 pass=0
 fail=0

@@ -1,15 +1,18 @@
 #!/bin/bash
 # LD_PRELOAD smoke run of real programs: each workload runs once under
 # glibc malloc and once with LD_PRELOAD=$HAK_TEST_LIB (and once more with
-# $HAK_TEST_DEBUG_LIB if it exists); stdout and exit status must be
-# identical, and HAKMEM_STATS=1 must show that hakmem was really loaded.
+# each of $HAK_TEST_DEBUG_LIB and the hardened $HAK_TEST_SECURE_LIB that
+# exist); stdout and exit status must be identical, and HAKMEM_STATS=1 must
+# show that hakmem was really loaded.
 # Programs that are not installed are skipped (SKIP line, not a failure).
 #
-# Env: ROOT (repo root), HAK_TEST_LIB, HAK_TEST_DEBUG_LIB (set by tests/run.sh).
+# Env: ROOT (repo root), HAK_TEST_LIB, HAK_TEST_DEBUG_LIB, HAK_TEST_SECURE_LIB
+# (set by tests/run.sh).
 set -u
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 HAK_TEST_LIB=${HAK_TEST_LIB:-$ROOT/out/release/libhakmem.so}
 HAK_TEST_DEBUG_LIB=${HAK_TEST_DEBUG_LIB:-$ROOT/out/debug/libhakmem.so}
+HAK_TEST_SECURE_LIB=${HAK_TEST_SECURE_LIB:-$ROOT/out/secure/libhakmem.so}
 
 if [ ! -f "$HAK_TEST_LIB" ]; then
     echo "FAIL: $HAK_TEST_LIB does not exist (run make)"
@@ -17,6 +20,7 @@ if [ ! -f "$HAK_TEST_LIB" ]; then
 fi
 LIBS=("$HAK_TEST_LIB")
 [ -f "$HAK_TEST_DEBUG_LIB" ] && LIBS+=("$HAK_TEST_DEBUG_LIB")
+[ -f "$HAK_TEST_SECURE_LIB" ] && LIBS+=("$HAK_TEST_SECURE_LIB")
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-preload.XXXXXX")
 REDIS_PID=
@@ -213,7 +217,7 @@ run_one() {
     (
         cd "$WORK/run" || exit 1
         # not hakmem options: keep them away from the programs under test
-        unset HAK_TEST_LIB HAK_TEST_DEBUG_LIB ROOT
+        unset HAK_TEST_LIB HAK_TEST_DEBUG_LIB HAK_TEST_SECURE_LIB ROOT
         if [ -n "$lib" ]; then
             export LD_PRELOAD=$lib HAKMEM_STATS=1
         fi
@@ -248,7 +252,7 @@ check() {
     fi
     local ok=1 lib tag
     for lib in "${LIBS[@]}"; do
-        case $lib in *debug*) tag=debug ;; *) tag=release ;; esac
+        case $lib in *debug*) tag=debug ;; *secure*) tag=secure ;; *) tag=release ;; esac
         run_one "$w" "$tag" "$lib"
         local bad=
         if [ "$(cat "$WORK/$tag.rc")" != 0 ]; then

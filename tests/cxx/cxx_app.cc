@@ -1,0 +1,76 @@
+// A C++ program under LD_PRELOAD=libhakmem.so (tests/test_cxx.sh): the
+// standard containers, strings, exceptions, aligned and sized new/delete all
+// go through hakmem's malloc and its operator delete.  Prints a checksum that
+// must match the run without hakmem.  With an argument it misuses delete the
+// way the compiler lets a program do, which hakmem must report (sized
+// deallocation tells it the size the program thinks the block has).
+// SPDX-License-Identifier: MIT
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+struct Base { long a = 1; };                       // no virtual destructor
+struct Derived : Base { long more[40] = { 2 }; };  // 328 bytes
+struct alignas(64) Line { char bytes[64]; };
+
+// Keeps the optimizer from pairing up a new and a delete and removing both.
+template <class T> static T *escape(T *p)
+{
+    asm volatile("" : "+r"(p));
+    return p;
+}
+
+static unsigned long mix(unsigned long h, unsigned long v) { return (h ^ v) * 1099511628211ul; }
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && std::strcmp(argv[1], "wrong-type") == 0) {
+        Base *b = escape<Base>(new Derived);  // freed as the 8-byte Base: the wrong size
+        delete b;
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "array-as-scalar") == 0) {
+        long *v = escape(new long[100]);
+        v[99] = 1;
+        delete v;  // NOLINT: delete of new[] (sized: 8 bytes, block of 800)
+        return 0;
+    }
+    unsigned long h = 14695981039346656037ul;
+    std::map<std::string, std::vector<int>> m;
+    for (int i = 0; i < 20000; i++) {
+        std::string k = "key" + std::to_string(i * 7919 % 5003);
+        m[k].push_back(i);
+    }
+    for (auto &kv : m)
+        h = mix(h, kv.first.size() + kv.second.size() * 31 + kv.second.back());
+    std::unordered_map<int, std::unique_ptr<Derived>> um;
+    for (int i = 0; i < 5000; i++)
+        um[i % 1500] = std::make_unique<Derived>();
+    h = mix(h, um.size());
+    std::vector<std::unique_ptr<Line>> lines;
+    for (int i = 0; i < 3000; i++) {
+        lines.emplace_back(new Line);
+        h = mix(h, reinterpret_cast<unsigned long>(lines.back().get()) % 64);  // 0: aligned
+    }
+    for (int round = 0; round < 50; round++) {
+        try {
+            std::vector<char> big(100000 + round * 20000, 'x');
+            if (round % 7 == 3)
+                throw std::runtime_error(std::string(200, 'e'));
+            h = mix(h, big.size());
+        } catch (const std::exception &e) {
+            h = mix(h, std::strlen(e.what()));
+        }
+    }
+    std::string s;
+    for (int i = 0; i < 10000; i++)
+        s += static_cast<char>('a' + i % 26);
+    h = mix(h, s.size());
+    std::printf("cxx_app: %lu\n", h);
+    return 0;
+}
