@@ -26,9 +26,10 @@ static inline void *small_alloc(size_t size, unsigned cls)
         b->free_mark = 0;
         tc->count[cls]--;
         tc->allocs[cls]++; /* statistics: per thread, no branch */
-        return harden_alloc(b, size);
+        return harden_alloc(b, size, cls);
     }
-    return harden_alloc(heap_alloc_slow(slab_request(size), cls), size);
+    /* (the slow path's first call in a process may pick another class) */
+    return harden_alloc(heap_alloc_slow(slab_request(size), cls), size, HAK_NO_CLASS);
 }
 
 HAK_API void *hak_malloc(size_t size)

@@ -30,12 +30,32 @@ static bool free_block_intact(const Block *b, size_t bs)
 /* Busy, then the bytes, then the new state: a thread that reads the same
  * state before and after looking at the bytes saw them whole (the stores
  * are ordered: release, and x86 keeps stores in order). */
+static void tail_fill(char *p, size_t size, size_t room)
+{
+    size_t tail = room - size;
+    if (tail <= 2 * TAIL_EDGE) {
+        memset(p + size, tail_byte(), tail);
+    } else {
+        memset(p + size, tail_byte(), TAIL_EDGE);
+        memset(p + room - TAIL_EDGE, tail_byte(), TAIL_EDGE);
+    }
+}
+
+static bool tail_intact(const char *p, size_t size, size_t room)
+{
+    size_t tail = room - size;
+    if (tail <= 2 * TAIL_EDGE)
+        return bytes_are(p + size, tail, tail_byte());
+    return bytes_are(p + size, TAIL_EDGE, tail_byte()) &&
+           bytes_are(p + room - TAIL_EDGE, TAIL_EDGE, tail_byte());
+}
+
 static void arm(void *b, size_t bs, size_t size)
 {
     if (HAK_HARDEN_CANARY) {
         canary_set(b, bs, CANARY_BUSY);
         __atomic_thread_fence(__ATOMIC_RELEASE);
-        memset((char *)b + size, tail_byte(), bs - HAK_CANARY_SIZE - size);
+        tail_fill(b, size, bs - HAK_CANARY_SIZE);
         canary_set(b, bs, (uint32_t)size);
     }
 }
@@ -56,12 +76,13 @@ static void scrub(void *b, size_t bs)
 static void quarantine_audit(ThreadCache *tc);
 #endif
 
-void *harden_alloc_block(Block *b, size_t size)
+void *harden_alloc_block(Block *b, size_t size, unsigned cls)
 {
 #if HAK_HARDEN_QUARANTINE
     quarantine_audit(&hak_tc);
 #endif
-    size_t bs = span_block_size(span_of(superslab_of(b), b));
+    size_t bs = cls < HAK_NCLASS ? hak_classes[cls].block_size
+                                 : span_block_size(span_of(superslab_of(b), b));
     if (unlikely(!free_block_intact(b, bs)))
         hak_fatal("write after free (a free block was changed) at", b);
     if (HAK_HARDEN_CANARY && unlikely(canary_get(b, bs) != CANARY_FREE))
@@ -101,13 +122,13 @@ bool harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size)
     return true;
 }
 
-/* Is the neighbour n of a block being freed whole?  Its canary must be;
- * if it is live, its tail too; if it is free, the bytes of it that a run
- * off our block's end (its first bytes past the link and mark) or start
- * (its last 64 bytes) would reach first must still be zero.  n may be
- * freed or handed out by another thread meanwhile (see arm): its canary
- * is read again after its bytes, and a change means they were not the
- * ones checked. */
+/* Is the neighbour n of a block being freed whole, where a run off our
+ * block reaches it first?  Its canary must be.  Below us, that is its end:
+ * the last TAIL_EDGE bytes of its tail if it is live, zeros if it is free;
+ * above us, its start: zeros past the link and the mark if it is free (a
+ * live block's start is the program's data).  n may be freed or handed
+ * out by another thread meanwhile (see arm): its canary is read again
+ * after its bytes, and a change means they were not the ones checked. */
 static bool neighbour_intact(const char *n, size_t bs, bool above)
 {
     size_t room = bs - HAK_CANARY_SIZE;
@@ -116,13 +137,13 @@ static bool neighbour_intact(const char *n, size_t bs, bool above)
     if (c == CANARY_BUSY) {
         return true;
     } else if (c == CANARY_FREE) {
-        size_t from = 16, to = room;
-        if (room > 16 + 64) {
-            if (above) to = 16 + 64; else from = room - 64;
-        }
-        ok = !HAK_HARDEN_ZERO_ON_FREE || bytes_are(n + from, to - from, 0);
+        size_t len = room - 16 < TAIL_EDGE ? room - 16 : TAIL_EDGE;
+        ok = !HAK_HARDEN_ZERO_ON_FREE || bytes_are(above ? n + 16 : n + room - len, len, 0);
+    } else if (above) {
+        ok = c <= room;
     } else {
-        ok = c <= room && bytes_are(n + c, room - c, tail_byte());
+        size_t len = room - c < TAIL_EDGE ? room - c : TAIL_EDGE;
+        ok = c <= room && bytes_are(n + room - len, len, tail_byte());
     }
     if (ok)
         return true;
@@ -147,7 +168,7 @@ static void check_live(SuperSlab *ss, Span *s, Block *b, size_t bs)
     uint32_t size = canary_get(b, bs);
     if (size == CANARY_CORRUPT || size > bs - HAK_CANARY_SIZE)
         hak_fatal("block overflow (canary overwritten) at", b);
-    if (!bytes_are((char *)b + size, bs - HAK_CANARY_SIZE - size, tail_byte()))
+    if (!tail_intact((char *)b, size, bs - HAK_CANARY_SIZE))
         hak_fatal("block overflow (bytes past the requested size changed) at", b);
     check_neighbours(ss, s, b, bs);
 }
@@ -164,14 +185,13 @@ static bool quarantine_has(const ThreadCache *tc, const Block *b)
 /* b leaves the quarantine: nobody may have written to it meanwhile. */
 static void quarantine_release(Block *b)
 {
-    SuperSlab *ss = superslab_of(b);
-    Span *s = span_of(ss, b);
-    /* zeroed whole but for the mark when it came in */
-    if (unlikely(!free_block_intact(b, span_block_size(s)) ||
-                 (HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != hak_free_mark))))
+    /* It came in zeroed but for the mark.  Going back to a free list
+     * rewrites the link and the mark, so they are checked here; the rest
+     * of it is checked by the malloc that takes it. */
+    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != hak_free_mark)))
         hak_fatal("write after free (a block in quarantine was changed) at", b);
     b->free_mark = 0;
-    slab_free(ss, b, page_index(b));
+    slab_free(superslab_of(b), b, page_index(b));
 }
 
 /* Blocks can wait in the quarantine for long, or for ever if the program
@@ -183,7 +203,7 @@ static void quarantine_audit(ThreadCache *tc)
         return;
     size_t room = span_block_size(span_of(superslab_of(b), b)) - HAK_CANARY_SIZE;
     if (b->next_enc != 0 || b->free_mark != hak_free_mark ||
-        !bytes_are((char *)b + 16, (room < 256 ? room : 256) - 16, 0))
+        !bytes_are((char *)b + 16, (room < 80 ? room : 80) - 16, 0))
         hak_fatal("write after free (a block in quarantine was changed) at", b);
 }
 

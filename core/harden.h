@@ -8,6 +8,9 @@
 #include "internal.h"
 #include "registry.h"
 
+#include <emmintrin.h>
+#include <string.h>
+
 /* Any of the per-block mitigations: free() of a slab block then goes
  * through harden_free, malloc through harden_alloc_block. */
 #define HAK_HARDEN_BLOCKS (HAK_HARDEN_CANARY || HAK_HARDEN_QUARANTINE || HAK_HARDEN_ZERO_ON_FREE)
@@ -45,25 +48,51 @@ static inline uint32_t canary_get(const void *b, size_t block_size)
 }
 static inline uint8_t tail_byte(void) { return (uint8_t)(hak_secret >> 40) | 0x81; }
 
-/* Are the n bytes at p all v? */
-static inline bool bytes_are(const void *p, size_t n, uint8_t v)
+/* Are the n bytes at p all v?  Blocks are checked whole at every malloc
+ * (ZERO_ON_FREE) and tails at every free: unaligned loads that overlap at
+ * the end instead of byte loops, XOR-ed with v and OR-ed together, one
+ * test at the end. */
+static inline uint64_t load64(const unsigned char *c) { uint64_t x; memcpy(&x, c, 8); return x; }
+static inline uint32_t load32(const unsigned char *c) { uint32_t x; memcpy(&x, c, 4); return x; }
+static inline __m128i load128(const unsigned char *c) { return _mm_loadu_si128((const __m128i *)c); }
+static inline __attribute__((always_inline)) bool bytes_are(const void *p, size_t n, uint8_t v)
 {
     const unsigned char *c = p;
     uint64_t w = v * 0x0101010101010101ull;
+    if (n < 8) {
+        if (n >= 4)
+            return !((load32(c) ^ (uint32_t)w) | (load32(c + n - 4) ^ (uint32_t)w));
+        return !n || !((c[0] ^ v) | (c[n / 2] ^ v) | (c[n - 1] ^ v));
+    }
+    if (n <= 64) {
+        uint64_t diff = load64(c + n - 8) ^ w;
+        for (size_t i = 0; i + 8 <= n; i += 8)
+            diff |= load64(c + i) ^ w;
+        return !diff;
+    }
+    __m128i want = _mm_set1_epi8((char)v), diff = _mm_xor_si128(load128(c + n - 16), want);
     size_t i = 0;
-    for (; i < n && ((uintptr_t)(c + i) & 7); i++)
-        if (c[i] != v) return false;
-    for (; i + 8 <= n; i += 8)
-        if (*(const uint64_t *)(c + i) != w) return false;
-    for (; i < n; i++)
-        if (c[i] != v) return false;
-    return true;
+    for (; i + 64 <= n; i += 64) {
+        __m128i d01 = _mm_or_si128(_mm_xor_si128(load128(c + i), want), _mm_xor_si128(load128(c + i + 16), want));
+        __m128i d23 = _mm_or_si128(_mm_xor_si128(load128(c + i + 32), want), _mm_xor_si128(load128(c + i + 48), want));
+        diff = _mm_or_si128(diff, _mm_or_si128(d01, d23));
+    }
+    for (; i + 16 <= n; i += 16)
+        diff = _mm_or_si128(diff, _mm_xor_si128(load128(c + i), want));
+    return _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xFFFF;
 }
 
+/* The tail of a live block: its first and its last TAIL_EDGE bytes (all of
+ * it if shorter) hold tail_byte(), where a run off the block's end or
+ * into the block above's start lands first; the middle of a long tail
+ * keeps what it had (zero). */
+#define TAIL_EDGE ((size_t)32)
+
 #if HAK_HARDEN_BLOCKS
-/* malloc got b from a free list or a fresh carve: check that nobody wrote
- * to it while it was free, then arm its canary for size bytes. */
-void  *harden_alloc_block(Block *b, size_t size);
+/* malloc got b (of class cls, or HAK_NO_CLASS: look it up) from a free
+ * list or a fresh carve: check that nobody wrote to it while it was free,
+ * then arm its canary for size bytes. */
+void  *harden_alloc_block(Block *b, size_t size, unsigned cls);
 /* free() of a slab block: validate, check the canaries, scrub, quarantine;
  * the block that leaves the quarantine is freed by slab_free. */
 void   harden_free(SuperSlab *ss, Block *b, unsigned cls);
@@ -73,12 +102,12 @@ bool   harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size);
 void   harden_resize(void *b, size_t size);
 /* span_carve's fresh blocks, before they are linked: zeroed, canary free. */
 void   harden_carve(char *p, size_t block_size, uint32_t n);
-static inline void *harden_alloc(void *p, size_t size)
+static inline void *harden_alloc(void *p, size_t size, unsigned cls)
 {
-    return p ? harden_alloc_block(p, size) : NULL;
+    return p ? harden_alloc_block(p, size, cls) : NULL;
 }
 #else
-static inline void *harden_alloc(void *p, size_t size) { return p; }
+static inline void *harden_alloc(void *p, size_t size, unsigned cls) { return p; }
 static inline void harden_carve(char *p, size_t block_size, uint32_t n) { }
 #endif
 
