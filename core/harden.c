@@ -267,42 +267,65 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
 #endif /* HAK_HARDEN_BLOCKS */
 
 /* ------------------------------------------------------------------ */
-/* Large blocks in quarantine: PROT_NONE and purged, a FIFO of extents.  */
+/* Large blocks in quarantine: PROT_NONE, a FIFO of extents, resident up */
+/* to a cap (reused without refaulting; zeroed when they leave), purged  */
+/* past it.                                                              */
 /* A lock, but only the hardened build takes it, on large frees, which    */
 /* already make system calls there.                                      */
 
 #if HAK_HARDEN_QUARANTINE
 #define LARGE_QUARANTINE 32
+/* Extents wait resident (PROT_NONE, so refaulting them costs nothing when
+ * they are reused) up to this many bytes; past it they are purged. */
+#define LARGE_QUARANTINE_RESIDENT ((size_t)128 << 20)
+typedef struct LargeWait { char *ext; size_t len; const void *p; bool resident; } LargeWait;
 static HakLock lq_lock = HAK_LOCK_INIT;
-static struct { char *ext; size_t len; const void *p; } lq[LARGE_QUARANTINE];
+static LargeWait lq[LARGE_QUARANTINE];
 static unsigned lq_next;
+static size_t lq_resident;
 
-static void large_release(char *ext, size_t len)
+static void large_release(LargeWait w)
 {
-    large_cache_drop_extent(len);
-    /* The extents keep free ranges PROT_NONE (guard pages) or make them
-     * accessible when they hand them out again. */
-    if (!HAK_GUARD_SIZE && !os_protect(ext, len, true)) {
-        STAT_INC(fallbacks); /* cannot be made usable again: kept out */
+    large_cache_drop_extent(w.len);
+    if (!w.resident) { /* purged: reads as zero */
+        /* The extents keep free ranges PROT_NONE (guard pages) or make
+         * them accessible when they hand them out again. */
+        if (!HAK_GUARD_SIZE && !os_protect(w.ext, w.len, true)) {
+            STAT_INC(fallbacks); /* cannot be made usable again: kept out */
+            return;
+        }
+        extent_free_purged(w.ext, w.len);
         return;
     }
-    extent_free_purged(ext, len);
+    if (HAK_HARDEN_ZERO_ON_FREE) { /* its old contents must not come back */
+        if (!os_protect(w.ext, w.len, true)) {
+            STAT_INC(fallbacks);
+            return;
+        }
+        memset(w.ext, 0, w.len);
+    }
+    extent_free(w.ext, w.len);
 }
 
 void large_quarantine_put(char *ext, size_t len, const void *p)
 {
-    os_purge(ext, len);            /* reads as zero, not resident */
+    hak_lock(&lq_lock);
+    bool resident = lq_resident + len <= LARGE_QUARANTINE_RESIDENT;
+    if (resident)
+        lq_resident += len;
+    hak_unlock(&lq_lock);
+    if (!resident)
+        os_purge(ext, len);        /* reads as zero, not resident */
     os_protect(ext, len, false);   /* any access faults; may fail (counted) */
     hak_lock(&lq_lock);
-    char *out = lq[lq_next].ext;
-    size_t out_len = lq[lq_next].len;
-    lq[lq_next].ext = ext;
-    lq[lq_next].len = len;
-    lq[lq_next].p = p;
+    LargeWait out = lq[lq_next];
+    lq[lq_next] = (LargeWait){ ext, len, p, resident };
     lq_next = (lq_next + 1) % LARGE_QUARANTINE;
+    if (out.ext && out.resident)
+        lq_resident -= out.len;
     hak_unlock(&lq_lock);
-    if (out)
-        large_release(out, out_len);
+    if (out.ext)
+        large_release(out);
 }
 
 bool large_quarantined(const void *p)
@@ -319,12 +342,13 @@ void large_quarantine_flush(void)
 {
     for (unsigned i = 0; i < LARGE_QUARANTINE; i++) {
         hak_lock(&lq_lock);
-        char *ext = lq[i].ext;
-        size_t len = lq[i].len;
+        LargeWait w = lq[i];
         lq[i].ext = NULL;
+        if (w.ext && w.resident)
+            lq_resident -= w.len;
         hak_unlock(&lq_lock);
-        if (ext)
-            large_release(ext, len);
+        if (w.ext)
+            large_release(w);
     }
 }
 #endif
