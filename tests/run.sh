@@ -7,7 +7,7 @@
 # fault-injection, ulimit, sanitizer and fuzzing tests (see below; FUZZ_SECONDS
 # sets the fuzzing time, default 20) and tests/*.sh except this script
 # (timeout 600).  Ends with "N passed, N failed" (", N skipped" where
-# clang is missing);
+# clang is missing, or a script exits 77: a tool it needs is not installed);
 # exit status 0 iff nothing failed.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
@@ -43,7 +43,10 @@ run() {
     local t0=$SECONDS rc
     timeout -k 10 "$limit" "$@" >"$log" 2>&1 </dev/null
     rc=$?
-    if [ $rc -eq 0 ]; then
+    if [ $rc -eq 77 ]; then # the test's own word: a tool it needs is missing
+        echo "SKIP $name ($(tail -n 1 "$log"))"
+        skip=$((skip + 1))
+    elif [ $rc -eq 0 ]; then
         echo "PASS $name ($((SECONDS - t0))s)"
         pass=$((pass + 1))
     else

@@ -16,7 +16,10 @@ fail() {
     exit 1
 }
 
-command -v "$CXX" >/dev/null 2>&1 || fail "$CXX not installed"
+if ! command -v "$CXX" >/dev/null 2>&1; then
+    echo "$CXX not installed"
+    exit 77 # tests/run.sh: SKIP
+fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-cxx.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 "$CXX" -O1 -std=c++17 -fsized-deallocation -o "$tmp/cxx_app" "$ROOT/tests/cxx/cxx_app.cc" ||

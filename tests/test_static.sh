@@ -18,6 +18,10 @@ fail() {
 }
 
 [ -f "$LIB" ] || fail "missing $LIB (run make)"
+if [ ! -f "$("$CC" -print-file-name=libc.a)" ]; then
+    echo "glibc's static libc.a not installed (libc6-dev)"
+    exit 77 # tests/run.sh: SKIP
+fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-static.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
