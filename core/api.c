@@ -165,9 +165,12 @@ HAK_API void hak_free_sized(void *p, size_t size)
     size_t usable;
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
+        /* the class of the size, or one realloc kept the block at */
+        size_t room = small_room(p);
         match = HAK_HARDEN_CANARY ? usable == size /* the canary knows the size */
                                   : size <= HAK_SLAB_REQUEST_MAX &&
-                                    size_class(slab_request(size)) == span_of(ss, p)->cls;
+                                    (size_class(slab_request(size)) == span_of(ss, p)->cls ||
+                                     (size <= room && size >= room / 2));
     } else if (kind == CHUNK_ARENA) {
         LargeHeader *h = large_header(p);
         match = !h || h->size == size;

@@ -307,8 +307,8 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
 void extent_free(void *p, size_t len)
 {
     HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
-    guard_free(p, len);
     extent_lock();
+    guard_free(p, len); /* under the lock: heaps_stats reads SuperSlab headers under it */
     /* dirty_since is never 0 (that means purged), and never ahead of the
      * clock: now | 1 would be, on a clock that only returns even values,
      * and decay would see the range as 2^64 ms old and purge it at once. */
@@ -354,8 +354,8 @@ bool extent_grow(void *end, size_t extra)
 
 void extent_free_purged(void *p, size_t len)
 {
-    guard_free(p, len);
     extent_lock();
+    guard_free(p, len);
     free_range_locked((uintptr_t)p, len, 0, 0);
     extent_unlock();
 }

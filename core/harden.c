@@ -60,16 +60,23 @@ static void arm(void *b, size_t bs, size_t size)
     }
 }
 
-static void scrub(void *b, size_t bs)
+/* From live to busy with a CAS: of two threads freeing one block at the
+ * same time, one gets false (a double free). */
+static bool scrub(void *b, size_t bs, uint32_t size)
 {
     if (HAK_HARDEN_CANARY) {
-        canary_set(b, bs, CANARY_BUSY);
+        uint64_t live = canary_key(b) ^ ((uint64_t)size * 0x0001000100010001ull);
+        if (!__atomic_compare_exchange_n(canary_slot(b, bs), &live,
+                                         canary_key(b) ^ ((uint64_t)CANARY_BUSY * 0x0001000100010001ull),
+                                         false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            return false;
         __atomic_thread_fence(__ATOMIC_RELEASE);
     }
     if (HAK_HARDEN_ZERO_ON_FREE)
         memset(b, 0, bs - HAK_CANARY_SIZE);
     if (HAK_HARDEN_CANARY)
         canary_set(b, bs, CANARY_FREE);
+    return true;
 }
 
 #if HAK_HARDEN_QUARANTINE
@@ -163,25 +170,22 @@ static void check_neighbours(SuperSlab *ss, Span *s, const Block *b, size_t bs)
         hak_fatal("block overflow (the block above was overwritten) at", b);
 }
 
-static void check_live(SuperSlab *ss, Span *s, Block *b, size_t bs)
+static uint32_t check_live(SuperSlab *ss, Span *s, Block *b, size_t bs)
 {
     uint32_t size = canary_get(b, bs);
     if (size == CANARY_CORRUPT || size > bs - HAK_CANARY_SIZE)
         hak_fatal("block overflow (canary overwritten) at", b);
     if (!tail_intact((char *)b, size, bs - HAK_CANARY_SIZE))
         hak_fatal("block overflow (bytes past the requested size changed) at", b);
-    check_neighbours(ss, s, b, bs);
+    /* Only the owner hands out blocks of its spans: while it looks, a
+     * neighbour can be freed but not handed out again, so a canary that
+     * reads the same before and after means the same bytes. */
+    if (ss->owner == hak_tc.heap)
+        check_neighbours(ss, s, b, bs);
+    return size;
 }
 
 #if HAK_HARDEN_QUARANTINE
-static bool quarantine_has(const ThreadCache *tc, const Block *b)
-{
-    for (unsigned i = 0; i < HAK_QUARANTINE_SLOTS; i++)
-        if (tc->quarantine[i] == b)
-            return true;
-    return false;
-}
-
 /* b leaves the quarantine: nobody may have written to it meanwhile. */
 static void quarantine_release(Block *b)
 {
@@ -227,23 +231,18 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
         return;
     }
     size_t bs = span_block_size(s);
-    if (HAK_HARDEN_CANARY) {
-        uint32_t c = canary_get(b, bs);
-        if (c == CANARY_FREE || c == CANARY_BUSY) { /* free, in a quarantine, */
-            hak_invalid_pointer("double free", b); /* or being freed       */
-            return;
-        }
-        check_live(ss, s, b, bs);
+    /* (mitigations.h: every per-block mitigation comes with the canary) */
+    uint32_t c = canary_get(b, bs);
+    if (c == CANARY_FREE || c == CANARY_BUSY) { /* free, in a quarantine, */
+        hak_invalid_pointer("double free", b); /* or being freed       */
+        return;
     }
-#if HAK_HARDEN_QUARANTINE
-    ThreadCache *tc = &hak_tc;
-    if (!HAK_HARDEN_CANARY && b->free_mark == hak_free_mark && quarantine_has(tc, b)) {
+    if (!scrub(b, bs, check_live(ss, s, b, bs))) { /* another thread freed it */
         hak_invalid_pointer("double free", b);
         return;
     }
-#endif
-    scrub(b, bs);
 #if HAK_HARDEN_QUARANTINE
+    ThreadCache *tc = &hak_tc;
     /* A thread without a heap (or past giving it up) has nobody to flush
      * its quarantine at exit: its frees go straight through. */
     if (tc->heap && !tc->exited) {
@@ -297,12 +296,13 @@ static void large_release(LargeWait w)
         extent_free_purged(w.ext, w.len);
         return;
     }
-    if (HAK_HARDEN_ZERO_ON_FREE) { /* its old contents must not come back */
+    if (HAK_HARDEN_ZERO_ON_FREE || !HAK_GUARD_SIZE) {
         if (!os_protect(w.ext, w.len, true)) {
             STAT_INC(fallbacks);
             return;
         }
-        memset(w.ext, 0, w.len);
+        if (HAK_HARDEN_ZERO_ON_FREE) /* its old contents must not come back */
+            memset(w.ext, 0, w.len);
     }
     extent_free(w.ext, w.len);
 }
@@ -314,8 +314,12 @@ void large_quarantine_put(char *ext, size_t len, const void *p)
     if (resident)
         lq_resident += len;
     hak_unlock(&lq_lock);
-    if (!resident)
-        os_purge(ext, len);        /* reads as zero, not resident */
+    if (!resident && !os_purge(ext, len)) { /* reads as zero, not resident */
+        resident = true;                    /* (or it failed: zeroed later) */
+        hak_lock(&lq_lock);
+        lq_resident += len;
+        hak_unlock(&lq_lock);
+    }
     os_protect(ext, len, false);   /* any access faults; may fail (counted) */
     hak_lock(&lq_lock);
     LargeWait out = lq[lq_next];
@@ -336,6 +340,13 @@ bool large_quarantined(const void *p)
         found = lq[i].ext && lq[i].p == p;
     hak_unlock(&lq_lock);
     return found;
+}
+
+static void lq_fork(int phase)
+{
+    if (phase == 0) hak_lock(&lq_lock);
+    else if (phase == 1) hak_unlock(&lq_lock);
+    else pthread_mutex_init(&lq_lock.m, NULL);
 }
 
 void large_quarantine_flush(void)
@@ -385,6 +396,13 @@ static ZeroChunk *zero_chunk_new(void)
     c->next = zero_chunks;
     zero_chunks = c;
     return c;
+}
+
+static void zero_fork(int phase)
+{
+    if (phase == 0) hak_lock(&zero_lock);
+    else if (phase == 1) hak_unlock(&zero_lock);
+    else pthread_mutex_init(&zero_lock.m, NULL);
 }
 
 void *zero_alloc(void)
@@ -450,3 +468,17 @@ void zero_free(void *p)
         hak_invalid_pointer(problem, p);
 }
 #endif
+
+/* fork: the hardened build's own locks, taken before the heap list and
+ * the extents (zero_alloc calls extent_alloc under zero_lock), released
+ * after them; re-made in the child.  phase 0 prepare, 1 parent, 2 child. */
+void harden_fork(int phase)
+{
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+    zero_fork(phase);
+#endif
+#if HAK_HARDEN_QUARANTINE
+    lq_fork(phase);
+#endif
+    (void)phase;
+}

@@ -915,6 +915,7 @@ void heap_collect_abandoned(bool all)
 
 void heaps_fork_prepare(void)
 {
+    harden_fork(0);
     hak_lock(&heaps_mutex);
     extent_lock();
     hak_fork_locks_held = true;
@@ -925,6 +926,7 @@ void heaps_fork_parent(void)
     hak_fork_locks_held = false;
     extent_unlock();
     hak_unlock(&heaps_mutex);
+    harden_fork(1);
 }
 
 /* In the child only the forking thread exists.  The heaps of the other
@@ -935,6 +937,7 @@ void heaps_fork_child(void)
     hak_fork_locks_held = false;
     extent_fork_child();
     pthread_mutex_init(&heaps_mutex.m, NULL);
+    harden_fork(2);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);
         if (h != hak_tc.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY)) {

@@ -23,6 +23,7 @@
  *                   block waits PROT_NONE (any access faults).
  *   ZERO_ON_FREE    a freed block is zeroed; malloc and the quarantine
  *                   check that it still is ("write after free").
+ *   (QUARANTINE and ZERO_ON_FREE need CANARY: it records a block's state.)
  *   ZERO_SIZE_GUARD malloc(0) returns a distinct address in a PROT_NONE
  *                   region: any read or write of it faults.
  *
@@ -52,6 +53,12 @@
 #endif
 #ifndef HAK_HARDEN_ZERO_SIZE_GUARD
 #define HAK_HARDEN_ZERO_SIZE_GUARD HAK_HARDEN_ALL
+#endif
+
+/* The quarantine and zero-on-free rely on the canary to tell a free block
+ * from a live one (double frees): they are not built without it. */
+#if (HAK_HARDEN_QUARANTINE || HAK_HARDEN_ZERO_ON_FREE) && !HAK_HARDEN_CANARY
+#error "HAK_HARDEN_QUARANTINE and HAK_HARDEN_ZERO_ON_FREE need HAK_HARDEN_CANARY"
 #endif
 
 /* The mask hak_mitigations() reports (HAK_MIT_* in hakmem.h). */
