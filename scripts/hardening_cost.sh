@@ -26,11 +26,19 @@ build() { # build NAME FLAGS...
     done
     cc -shared -o "$dir/libhakmem.so" "$dir"/obj/*.o -pthread -Wl,-z,now -Wl,--version-script=core/exports.map
 }
-for n in "${NAMES[@]}"; do build "$n" "-DHAK_HARDEN_$n=1"; done
+# QUARANTINE and ZERO_ON_FREE need CANARY (mitigations.h): measured with it
+needs() { case $1 in QUARANTINE | ZERO_ON_FREE) echo "-DHAK_HARDEN_CANARY=1" ;; esac; }
+for n in "${NAMES[@]}"; do
+    # shellcheck disable=SC2046
+    build "$n" "-DHAK_HARDEN_$n=1" $(needs "$n")
+done
 
 libs=(glibc out/release/libhakmem.so)
 labels=(glibc none)
-for n in "${NAMES[@]}"; do libs+=("out/harden/$n/libhakmem.so"); labels+=("$n"); done
+for n in "${NAMES[@]}"; do
+    libs+=("out/harden/$n/libhakmem.so")
+    if [ -n "$(needs "$n")" ]; then labels+=("$n + CANARY"); else labels+=("$n"); fi
+done
 libs+=(out/secure/libhakmem.so)
 labels+=(all)
 
