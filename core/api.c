@@ -63,7 +63,7 @@ HAK_API void hak_free(void *p)
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
                hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = superslab_of(p);
-#if HAK_HARDEN_BLOCKS
+#if HAK_HARDEN_CANARY
         harden_free(ss, p, ss->page_cls[page_index(p)]);
 #else
         slab_free(ss, p, page_index(p));
@@ -99,7 +99,7 @@ static bool small_live(const void *p, size_t *usable)
     Span *s = span_of(ss, p);
     if (!block_is_valid(ss, s, p))
         return false;
-#if HAK_HARDEN_BLOCKS
+#if HAK_HARDEN_CANARY
     return harden_live(ss, s, p, usable);
 #else
     *usable = span_block_size(s);
@@ -111,6 +111,14 @@ static bool small_live(const void *p, size_t *usable)
 static size_t small_room(const void *p)
 {
     return span_block_size(span_of(superslab_of(p), p)) - HAK_CANARY_SIZE;
+}
+
+/* realloc keeps a block for a size that fits it and is not worth moving
+ * to a smaller class. */
+static bool small_keeps(const void *p, size_t size)
+{
+    size_t room = small_room(p);
+    return size <= room && size >= room / 2;
 }
 
 HAK_API void *hak_realloc(void *p, size_t size)
@@ -129,9 +137,8 @@ HAK_API void *hak_realloc(void *p, size_t size)
             errno = EINVAL;
             return NULL;
         }
-        size_t room = small_room(p);
-        if (size <= room && size >= room / 2) { /* fits, not worth a smaller class */
-#if HAK_HARDEN_BLOCKS
+        if (small_keeps(p, size)) {
+#if HAK_HARDEN_CANARY
             harden_resize(p, size);
 #endif
             return p;
@@ -166,11 +173,10 @@ HAK_API void hak_free_sized(void *p, size_t size)
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
         /* the class of the size, or one realloc kept the block at */
-        size_t room = small_room(p);
         match = HAK_HARDEN_CANARY ? usable == size /* the canary knows the size */
                                   : size <= HAK_SLAB_REQUEST_MAX &&
                                     (size_class(slab_request(size)) == span_of(ss, p)->cls ||
-                                     (size <= room && size >= room / 2));
+                                     small_keeps(p, size));
     } else if (kind == CHUNK_ARENA) {
         LargeHeader *h = large_header(p);
         match = !h || h->size == size;

@@ -204,14 +204,6 @@ void purger_start(void)
     pthread_attr_destroy(&a);
 }
 
-/* Guard pages: a free range is inaccessible; failures are counted and
- * leave it accessible (a guard the less). */
-static void guard_free(void *p, size_t len)
-{
-    if (HAK_GUARD_SIZE && !os_protect(p, len, false))
-        STAT_INC(fallbacks);
-}
-
 /* dirty_since: the time the range became free, or 0 if it reads as zero;
  * dirty: how many of its bytes may be resident. */
 static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
@@ -251,7 +243,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
         return false;
     }
     registry_set(p, want, CHUNK_ARENA);
-    guard_free(p, want);
+    os_guard(p, want);
     size_t k = nreservations;
     while (k > 0 && reservations[k - 1].start > (uintptr_t)p) {
         reservations[k] = reservations[k - 1];
@@ -308,7 +300,7 @@ void extent_free(void *p, size_t len)
 {
     HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
     extent_lock();
-    guard_free(p, len); /* under the lock: heaps_stats reads SuperSlab headers under it */
+    os_guard(p, len); /* under the lock: heaps_stats reads SuperSlab headers under it */
     /* dirty_since is never 0 (that means purged), and never ahead of the
      * clock: now | 1 would be, on a clock that only returns even values,
      * and decay would see the range as 2^64 ms old and purge it at once. */
@@ -355,7 +347,7 @@ bool extent_grow(void *end, size_t extra)
 void extent_free_purged(void *p, size_t len)
 {
     extent_lock();
-    guard_free(p, len);
+    os_guard(p, len);
     free_range_locked((uintptr_t)p, len, 0, 0);
     extent_unlock();
 }

@@ -18,7 +18,7 @@
 #include <errno.h>
 #include <string.h>
 
-#if HAK_HARDEN_BLOCKS
+#if HAK_HARDEN_CANARY
 
 /* Bytes of a free block that must stay zero: past the link and the mark,
  * up to the canary. */
@@ -27,9 +27,6 @@ static bool free_block_intact(const Block *b, size_t bs)
     return !HAK_HARDEN_ZERO_ON_FREE || bytes_are((const char *)b + 16, bs - 16 - HAK_CANARY_SIZE, 0);
 }
 
-/* Busy, then the bytes, then the new state: a thread that reads the same
- * state before and after looking at the bytes saw them whole (the stores
- * are ordered: release, and x86 keeps stores in order). */
 static void tail_fill(char *p, size_t size, size_t room)
 {
     size_t tail = room - size;
@@ -50,32 +47,30 @@ static bool tail_intact(const char *p, size_t size, size_t room)
            bytes_are(p + room - TAIL_EDGE, TAIL_EDGE, tail_byte());
 }
 
+/* Busy, then the bytes, then the new state: a thread that reads the same
+ * state before and after looking at the bytes saw them whole (the stores
+ * are ordered: release, and x86 keeps stores in order). */
 static void arm(void *b, size_t bs, size_t size)
 {
-    if (HAK_HARDEN_CANARY) {
-        canary_set(b, bs, CANARY_BUSY);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        tail_fill(b, size, bs - HAK_CANARY_SIZE);
-        canary_set(b, bs, (uint32_t)size);
-    }
+    canary_set(b, bs, CANARY_BUSY);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    tail_fill(b, size, bs - HAK_CANARY_SIZE);
+    canary_set(b, bs, (uint32_t)size);
 }
 
-/* From live to busy with a CAS: of two threads freeing one block at the
- * same time, one gets false (a double free). */
+/* The same, from live to busy with a CAS: of two threads freeing one
+ * block at the same time, one gets false (a double free). */
 static bool scrub(void *b, size_t bs, uint32_t size)
 {
-    if (HAK_HARDEN_CANARY) {
-        uint64_t live = canary_key(b) ^ ((uint64_t)size * 0x0001000100010001ull);
-        if (!__atomic_compare_exchange_n(canary_slot(b, bs), &live,
-                                         canary_key(b) ^ ((uint64_t)CANARY_BUSY * 0x0001000100010001ull),
-                                         false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-            return false;
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-    }
+    uint64_t live = canary_key(b) ^ ((uint64_t)size * 0x0001000100010001ull);
+    if (!__atomic_compare_exchange_n(canary_slot(b, bs), &live,
+                                     canary_key(b) ^ ((uint64_t)CANARY_BUSY * 0x0001000100010001ull),
+                                     false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return false;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     if (HAK_HARDEN_ZERO_ON_FREE)
         memset(b, 0, bs - HAK_CANARY_SIZE);
-    if (HAK_HARDEN_CANARY)
-        canary_set(b, bs, CANARY_FREE);
+    canary_set(b, bs, CANARY_FREE);
     return true;
 }
 
@@ -92,7 +87,7 @@ void *harden_alloc_block(Block *b, size_t size, unsigned cls)
                                  : span_block_size(span_of(superslab_of(b), b));
     if (unlikely(!free_block_intact(b, bs)))
         hak_fatal("write after free (a free block was changed) at", b);
-    if (HAK_HARDEN_CANARY && unlikely(canary_get(b, bs) != CANARY_FREE))
+    if (unlikely(canary_get(b, bs) != CANARY_FREE))
         hak_fatal("heap corruption (a free block's canary was overwritten) at", b);
     b->next_enc = 0; /* the program never sees an encoded link */
     arm(b, bs, size);
@@ -108,18 +103,13 @@ void harden_carve(char *p, size_t bs, uint32_t n)
 {
     if (HAK_HARDEN_ZERO_ON_FREE)
         memset(p, 0, (size_t)n * bs); /* reused SuperSlab memory may be dirty */
-    if (HAK_HARDEN_CANARY)
-        for (uint32_t i = 0; i < n; i++)
-            canary_set(p + (size_t)i * bs, bs, CANARY_FREE);
+    for (uint32_t i = 0; i < n; i++)
+        canary_set(p + (size_t)i * bs, bs, CANARY_FREE);
 }
 
 bool harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size)
 {
     size_t bs = span_block_size(s);
-    if (!HAK_HARDEN_CANARY) {
-        *size = bs;
-        return true;
-    }
     uint32_t c = canary_get(p, bs);
     if (c == CANARY_FREE || c == CANARY_BUSY)
         return false;
@@ -263,7 +253,7 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
     b->free_mark = 0;
     slab_free(ss, b, page_index(b));
 }
-#endif /* HAK_HARDEN_BLOCKS */
+#endif /* HAK_HARDEN_CANARY */
 
 /* ------------------------------------------------------------------ */
 /* Large blocks in quarantine: PROT_NONE, a FIFO of extents, resident up */

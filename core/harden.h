@@ -11,10 +11,6 @@
 #include <emmintrin.h>
 #include <string.h>
 
-/* Any of the per-block mitigations: free() of a slab block then goes
- * through harden_free, malloc through harden_alloc_block. */
-#define HAK_HARDEN_BLOCKS (HAK_HARDEN_CANARY || HAK_HARDEN_QUARANTINE || HAK_HARDEN_ZERO_ON_FREE)
-
 /* ---- canaries ----
  * A block's last word is its canary: a key derived from its address and
  * the secret, XOR the requested size repeated in all four 16-bit lanes
@@ -88,7 +84,10 @@ static inline __attribute__((always_inline)) bool bytes_are(const void *p, size_
  * keeps what it had (zero). */
 #define TAIL_EDGE ((size_t)32)
 
-#if HAK_HARDEN_BLOCKS
+/* The per-block mitigations (CANARY, and QUARANTINE and ZERO_ON_FREE,
+ * which need it): free() of a slab block goes through harden_free, malloc
+ * through harden_alloc_block. */
+#if HAK_HARDEN_CANARY
 /* malloc got b (of class cls, or HAK_NO_CLASS: look it up) from a free
  * list or a fresh carve: check that nobody wrote to it while it was free,
  * then arm its canary for size bytes. */

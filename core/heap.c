@@ -157,14 +157,8 @@ static void partial_remove(Heap *h, Span *s)
 
 /* Guard pages (hardened build): everything of a SuperSlab but its header
  * page and the spans in use is PROT_NONE, so that a run off the end of a
- * span, or off the header, faults.  A failure leaves the pages accessible
- * (counted as a fallback); one to make a span accessible fails the span. */
-static void guard(void *p, size_t len)
-{
-    if (HAK_GUARD_SIZE && !os_protect(p, len, false))
-        STAT_INC(fallbacks);
-}
-
+ * span, or off the header, faults (os_guard); a failure to make a span
+ * accessible again fails the span. */
 static void superslab_to_extents(SuperSlab *ss)
 {
     registry_set(ss, HAK_CHUNK_SIZE, CHUNK_ARENA);
@@ -204,7 +198,7 @@ static bool span_release(Heap *h, SuperSlab *ss, Span *s)
     span_bytes_add(h, s->cls, -(int64_t)s->nslabs * HAK_SLAB_SIZE);
     memset(&ss->page_cls[(size_t)idx << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)], HAK_NO_CLASS,
            (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
-    guard(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
+    os_guard(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -241,7 +235,7 @@ static SuperSlab *superslab_get(Heap *h)
         /* slab 0 is this header: like free slabs, it has no class */
         memset(ss->page_cls, HAK_NO_CLASS, sizeof ss->page_cls);
         _Static_assert(sizeof(SuperSlab) <= HAK_PAGE_SIZE, "the header fits its guarded page");
-        guard((char *)ss + HAK_PAGE_SIZE, HAK_CHUNK_SIZE - HAK_PAGE_SIZE);
+        os_guard((char *)ss + HAK_PAGE_SIZE, HAK_CHUNK_SIZE - HAK_PAGE_SIZE);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
     superslab_link_front(h, ss);

@@ -19,6 +19,14 @@ bool  os_purge(void *p, size_t len);
 bool  os_move_pages(void *old, size_t len, void *dst);
 /* Make [p, p+len) inaccessible (guard pages) or accessible again. */
 bool  os_protect(void *p, size_t len, bool accessible);
+/* Guard pages (the hardened build; nothing otherwise): make [p, p+len)
+ * inaccessible.  A failure (too many mappings) leaves it accessible, a
+ * guard the less, and is counted as a fallback. */
+static inline void os_guard(void *p, size_t len)
+{
+    if (HAK_GUARD_SIZE && !os_protect(p, len, false))
+        STAT_INC(fallbacks);
+}
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
 uint64_t os_now_ms(void);
