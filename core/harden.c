@@ -99,10 +99,25 @@ void harden_resize(void *b, size_t size)
     arm(b, span_block_size(span_of(superslab_of(b), b)), size);
 }
 
-void harden_carve(char *p, size_t bs, uint32_t n)
+/* Past the carving point, up to the span's guard page, the memory holds
+ * no block yet; its first ABOVE_BUMP bytes (where an overflow of the last
+ * carved block lands) are kept zero and checked like a free block's start. */
+#define ABOVE_BUMP ((size_t)16 + TAIL_EDGE)
+static const char *span_room_end(SuperSlab *ss, Span *s)
 {
-    if (HAK_HARDEN_ZERO_ON_FREE)
-        memset(p, 0, (size_t)n * bs); /* reused SuperSlab memory may be dirty */
+    return span_start(ss, s) + ((size_t)s->nslabs << HAK_SLAB_SHIFT) - HAK_GUARD_SIZE;
+}
+static size_t above_bump(SuperSlab *ss, Span *s, const char *bump)
+{
+    size_t left = (size_t)(span_room_end(ss, s) - bump);
+    return left < ABOVE_BUMP ? left : ABOVE_BUMP;
+}
+
+void harden_carve(SuperSlab *ss, Span *s, char *p, uint32_t n)
+{
+    size_t bs = span_block_size(s);
+    if (HAK_HARDEN_ZERO_ON_FREE) /* reused SuperSlab memory may be dirty */
+        memset(p, 0, (size_t)n * bs + above_bump(ss, s, p + (size_t)n * bs));
     for (uint32_t i = 0; i < n; i++)
         canary_set(p + (size_t)i * bs, bs, CANARY_FREE);
 }
@@ -155,8 +170,9 @@ static void check_neighbours(SuperSlab *ss, Span *s, const Block *b, size_t bs)
     const char *p = (const char *)b, *start = span_start(ss, s);
     if (p > start && !neighbour_intact(p - bs, bs, false))
         hak_fatal("block underflow (the end of the block below was overwritten) at", b);
-    if (p + bs < (const char *)__atomic_load_n(&s->bump, __ATOMIC_ACQUIRE) &&
-        !neighbour_intact(p + bs, bs, true))
+    const char *above = p + bs, *bump = __atomic_load_n(&s->bump, __ATOMIC_ACQUIRE);
+    if (above < bump ? !neighbour_intact(above, bs, true)
+                     : HAK_HARDEN_ZERO_ON_FREE && !bytes_are(above, above_bump(ss, s, above), 0))
         hak_fatal("block overflow (the block above was overwritten) at", b);
 }
 

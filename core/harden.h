@@ -99,15 +99,16 @@ void   harden_free(SuperSlab *ss, Block *b, unsigned cls);
 bool   harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size);
 /* realloc kept b in place at a new size. */
 void   harden_resize(void *b, size_t size);
-/* span_carve's fresh blocks, before they are linked: zeroed, canary free. */
-void   harden_carve(char *p, size_t block_size, uint32_t n);
+/* span_carve's n fresh blocks at p, before they are linked: zeroed (and
+ * the start of what is above them), canary free. */
+void   harden_carve(SuperSlab *ss, Span *s, char *p, uint32_t n);
 static inline void *harden_alloc(void *p, size_t size, unsigned cls)
 {
     return p ? harden_alloc_block(p, size, cls) : NULL;
 }
 #else
 static inline void *harden_alloc(void *p, size_t size, unsigned cls) { return p; }
-static inline void harden_carve(char *p, size_t block_size, uint32_t n) { }
+static inline void harden_carve(SuperSlab *ss, Span *s, char *p, uint32_t n) { }
 #endif
 
 #if HAK_HARDEN_QUARANTINE

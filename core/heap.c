@@ -331,7 +331,7 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
     if (n > s->fresh)
         n = s->fresh;
     const uint16_t *order = NULL;
-    harden_carve(p, bs, n);
+    harden_carve(ss, s, p, n);
 #if HAK_HARDEN_RANDOM_ORDER
     static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
     if (!rng)

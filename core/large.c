@@ -71,10 +71,17 @@ size_t large_usable(const LargeHeader *h, const void *p)
     return HAK_HARDEN_CANARY ? h->size : large_room(h, p);
 }
 
-/* Canaries of a large block: the header's padding words, then its tail. */
+/* Canaries of a large block: the header's padding words, then its tail.
+ * Each word is a full 64-bit mix (splitmix64's finaliser) of the cookie
+ * and its index: a plain product of the cookie left low bytes that
+ * depended on a few bits of the secret, and one byte in twenty had a
+ * value a stray write of 1 would not change. */
 static uint64_t pad_canary(const LargeHeader *h, unsigned i)
 {
-    return h->cookie * (2 * i + 3) ^ hak_secret;
+    uint64_t x = h->cookie + (i + 1) * 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
 }
 
 static void large_arm(LargeHeader *h, char *p)

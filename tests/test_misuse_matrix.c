@@ -50,10 +50,21 @@ static void *L(void *p) { return tu_launder(p); }
 static void prevented(void) { _exit(PREVENTED); }
 
 /* ---- overflow and underflow: one byte at a distance, or a copy ---- */
-static void over_at(size_t n, size_t d) { char *p = L(malloc(n)); ((volatile char *)p)[n + d - 1] = 1; free(L(p)); }
-static void over_copy(size_t n, size_t d) { char *p = L(malloc(n)); memcpy(p, src, n + d); free(L(p)); }
-static void under_at(size_t n, size_t d) { char *p = L(malloc(n)); ((volatile char *)p)[-(ptrdiff_t)d] = 1; free(L(p)); }
-static void under_copy(size_t n, size_t d) { char *p = L(malloc(n)); memcpy(p - d, src, d); free(L(p)); }
+/* Each stray write changes the byte it hits (a write of the value already
+ * there is no misuse any allocator could see, and canaries are random: a
+ * fixed value would match one byte in 256 and make the cell flaky).  The
+ * copies' sources are the complement of what they overwrite. */
+static void flip(char *p) { ((volatile char *)p)[0] ^= (char)0xA5; }
+static void copy_over(char *dst, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        src[i] = (char)~((volatile char *)dst)[i];
+    memcpy(dst, src, len);
+}
+static void over_at(size_t n, size_t d) { char *p = L(malloc(n)); flip(p + n + d - 1); free(L(p)); }
+static void over_copy(size_t n, size_t d) { char *p = L(malloc(n)); copy_over(p, n + d); free(L(p)); }
+static void under_at(size_t n, size_t d) { char *p = L(malloc(n)); flip(p - d); free(L(p)); }
+static void under_copy(size_t n, size_t d) { char *p = L(malloc(n)); copy_over(p - d, d); free(L(p)); }
 static void over_1(size_t n) { over_at(n, 1); }
 static void over_32(size_t n) { over_at(n, 32); }
 static void over_1m(size_t n) { over_at(n, MiB); }
@@ -286,7 +297,6 @@ int main(void)
     unsigned mit = hak_mitigations();
     bool hardened = mit == HAK_MIT_ALL;
     CHECK(mit == 0 || hardened, "a build with some mitigations (%#x): no expected table", mit);
-    memset(src, 0x77, sizeof src);
 #ifdef MATRIX_PEERS
     const char *build = getenv("MATRIX_NAME") ? getenv("MATRIX_NAME") : "peer";
 #else
