@@ -30,9 +30,6 @@
 #include <time.h>
 #include <string.h>
 
-#define MAX_RESERVATIONS 4096
-#define RESERVE_MIN      ((size_t)32 << 20)
-#define RESERVE_MAX      ((size_t)1 << 30)
 
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
@@ -107,7 +104,6 @@ static void decay(void)
  * expires (at most four wake-ups per decay time) or, with nothing dirty,
  * until a free makes something dirty again.  It blocks every signal, so
  * that none of the program's handlers ever runs on it. */
-#define PURGER_MIN_DIRTY ((size_t)16 << 20)
 static pthread_cond_t purger_cond;
 static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */

@@ -279,10 +279,9 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
 /* already make system calls there.                                      */
 
 #if HAK_HARDEN_QUARANTINE
-#define LARGE_QUARANTINE 32
 /* Extents wait resident (PROT_NONE, so refaulting them costs nothing when
- * they are reused) up to this many bytes; past it they are purged. */
-#define LARGE_QUARANTINE_RESIDENT ((size_t)128 << 20)
+ * they are reused) up to LARGE_QUARANTINE_RESIDENT bytes; past it they
+ * are purged. */
 typedef struct LargeWait { char *ext; size_t len; const void *p; bool resident; } LargeWait;
 static HakLock lq_lock = HAK_LOCK_INIT;
 static LargeWait lq[LARGE_QUARANTINE];

@@ -47,7 +47,7 @@ static inline void hak_lock(HakLock *l)
     if (unlikely(hak_fork_locks_held))
         return;
     bool waited = false;
-    for (int i = 0; i < 256; i++, waited = true)
+    for (int i = 0; i < LOCK_SPIN; i++, waited = true)
         if (pthread_mutex_trylock(&l->m) == 0)
             goto got;
         else
@@ -121,13 +121,13 @@ static inline size_t slab_request(size_t size)
 }
 #define HAK_SLAB_REQUEST_MAX (HAK_SMALL_MAX - HAK_CANARY_SIZE)
 
-/* ---- size classes (heap.c) ---- */
+/* ---- size classes (size_class.c) ---- */
 extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
 extern HAK_HIDDEN ClassInfo hak_classes[HAK_NCLASS + 1];
 unsigned size_class_compute(size_t size);
 static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15) >> 4]; }
 
-/* ---- thread heaps (heap.c) ---- */
+/* ---- thread heaps (heap.c, span.c, free.c; heaps_stats in stats.c) ---- */
 extern HAK_HIDDEN __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);

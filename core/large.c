@@ -23,7 +23,6 @@
 #define LARGE_LIVE   ((uintptr_t)0x4c41524745u)      /* "LARGE" */
 #define LARGE_FREED  ((uintptr_t)0x4652454544u)      /* "FREED" */
 #define HDR          sizeof(LargeHeader)
-#define MREMAP_MIN   ((size_t)1 << 20) /* move pages instead of copying above this */
 
 _Static_assert(sizeof(LargeHeader) == 64, "LargeHeader is 64 bytes");
 

@@ -26,12 +26,6 @@
 #include <string.h>
 
 #define EXACT_PAGES  32
-#define FRONT_CAP    ((size_t)8 << 20)  /* bytes one heap's front keeps */
-#define NSHARD       8
-#define REFILL       16                  /* extents kept per shard visit  */
-#define UP_CLASSES   2
-#define MISSES_FLUSH 3                   /* misses in a row that flush    */
-#define CENTRAL_CAP  ((size_t)64 << 20) /* over it: to the extents at once */
 #define LINK_OFFSET  32                  /* in LargeHeader's padding      */
 #define RELAXED      memory_order_relaxed
 _Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= sizeof(LargeHeader),
@@ -42,7 +36,7 @@ typedef struct Shard {
     _Atomic size_t bytes;
 } __attribute__((aligned(64))) Shard;
 
-static Shard shards[NSHARD];
+static Shard shards[LARGE_NSHARD];
 static _Atomic unsigned next_shard;
 /* Bytes held by the large tier (live blocks and cached extents) and their
  * peak: written when extents come from or go back to the extents only. */
@@ -95,7 +89,7 @@ size_t large_cache_round(size_t len)
 void large_front_init(LargeFront *f)
 {
     memset(f, 0, sizeof *f);
-    f->shard = atomic_fetch_add_explicit(&next_shard, 1, memory_order_relaxed) % NSHARD;
+    f->shard = atomic_fetch_add_explicit(&next_shard, 1, memory_order_relaxed) % LARGE_NSHARD;
 }
 
 /* ---- held bytes (statistics) ---- */
@@ -130,7 +124,7 @@ static void release(CachedExtent *c)
 size_t large_cache_central_bytes(void)
 {
     size_t total = 0;
-    for (unsigned i = 0; i < NSHARD; i++)
+    for (unsigned i = 0; i < LARGE_NSHARD; i++)
         total += atomic_load(&shards[i].bytes);
     return total;
 }
@@ -152,7 +146,7 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
     if (!list)
         return;
     size_t total = large_cache_central_bytes() + bytes;
-    if (total > CENTRAL_CAP) {
+    if (total > LARGE_CENTRAL_CAP) {
         release(list); /* over the cap: straight back to the extents */
         return;
     }
@@ -174,13 +168,13 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
 }
 
 /* Take an extent of class c from the central cache, home shard first: the
- * whole stack is taken, one extent is the caller's, up to REFILL - 1 more
+ * whole stack is taken, one extent is the caller's, up to LARGE_REFILL - 1 more
  * go to the front, and the rest is pushed back. */
 static char *central_get(LargeFront *f, unsigned c, size_t *len)
 {
     unsigned home = f ? f->shard : 0;
-    for (unsigned i = 0; i < NSHARD; i++) {
-        Shard *s = &shards[(home + i) % NSHARD];
+    for (unsigned i = 0; i < LARGE_NSHARD; i++) {
+        Shard *s = &shards[(home + i) % LARGE_NSHARD];
         if (!atomic_load_explicit(&s->list[c], RELAXED))
             continue;
         CachedExtent *got = atomic_exchange_explicit(&s->list[c], NULL, memory_order_acquire);
@@ -189,7 +183,7 @@ static char *central_get(LargeFront *f, unsigned c, size_t *len)
         CachedExtent *rest = got->next;
         size_t taken = got->len;
         if (f && c < HAK_LARGE_NCLASS) {
-            for (unsigned k = 1; k < REFILL && rest && f->bytes < FRONT_CAP / 2; k++) {
+            for (unsigned k = 1; k < LARGE_REFILL && rest && f->bytes < LARGE_FRONT_CAP / 2; k++) {
                 CachedExtent *more = rest;
                 rest = more->next;
                 more->next = f->bin[c];
@@ -235,9 +229,9 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
     if (pages > MAX_PAGES)
         return NULL;
     unsigned c = class_up(pages);
-    /* the class, or one up to UP_CLASSES above (a size within 25% over):
+    /* the class, or one up to LARGE_UP_CLASSES above (a size within 25% over):
      * a bigger extent is better than fresh memory */
-    for (unsigned k = c; f && k < HAK_LARGE_NCLASS && k <= c + UP_CLASSES; k++)
+    for (unsigned k = c; f && k < HAK_LARGE_NCLASS && k <= c + LARGE_UP_CLASSES; k++)
         if (f->bin[k]) {
             CachedExtent *e = f->bin[k];
             f->bin[k] = e->next;
@@ -252,7 +246,7 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
     /* A miss.  Many in a row mean sizes that rarely meet their class again:
      * the extents the front holds go back to the extents, which reuse them
      * by best fit for any size, rather than fresh memory being taken. */
-    if (++f->misses >= MISSES_FLUSH) {
+    if (++f->misses >= LARGE_MISSES_FLUSH) {
         size_t bytes = 0;
         release(front_take(f, 0, &bytes));
         f->misses = 0;
@@ -276,9 +270,9 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     e->next = f->bin[c];
     f->bin[c] = e;
     f->bytes += len;
-    if (unlikely(f->bytes > FRONT_CAP)) { /* the biggest go, down to half */
+    if (unlikely(f->bytes > LARGE_FRONT_CAP)) { /* the biggest go, down to half */
         size_t bytes = 0;
-        CachedExtent *list = front_take(f, FRONT_CAP / 2, &bytes);
+        CachedExtent *list = front_take(f, LARGE_FRONT_CAP / 2, &bytes);
         central_put(f, list, bytes);
     }
     return true;
@@ -299,7 +293,7 @@ void large_front_flush(LargeFront *f)
 uint64_t large_cache_decay(bool all)
 {
     uint64_t now = os_now_ms(), next_due = 0, decay = (uint64_t)hak_opt.decay_ms;
-    for (unsigned i = 0; i < NSHARD; i++) {
+    for (unsigned i = 0; i < LARGE_NSHARD; i++) {
         Shard *s = &shards[i];
         if (!atomic_load_explicit(&s->bytes, RELAXED))
             continue;

@@ -7,8 +7,6 @@
 
 #define NBINS       144          /* 4 per power of two, pages up to 2^35  */
 #define BINWORDS    ((NBINS + 63) / 64)
-#define SCAN_MAX    32           /* ranges looked at in one bin            */
-#define BIG_EXTENT  ((size_t)4 << 20) /* placed from the top of a range   */
 #define HASH_BITS0  10
 #define POOL_BYTES  ((size_t)64 << 10)
 
@@ -265,7 +263,7 @@ FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at
         for (unsigned b = bin_next_nonempty(kind, bin_of(len)); b < NBINS && !best;
              b = bin_next_nonempty(kind, b + 1)) {
             unsigned seen = 0;
-            for (FreeRange *r = bins[kind][b]; r && seen < SCAN_MAX; r = r->bin_next, seen++)
+            for (FreeRange *r = bins[kind][b]; r && seen < RANGE_SCAN_MAX; r = r->bin_next, seen++)
                 if (fits(r, len, align, offset) && (!best || r->len < best->len))
                     best = r;
         }

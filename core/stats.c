@@ -5,6 +5,8 @@
  * or kept in global relaxed counters (syscalls, fallbacks).
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
+#include "heap.h"
+#include "registry.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -100,3 +102,110 @@ __attribute__((destructor)) static void hak_stats_at_exit(void)
     if (hak_opt.stats)
         hak_stats_print();
 }
+
+/* ------------------------------------------------------------------ */
+/* The walk over every heap's spans and fronts                        */
+
+/* HAKMEM_STATS: the cross-thread frees each heap's threads sent, for the
+ * busiest heaps (where threads collide on each other's spans). */
+void heaps_report_remote(void)
+{
+    enum { TOP = 8 };
+    Heap *top[TOP] = { 0 };
+    uint64_t sent[TOP] = { 0 };
+    unsigned n = 0, idx = 0, heap_no[TOP] = { 0 };
+    hak_lock(&heaps_mutex);
+    for (Heap *h = all_heaps; h; h = h->all_next, idx++) {
+        uint64_t total = 0;
+        for (unsigned c = 0; c < HAK_NCLASS; c++)
+            total += __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
+        if (!total)
+            continue;
+        unsigned k = n < TOP ? n++ : TOP - 1;
+        if (k == TOP - 1 && n == TOP && total <= sent[k])
+            continue;
+        while (k > 0 && sent[k - 1] < total) { /* keep them sorted */
+            top[k] = top[k - 1]; sent[k] = sent[k - 1]; heap_no[k] = heap_no[k - 1];
+            k--;
+        }
+        top[k] = h; sent[k] = total; heap_no[k] = idx;
+    }
+    hak_unlock(&heaps_mutex);
+    char buf[160];
+    for (unsigned i = 0; i < n; i++) {
+        snprintf(buf, sizeof buf, "  heap %u: %llu cross-thread frees sent\n", heap_no[i],
+                 (unsigned long long)sent[i]);
+        hak_write_stderr(buf);
+    }
+}
+
+/* Bytes in use are summed over the spans of every heap, less the blocks
+ * cached in thread fronts.  Other threads change their lists meanwhile:
+ * each SuperSlab pointer is checked against the registry before it is
+ * followed, the extent lock keeps every reservation mapped, and a heap's
+ * front pointer is cleared under heaps_mutex before its thread's TLS goes
+ * away; so the figures may be slightly inexact but reading never faults. */
+void heaps_stats(struct hak_stats *st, ClassStats *by_class)
+{
+    uint64_t out[HAK_NCLASS] = { 0 };
+    hak_lock(&heaps_mutex);
+    extent_lock();
+    for (Heap *h = all_heaps; h; h = h->all_next) {
+        ThreadCache *tc = h->front;
+        for (unsigned c = 0; c < HAK_NCLASS; c++) {
+            uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
+            uint64_t rf = __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
+            uint64_t a = h->allocs[c];
+            if (tc) {
+                a += __atomic_load_n(&tc->allocs[c], __ATOMIC_RELAXED);
+                out[c] -= __atomic_load_n(&tc->count[c], __ATOMIC_RELAXED);
+            }
+            st->slab_refills += r;
+            st->remote_frees += rf;
+            if (by_class) {
+                by_class[c].refills += r;
+                by_class[c].remote_frees += rf;
+                by_class[c].allocs += a;
+            }
+        }
+        SuperSlab *ss = __atomic_load_n(&h->superslabs, __ATOMIC_RELAXED);
+        for (unsigned n = 0; ss && n < (1u << 20); n++) {
+            if (((uintptr_t)ss & (HAK_CHUNK_SIZE - 1)) || registry_kind(ss) != CHUNK_SUPERSLAB)
+                break;
+            for (unsigned i = 1; i < HAK_SLABS_PER_SS; i++) {
+                Span *s = &ss->spans[i];
+                uint8_t k = __atomic_load_n(&s->nslabs, __ATOMIC_RELAXED);
+                uint8_t c = __atomic_load_n(&s->cls, __ATOMIC_RELAXED);
+                if (!k || ss->span_head[i] != i || c >= HAK_NCLASS)
+                    continue;
+                out[c] += __atomic_load_n(&s->used, __ATOMIC_RELAXED);
+            }
+            ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
+        }
+        st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
+        st->tiny_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[0], __ATOMIC_RELAXED);
+        st->tiny_span_peak += (uint64_t)__atomic_load_n(&h->span_peak[0], __ATOMIC_RELAXED);
+        st->mid_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[1], __ATOMIC_RELAXED);
+        st->mid_span_peak += (uint64_t)__atomic_load_n(&h->span_peak[1], __ATOMIC_RELAXED);
+        st->large_allocs += __atomic_load_n(&h->large.allocs, __ATOMIC_RELAXED);
+        st->large_frees += __atomic_load_n(&h->large.frees, __ATOMIC_RELAXED);
+        st->large_bytes_in_use += (uint64_t)__atomic_load_n(&h->large.bytes_out, __ATOMIC_RELAXED);
+        size_t cached = __atomic_load_n(&h->large.bytes, __ATOMIC_RELAXED);
+        st->bytes_cached += cached; /* freed large extents, still resident */
+        st->bytes_dirty += cached;
+    }
+    st->lock_heaps_acquired = heaps_mutex.acquired;
+    st->lock_heaps_contended = heaps_mutex.contended;
+    extent_unlock();
+    hak_unlock(&heaps_mutex);
+    for (unsigned c = 0; c < HAK_NCLASS; c++) {
+        if ((int64_t)out[c] < 0) /* a racing front: never report negative */
+            out[c] = 0;
+        uint64_t bytes = out[c] * hak_classes[c].block_size;
+        if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
+        if (by_class) by_class[c].out += out[c];
+    }
+    st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
+
+}
+

@@ -51,6 +51,7 @@
 #include <stdint.h>
 
 #include "mitigations.h"
+#include "tunables.h"
 
 #define HAK_CHUNK_SHIFT   21
 #define HAK_CHUNK_SIZE    ((size_t)1 << HAK_CHUNK_SHIFT)        /* 2 MiB */
@@ -61,7 +62,6 @@
 #define HAK_PAGE_SIZE     ((size_t)1 << HAK_PAGE_SHIFT)
 #define HAK_PAGES_PER_SS  (HAK_CHUNK_SIZE / HAK_PAGE_SIZE)             /* 512 */
 #define HAK_MAX_SPAN      8          /* slabs in the longest span */
-#define HAK_QUARANTINE_SLOTS 256     /* hardened: freed blocks held per thread */
 
 #define HAK_NCLASS        43         /* size classes of tiny + mid */
 #define HAK_NCLASS_TINY   20         /* classes 0..19 are <= 1 KiB */
@@ -73,7 +73,7 @@
  * freed block cannot steer a later malloc to an arbitrary address.  The
  * second word holds hak_free_mark, a random per-process value, while the
  * block is free, and is cleared when malloc hands it out: a free() that
- * finds the mark is most likely a double free, and is checked (heap.c,
+ * finds the mark is most likely a double free, and is checked (free.c,
  * front_free_slow) before anything is written. */
 typedef struct Block { uintptr_t next_enc; uintptr_t free_mark; } Block;
 
@@ -86,7 +86,7 @@ enum span_state {
 
 /* thread_free low bit: the span is FULL and the owner is not looking at it;
  * the first remote free must hand its block to heap->delayed instead, which
- * wakes the span up (see heap.c, span_free_remote). */
+ * wakes the span up (see free.c, span_free_remote). */
 #define SPAN_NOTIFY ((uintptr_t)1)
 
 struct Heap;
@@ -169,7 +169,7 @@ typedef struct Heap {
     uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
                                         /* blocks of other heaps             */
     uint64_t  superslabs_live;
-    int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see heap.c        */
+    int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see span.c        */
     LargeFront large;
 } Heap;
 

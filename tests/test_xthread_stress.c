@@ -48,22 +48,25 @@ static void add_size(size_t n, unsigned c)
     sizes[nsizes++] = n;
 }
 
+/* Each class's largest size and its neighbours: 16..128 by 16, then 5/4,
+ * 6/4, 7/4 and 8/4 of each power of two (the last class ends at 52 KiB). */
+static void add_boundary(size_t size, unsigned c)
+{
+    if (size > HAK_MID_MAX) size = HAK_MID_MAX;
+    add_size(size - 1, c);
+    add_size(size, c);
+    add_size(size + 1, c);
+}
+
 static void sizes_init(void)
 {
     add_size(1, 0);
-    for (unsigned c = 0; c < NCLASS; c++) {
-        size_t size;
-        if (c < 8) {
-            size = 16 * (c + 1);
-        } else {
-            unsigned lg = 7 + (c - 8) / 4, sub = (c - 8) % 4;
-            size = ((size_t)1 << lg) + (sub + 1) * ((size_t)1 << (lg - 2));
-        }
-        if (size > HAK_MID_MAX) size = HAK_MID_MAX;
-        add_size(size - 1, c);
-        add_size(size, c);
-        add_size(size + 1, c);
-    }
+    unsigned c = 0;
+    for (size_t size = 16; size <= 128; size += 16)
+        add_boundary(size, c++);
+    for (size_t pow2 = 128; c < NCLASS; pow2 *= 2)
+        for (size_t quarters = 5; quarters <= 8 && c < NCLASS; quarters++)
+            add_boundary(pow2 * quarters / 4, c++);
 }
 
 /* ---- pattern ---------------------------------------------------------- */

@@ -1,0 +1,154 @@
+/* The slow paths of free: an owner's free that looks wrong (double free
+ * or not a block), the thread front flushing back to its spans, frees
+ * from other threads (lock-free, into the span or the owner's delayed
+ * list) and the owner draining that list.
+ * SPDX-License-Identifier: MIT */
+#include "harden.h"
+#include "heap.h"
+#include "registry.h"
+
+/* Is b on the list that starts at x?  At most max links are followed, and
+ * each one is checked to be a block of h before it is read. */
+static bool list_has(Heap *h, Block *x, const Block *b, uint64_t max)
+{
+    for (; x && max; max--) {
+        if (x == b)
+            return true;
+        if (registry_kind(x) != CHUNK_SUPERSLAB || superslab_of(x)->owner != h)
+            hak_fatal("corrupted free list (use after free?) at", x);
+        x = block_next_fast(x);
+    }
+    return false;
+}
+
+/* The owner's free of b found something unusual: b is not a block start of
+ * a carved slab, or it carries the free mark.  Either the misuse is
+ * reported, or (the mark was the program's own data) b is freed as usual.  A free block is on one of four
+ * lists: the thread front, its span's own list, its span's cross-thread
+ * list or the heap's delayed list; only the owner removes blocks from
+ * the last two, so walking them from a snapshot of their head is safe. */
+void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
+{
+    Span *s = span_of(ss, b);
+    if (!block_is_valid(ss, s, b)) {
+        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        return;
+    }
+    ThreadCache *tc = &hak_tc;
+    Heap *h = tc->heap;
+    uint32_t cap = span_capacity(s);
+    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
+    if (list_has(h, tc->free[s->cls], b, tc->count[s->cls]) || list_has(h, s->free, b, cap) ||
+        (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
+        list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
+        hak_invalid_pointer("double free", b);
+        return;
+    }
+    front_push(tc, cls, b);
+}
+
+/* Give all but keep blocks of the thread front back to their spans. */
+void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
+{
+    /* The list holds exactly count blocks; a block freed twice makes it
+     * longer (a cycle), which must end in a report, not an endless walk.
+     * The newest blocks go back: they are the ones still in the cache, so
+     * walking them costs no misses (like tcmalloc's release to the central
+     * list); the older ones stay for the next mallocs. */
+    uint32_t count = tc->count[cls];
+    if (keep >= count)
+        return;
+    Block *b = tc->free[cls];
+    for (uint32_t left = count - keep; left; left--) {
+        SuperSlab *ss = superslab_of(b);
+        /* The blocks were checked when they were freed; a link that leads
+         * out of this heap's SuperSlabs means the list was overwritten. */
+        if (unlikely(!b || registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
+            hak_fatal("corrupted thread free list (use after free?) at", b);
+        Block *next = block_next_fast(b);
+        Span *s = span_of(ss, b);
+        HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
+        block_set_next(b, s->free);
+        s->free = b;
+        if (unlikely(--s->used == 0 || s->state == SPAN_FULL))
+            span_after_put(h, ss, s);
+        b = next;
+    }
+    tc->free[cls] = b;
+    tc->count[cls] = keep;
+    if (unlikely(!keep && b != NULL))
+        hak_fatal("thread free list longer than its count (double free?) at", b);
+}
+
+/* hak_free found the thread front of cls over its limit. */
+void front_overflow(unsigned cls)
+{
+    ThreadCache *tc = &hak_tc;
+    front_flush(tc->heap, tc, cls, hak_classes[cls].front_max / 2);
+    purger_poll();
+}
+
+static void delayed_push(Heap *h, Block *b)
+{
+    Block *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
+    do {
+        block_set_next(b, head);
+    } while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, b,
+                                                    memory_order_release, memory_order_relaxed));
+}
+
+void span_free_remote(SuperSlab *ss, Span *s, Block *b)
+{
+    /* Read everything we need before publishing the block: once it is on
+     * thread_free the owner may empty and release the span. */
+    Heap *owner = ss->owner;
+    if (unlikely(!block_is_valid(ss, s, b))) {
+        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        return;
+    }
+    /* Counted per heap, never in a shared counter: a thread that only
+     * frees (a consumer) gets a heap for it, once. */
+    Heap *mine = hak_tc.heap;
+    if (unlikely(!mine) && !hak_tc.exited)
+        mine = heap_acquire(&hak_tc, true);
+    if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
+    b->free_mark = hak_free_mark;
+    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
+    for (;;) {
+        if (tf == SPAN_NOTIFY) {
+            /* The span is FULL and its owner is not watching: claim the
+             * notification and give the block to the heap, which puts the
+             * span back on its partial list. */
+            if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, 0,
+                                                      memory_order_acq_rel, memory_order_relaxed)) {
+                delayed_push(owner, b);
+                return;
+            }
+            continue;
+        }
+        if (unlikely((Block *)tf == b)) {
+            hak_invalid_pointer("double free", b);
+            return;
+        }
+        block_set_next(b, (Block *)tf);
+        if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
+    }
+}
+
+/* Blocks on the delayed list come from many SuperSlabs: decode the links
+ * without the same-SuperSlab check, but require each to be in one. */
+void heap_drain_delayed(Heap *h)
+{
+    Block *b = atomic_exchange_explicit(&h->delayed, NULL, memory_order_acquire);
+    while (b) {
+        Block *next = (Block *)(b->next_enc ^ hak_secret);
+        if (next && registry_kind(next) != CHUNK_SUPERSLAB)
+            hak_fatal("corrupted delayed-free list at", b);
+        SuperSlab *ss = superslab_of(b);
+        span_put(h, ss, span_of(ss, b), b);
+        b = next;
+    }
+}
+

@@ -1,0 +1,39 @@
+/* What the files of the slab tiers' slow paths share: size_class.c (the
+ * class table), span.c (SuperSlabs and spans), free.c (the slow paths of
+ * free) and heap.c (refill, heap life cycle, fork); stats.c walks the
+ * heaps.  Each function is owned by one thread at a time: the heap's
+ * thread, or whoever holds an abandoned heap (HEAP_BUSY).
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_HEAP_H
+#define HAK_HEAP_H
+
+#include "internal.h"
+
+#define FULL_MASK (~(uint32_t)1) /* slabs 1..31 of a SuperSlab: slab 0 is the header */
+
+/* size_class.c */
+void   classes_init(void);
+
+/* span.c */
+void   partial_push(Heap *h, Span *s);
+void   partial_remove(Heap *h, Span *s);
+Span  *span_new(Heap *h, unsigned cls);
+/* All free blocks of s for the thread front (*count of them), or NULL. */
+Block *span_take(Heap *h, SuperSlab *ss, Span *s, uint32_t *count);
+/* b goes back to s; true if that released the whole SuperSlab. */
+bool   span_put(Heap *h, SuperSlab *ss, Span *s, Block *b);
+bool   span_after_put(Heap *h, SuperSlab *ss, Span *s);
+bool   span_release(Heap *h, SuperSlab *ss, Span *s);
+void   superslab_to_extents(SuperSlab *ss);
+
+/* free.c */
+void   front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep);
+void   heap_drain_delayed(Heap *h);
+
+/* heap.c */
+extern HAK_HIDDEN HakLock heaps_mutex;   /* the heap list and the abandoned list */
+extern HAK_HIDDEN Heap   *all_heaps;     /* every heap, linked by all_next */
+extern HAK_HIDDEN Heap   *abandoned_heaps; /* heaps of exited threads, LIFO */
+Heap  *heap_acquire(ThreadCache *tc, bool at_exit);
+
+#endif

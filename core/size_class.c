@@ -1,0 +1,63 @@
+/* Size classes: the table of block sizes, span lengths and thread-front
+ * caps, filled once at start-up (classes_init), and the size -> class map.
+ * SPDX-License-Identifier: MIT */
+#include "heap.h"
+
+uint8_t   hak_class_of[(HAK_SMALL_MAX >> 4) + 1];
+ClassInfo hak_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
+
+/* Size classes: 16..128 by 16, then four classes per power of two up to
+ * 52 KiB (at most 25% apart, so internal waste stays low).              */
+
+unsigned size_class_compute(size_t size)
+{
+    if (size <= 128)
+        return size ? (unsigned)((size - 1) >> 4) : 0;
+    size_t s = size - 1;
+    unsigned lg = 63 - (unsigned)__builtin_clzl(s);
+    return 8 + (lg - 7) * 4 + (unsigned)((s >> (lg - 2)) & 3);
+}
+
+void classes_init(void)
+{
+    for (unsigned c = 0; c < HAK_NCLASS; c++) {
+        size_t size;
+        if (c < 8) {
+            size = 16 * (c + 1);
+        } else {
+            unsigned lg = 7 + (c - 8) / 4, sub = (c - 8) % 4;
+            size = ((size_t)1 << lg) + (sub + 1) * ((size_t)1 << (lg - 2));
+        }
+        if (size > HAK_SMALL_MAX)
+            size = HAK_SMALL_MAX;
+        /* Span length: enough slabs for SPAN_MIN_BLOCKS blocks (a refill
+         * then finds a useful batch of frees), and for mid classes the
+         * fewest beyond that whose blocks waste at most 1/32, else the
+         * least waste. */
+        unsigned kmin = (unsigned)((SPAN_MIN_BLOCKS * size + HAK_SLAB_SIZE - 1) / HAK_SLAB_SIZE);
+        if (kmin > HAK_MAX_SPAN) kmin = HAK_MAX_SPAN;
+        if (kmin < 1) kmin = 1;
+        unsigned best = kmin;
+        if (c >= HAK_NCLASS_TINY) {
+            size_t best_waste = HAK_SLAB_SIZE;
+            for (unsigned k = kmin; k <= HAK_MAX_SPAN; k++) {
+                size_t bytes = k * HAK_SLAB_SIZE, waste = bytes % size;
+                if (waste * 32 <= bytes) { best = k; break; }
+                if (waste * best * HAK_SLAB_SIZE < best_waste * bytes) {
+                    best = k;
+                    best_waste = waste;
+                }
+            }
+        }
+        /* Thread fronts keep up to FRONT_BYTES of a class (at least 32 and
+         * at most 2048 blocks) before flushing half back to the spans. */
+        size_t front = FRONT_BYTES / size;
+        front = front < 32 ? 32 : front > 2048 ? 2048 : front;
+        /* (the hardened build keeps each span's last page as a guard) */
+        hak_classes[c] = (ClassInfo){ UINT64_MAX / size + 1, (uint32_t)size,
+                                      (uint32_t)((best * HAK_SLAB_SIZE - HAK_GUARD_SIZE) / size),
+                                      (uint32_t)front, (uint8_t)best };
+    }
+    for (size_t i = 0; i <= (HAK_SMALL_MAX >> 4); i++)
+        hak_class_of[i] = (uint8_t)size_class_compute(i << 4);
+}

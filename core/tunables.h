@@ -1,0 +1,69 @@
+/* The tunables: every number that sets how much hakmem caches, carves,
+ * reserves or waits, in one place, each with the reason for its value.
+ * (The layout constants, SuperSlab and slab sizes and the class count,
+ * are in types.h; the run-time options, HAKMEM_*, in options.c.)
+ * SPDX-License-Identifier: MIT */
+#ifndef HAK_TUNABLES_H
+#define HAK_TUNABLES_H
+
+#include <stddef.h>
+
+/* ---- locks (internal.h) ---- */
+/* Tries before a shared lock sleeps: its holders run a few hundred
+ * instructions, so a waiter usually gets it without a futex. */
+#define LOCK_SPIN            256
+
+/* ---- thread fronts and spans (size_class.c, span.c, heap.c) ---- */
+/* Fresh blocks carved per refill: one page's worth, so carving touches
+ * memory a page at a time (at least 4 blocks). */
+#define CARVE_BYTES          4096
+/* A span holds at least this many blocks: a refill then finds a useful
+ * batch of frees in it. */
+#define SPAN_MIN_BLOCKS      128
+/* A thread front keeps up to this many bytes of a class (at least 32 and
+ * at most 2048 blocks) before flushing half back to the spans. */
+#define FRONT_BYTES          ((size_t)256 << 10)
+/* Abandoned heaps are collected at most this often (ms) when a SuperSlab
+ * is about to be mapped. */
+#define COLLECT_INTERVAL_MS  50
+
+/* ---- extents (extent.c, ranges.c) ---- */
+/* Reservations from the OS: the first is RESERVE_MIN, doubling every
+ * second one up to RESERVE_MAX; a request bigger than that gets its own. */
+#define RESERVE_MIN          ((size_t)32 << 20)
+#define RESERVE_MAX          ((size_t)1 << 30)
+#define MAX_RESERVATIONS     4096
+/* The purger thread starts only once this much waits for decay, so that
+ * small programs never get one. */
+#define PURGER_MIN_DIRTY     ((size_t)16 << 20)
+/* Ranges looked at in one size bin: best fit among them. */
+#define RANGE_SCAN_MAX       32
+/* Extents this big are placed at the top of their range, the others at
+ * the bottom, so that holes left by big buffers stay big. */
+#define BIG_EXTENT           ((size_t)4 << 20)
+
+/* ---- the large tier (large.c, large_cache.c) ---- */
+/* realloc of a large block moves its pages (mremap) above this size and
+ * copies below it. */
+#define MREMAP_MIN           ((size_t)1 << 20)
+/* A heap's front of cached extents holds up to this many bytes. */
+#define LARGE_FRONT_CAP      ((size_t)8 << 20)
+/* Shards of the central cache, and extents taken from one per visit. */
+#define LARGE_NSHARD         8
+#define LARGE_REFILL         16
+/* A request may take a cached extent up to this many classes bigger. */
+#define LARGE_UP_CLASSES     2
+/* Misses in a row after which a front gives its extents back. */
+#define LARGE_MISSES_FLUSH   3
+/* Past this many bytes in the central cache, extents go to the extents. */
+#define LARGE_CENTRAL_CAP    ((size_t)64 << 20)
+
+/* ---- the hardened build (harden.c) ---- */
+/* Freed small blocks each thread holds in quarantine (a ring). */
+#define HAK_QUARANTINE_SLOTS 256
+/* Freed large extents held in quarantine, and the bytes of them kept
+ * resident (PROT_NONE) rather than purged. */
+#define LARGE_QUARANTINE     32
+#define LARGE_QUARANTINE_RESIDENT ((size_t)128 << 20)
+
+#endif
