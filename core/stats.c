@@ -68,9 +68,9 @@ HAK_API void hak_stats_print(void)
          mib(st.tiny_bytes_in_use), mib(st.tiny_span_bytes), mib(st.tiny_span_peak));
     LINE("  mid:   %.2f MiB in blocks out, spans %.2f MiB (peak %.2f MiB)\n",
          mib(st.mid_bytes_in_use), mib(st.mid_span_bytes), mib(st.mid_span_peak));
-    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use (peak %.2f MiB)\n",
+    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use (peak %.2f MiB), %.2f MiB cached\n",
          (unsigned long long)st.large_allocs, (unsigned long long)st.large_frees,
-         mib(st.large_bytes_in_use), mib(st.large_bytes_peak));
+         mib(st.large_bytes_in_use), mib(st.large_bytes_peak), mib(st.large_bytes_cached));
     LINE("  cross-thread frees %llu, thread-front refills %llu\n",
          (unsigned long long)st.remote_frees, (unsigned long long)st.slab_refills);
     LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu reused from the cache\n",
@@ -193,6 +193,7 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
         size_t cached = __atomic_load_n(&h->large.bytes, __ATOMIC_RELAXED);
         st->bytes_cached += cached; /* freed large extents, still resident */
         st->bytes_dirty += cached;
+        st->large_bytes_cached += cached;
     }
     st->lock_heaps_acquired = heaps_mutex.acquired;
     st->lock_heaps_contended = heaps_mutex.contended;

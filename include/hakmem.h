@@ -104,6 +104,9 @@ struct hak_stats {
     /* The shared locks: times taken, and times a thread had to wait. */
     uint64_t lock_heaps_acquired, lock_heaps_contended;     /* heap list */
     uint64_t lock_extents_acquired, lock_extents_contended; /* extents   */
+    uint64_t large_bytes_cached;  /* freed large extents kept for reuse by
+                                     size class (heap fronts and the
+                                     central cache; also in bytes_cached) */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */

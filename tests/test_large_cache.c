@@ -2,7 +2,7 @@
  * large class are reused with their contents intact and never overlap,
  * across threads (a block freed by another thread goes to that thread's
  * front), when threads exit with cached blocks, after malloc_trim, and in a
- * forked child.
+ * forked child; blocks of a MiB and more are kept only up to a small cap.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
 #include <stdatomic.h>
@@ -13,8 +13,9 @@
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
 
-/* Sizes around every large class boundary up to 40 MiB (classes: every
- * page count below 128 KiB, then 8 per power of two up to 32 MiB). */
+/* Sizes around every large class boundary, and past the last, up to 40
+ * MiB (classes: every page count below 128 KiB, then 8 per power of two
+ * up to 4 MiB). */
 static size_t sizes[512];
 static unsigned nsizes;
 
@@ -205,6 +206,33 @@ static void trim(void)
           (unsigned long long)(s1.bytes_dirty >> 20));
 }
 
+/* Extents of a MiB and more come in too many classes to meet their size
+ * again often: past a small share of the central cache they go back to
+ * the extents (which reuse them for any size) instead of being kept by
+ * class.  40 blocks of distinct classes from 1.1 to 3.9 MiB (about 100
+ * MiB) are freed; the large cache keeps at most a heap front (8 MiB) and
+ * that share (16 MiB), plus the block that crossed it. */
+static void big_extents(void)
+{
+    enum { N = 40 };
+    static unsigned char *b[N];
+    malloc_trim(0); /* start with an empty cache */
+    for (int i = 0; i < N; i++) {
+        size_t n = 1100 * KiB + (size_t)i * 72 * KiB;
+        b[i] = malloc(n);
+        CHECK(b[i] != NULL, "malloc(%zu)", n);
+        if (b[i]) { b[i][0] = 1; b[i][n - 1] = 1; }
+    }
+    for (int i = 0; i < N; i++)
+        free(b[i]);
+    struct hak_stats s = tu_stats();
+    CHECK(s.large_bytes_cached <= 28 * MiB, "%llu MiB of big freed extents kept by class",
+          (unsigned long long)(s.large_bytes_cached >> 20));
+    CHECK(s.large_bytes_cached >= 4 * MiB, "no big freed extent cached (%llu KiB)",
+          (unsigned long long)(s.large_bytes_cached >> 10));
+    malloc_trim(0);
+}
+
 /* A forked child reuses the parent's cached extents, and they are intact
  * in the parent afterwards. */
 static void fork_child(void)
@@ -242,6 +270,7 @@ int main(void)
     threads();
     thread_exit();
     trim();
+    big_extents();
     fork_child();
     return TU_DONE();
 }
