@@ -87,9 +87,8 @@ static uint64_t decay_now(uint64_t now)
 /* Inside extent operations (never on the malloc/free fast path): the full
  * decay at most every decay/4 ms (with a decay time of 0, at every one),
  * the cap at every one. */
-static void decay(void)
+static void decay(uint64_t now)
 {
-    uint64_t now = os_now_ms();
     uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
     if (!hak_opt.decay_ms || now - last_decay_ms >= period)
         decay_now(now);
@@ -261,7 +260,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && is_pow2(align) && align >= HAK_PAGE_SIZE);
     uintptr_t at;
     extent_lock();
-    decay();
+    decay(os_now_ms());
     FreeRange *f = range_find_fit(len, align, offset, &at);
     if (!f) {
         extent_unlock();
@@ -272,16 +271,22 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
             return NULL;
         }
     }
+    /* The parts left below and above keep the record (the lower one if
+     * there are two) and never carry more resident bytes than the whole. */
     FreeRange r = *f;
-    range_remove(f);
-    if (at > r.start) {
-        size_t d = range_part_dirty(&r, at - r.start);
-        free_range_locked(r.start, at - r.start, r.dirty_since, d);
-        r.dirty -= d; /* the parts never carry more than the whole */
+    size_t below = at - r.start, above = r.start + r.len - (at + len);
+    size_t d_below = range_part_dirty(&r, below);
+    size_t d_above = range_part_dirty(&r, above) < r.dirty - d_below ? range_part_dirty(&r, above)
+                                                                     : r.dirty - d_below;
+    if (below) {
+        range_trim(f, r.start, below, d_below);
+        if (above)
+            free_range_locked(at + len, above, r.dirty_since, d_above);
+    } else if (above) {
+        range_trim(f, at + len, above, d_above);
+    } else {
+        range_remove(f);
     }
-    if (at + len < r.start + r.len)
-        free_range_locked(at + len, r.start + r.len - (at + len), r.dirty_since,
-                          range_part_dirty(&r, r.start + r.len - (at + len)));
     extent_unlock();
     if (HAK_GUARD_SIZE && !os_protect((void *)at, len, true)) {
         extent_free((void *)at, len);
@@ -302,7 +307,7 @@ void extent_free(void *p, size_t len)
      * and decay would see the range as 2^64 ms old and purge it at once. */
     uint64_t now = os_now_ms();
     free_range_locked((uintptr_t)p, len, now ? now : 1, len);
-    decay();
+    decay(now);
     if (range_bytes_dirty && hak_opt.decay_ms) {
         if (purger_idle) { /* it sleeps with nothing to do: one wake-up */
             purger_idle = false;

@@ -200,39 +200,76 @@ void range_remove(FreeRange *r)
     node_put(r);
 }
 
+/* Take r out of the bins, the dirty list and the hash tables, to be put
+ * back with new bounds (relink). */
+static void unlink_all(FreeRange *r)
+{
+    bin_del(r);
+    if (r->dirty_since)
+        dirty_del(r);
+    hash_del(r);
+    range_bytes_free -= r->len;
+    range_bytes_dirty -= r->dirty;
+}
+
+static void relink(FreeRange *r)
+{
+    bin_add(r);
+    if (r->dirty_since)
+        dirty_add(r);
+    hash_add(r);
+    range_bytes_free += r->len;
+    range_bytes_dirty += r->dirty;
+}
+
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
 {
-    FreeRange *r = node_get();
-    if (!r)
-        return false;
     if (!dirty_since)
         dirty = 0;
-    FreeRange *prev = extent_reservation_edge(start) ? NULL : find_by_end(start);
-    FreeRange *next = extent_reservation_edge(start + len) ? NULL : range_starting_at(start + len);
     HAK_ASSERT(!range_starting_at(start));
-    if (prev) {
-        start = prev->start;
-        len += prev->len;
-        dirty += prev->dirty;
-        if (prev->dirty_since > dirty_since) dirty_since = prev->dirty_since;
-        range_remove(prev);
+    /* Neighbours first (usually none), the reservation edges only then. */
+    FreeRange *prev = find_by_end(start), *next = range_starting_at(start + len);
+    if (prev && extent_reservation_edge(start))
+        prev = NULL;
+    if (next && extent_reservation_edge(start + len))
+        next = NULL;
+    /* Merged into a neighbour's record, or a record of its own. */
+    FreeRange *r = prev ? prev : next;
+    if (r) {
+        unlink_all(r);
+    } else {
+        if (!(r = node_get()))
+            return false;
+        *r = (FreeRange){ .start = start, .len = 0 };
+        if (++nranges > ((size_t)1 << hash_bits))
+            hash_grow();
     }
-    if (next) {
-        len += next->len;
-        dirty += next->dirty;
-        if (next->dirty_since > dirty_since) dirty_since = next->dirty_since;
-        range_remove(next);
+    FreeRange *other = prev && next ? next : NULL;
+    if (r == next || !prev)
+        r->start = start;
+    r->len += len;
+    r->dirty += dirty;
+    if (dirty_since > r->dirty_since)
+        r->dirty_since = dirty_since;
+    if (other) {
+        r->len += other->len;
+        r->dirty += other->dirty;
+        if (other->dirty_since > r->dirty_since)
+            r->dirty_since = other->dirty_since;
+        range_remove(other);
     }
-    *r = (FreeRange){ .start = start, .len = len, .dirty_since = dirty_since, .dirty = dirty };
-    bin_add(r);
-    if (dirty_since)
-        dirty_add(r);
-    if (++nranges > ((size_t)1 << hash_bits))
-        hash_grow();
-    hash_add(r);
-    range_bytes_free += len;
-    range_bytes_dirty += dirty;
+    relink(r);
     return true;
+}
+
+void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
+{
+    HAK_ASSERT(len && start >= r->start && start + len <= r->start + r->len && dirty <= r->dirty);
+    unlink_all(r);
+    r->start = start;
+    r->len = len;
+    r->dirty = r->dirty_since ? dirty : 0;
+    relink(r);
 }
 
 bool range_purge(FreeRange *r)

@@ -35,6 +35,9 @@ extern HAK_HIDDEN size_t range_bytes_free, range_bytes_dirty, range_bytes_purged
  * memory): the caller then loses the range. */
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty);
 void range_remove(FreeRange *r);
+/* r shrinks to [start, start + len) (inside it), with dirty of its
+ * resident bytes; it keeps its age. */
+void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty);
 /* A range that holds len bytes at an address a with (a + offset) a multiple
  * of align, resident ones first, each time the smallest size bin that has
  * one (sizes in a bin are at most 19% apart); *at is where the extent
