@@ -188,20 +188,8 @@ FreeRange *ranges_dirty(void) { return dirty_list; }
 FreeRange *ranges_dirty_oldest(void) { return dirty_tail; }
 
 /* ---- the operations ---- */
-void range_remove(FreeRange *r)
-{
-    bin_del(r);
-    if (r->dirty_since)
-        dirty_del(r);
-    hash_del(r);
-    range_bytes_free -= r->len;
-    range_bytes_dirty -= r->dirty;
-    nranges--;
-    node_put(r);
-}
-
-/* Take r out of the bins, the dirty list and the hash tables, to be put
- * back with new bounds (relink). */
+/* Take r out of the bins, the dirty list and the hash tables: for good
+ * (range_remove) or to be put back with new bounds (relink). */
 static void unlink_all(FreeRange *r)
 {
     bin_del(r);
@@ -210,6 +198,13 @@ static void unlink_all(FreeRange *r)
     hash_del(r);
     range_bytes_free -= r->len;
     range_bytes_dirty -= r->dirty;
+}
+
+void range_remove(FreeRange *r)
+{
+    unlink_all(r);
+    nranges--;
+    node_put(r);
 }
 
 static void relink(FreeRange *r)
