@@ -233,6 +233,47 @@ static void big_extents(void)
     malloc_trim(0);
 }
 
+/* A thread that finds neither its front nor the central cache holding its
+ * class takes an extent up to two classes bigger from the central cache
+ * (as from its front) before it goes to the extents.  One thread leaves
+ * about 10 MiB of extents of one class there (its front overflows); a
+ * second thread asks for a size one class smaller: the central cache
+ * serves it. */
+static void free_class_above(int idx, void *ctx)
+{
+    enum { N = 64 };
+    static unsigned char *b[N];
+    for (int i = 0; i < N; i++)
+        b[i] = malloc(55 * 4096 - 64); /* 55 pages with the header: class 56 */
+    for (int i = 0; i < N; i++)
+        free(b[i]);
+}
+static void take_class_below(int idx, void *ctx)
+{
+    enum { N = 20 };
+    unsigned char *b[N];
+    for (int i = 0; i < N; i++) {
+        b[i] = malloc(50 * 4096 - 64); /* class 52 */
+        fill(b[i], 50 * 4096 - 64, (uint64_t)i);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK(verify(b[i], 50 * 4096 - 64, (uint64_t)i), "block %d overwritten", i);
+        free(b[i]);
+    }
+}
+static void central_up_classes(void)
+{
+    malloc_trim(0);
+    tu_run_threads(1, free_class_above, NULL);
+    size_t before = tu_stats().large_bytes_cached;
+    CHECK(before >= 4 * MiB, "the central cache got %zu KiB", before >> 10);
+    tu_run_threads(1, take_class_below, NULL); /* its front goes to the extents at exit */
+    size_t after = tu_stats().large_bytes_cached;
+    CHECK(after + 20 * 224 * KiB <= before, "central cache %zu KiB -> %zu KiB: not reused",
+          before >> 10, after >> 10);
+    malloc_trim(0);
+}
+
 /* A forked child reuses the parent's cached extents, and they are intact
  * in the parent afterwards. */
 static void fork_child(void)
@@ -271,6 +312,7 @@ int main(void)
     thread_exit();
     trim();
     big_extents();
+    central_up_classes();
     fork_child();
     return TU_DONE();
 }
