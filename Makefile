@@ -15,8 +15,57 @@ HDR     := $(wildcard core/*.h) include/hakmem.h
 BENCHES := bench_random_mixed larson bench_mid_large_mt bench_large bench_large_mt bench_fragment bench_prodcons
 TESTSRC := $(wildcard tests/test_*.c)
 
-OBJ_release := $(SRC:core/%.c=out/release/obj/%.o)
-OBJ_debug   := $(SRC:core/%.c=out/debug/obj/%.o)
+# ---- Build variants ---------------------------------------------------------
+# release, debug: the libraries; secure: the hardened library (canaries,
+#   guard pages, random order; installed as libhakmem-secure.so, see
+#   docs/ARCHITECTURE.md); fault: the debug build with -DHAK_FAULT_INJECTION
+#   (hak_fault_inject);
+# ubsan, tsan, fuzz: clang builds without the glibc names
+#   (-DHAK_NO_GLIBC_NAMES): the sanitizer runtime interposes malloc itself,
+#   so their drivers call hak_* only.  (-Wno-unused-function: valloc and
+#   pvalloc exist only as glibc names.)
+# Each variant has its compiler (CC_v), flags (CFLAGS_v) and the flags its
+# tests link with (SANFLAGS_v); one template makes its objects, libraries
+# and test binaries.
+SAN_CC  ?= clang
+NOGLIBC := -DHAK_NO_GLIBC_NAMES -Wno-unused-function
+VARIANTS := release debug secure fault ubsan tsan fuzz
+CFLAGS_secure := $(CFLAGS_release) -DHAK_SECURE
+CFLAGS_fault  := $(CFLAGS_debug) -DHAK_FAULT_INJECTION
+SANFLAGS_ubsan := -fsanitize=undefined -fno-sanitize-recover=all
+SANFLAGS_tsan  := -fsanitize=thread
+CFLAGS_ubsan  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) $(SANFLAGS_ubsan)
+CFLAGS_tsan   := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) $(SANFLAGS_tsan)
+CFLAGS_fuzz   := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=fuzzer-no-link,address
+CC_release := $(CC)
+CC_debug   := $(CC)
+CC_secure  := $(CC)
+CC_fault   := $(CC)
+CC_ubsan   := $(SAN_CC)
+CC_tsan    := $(SAN_CC)
+CC_fuzz    := $(SAN_CC)
+TESTFLAGS := -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude -Itests $(WARN)
+TESTHDR   := tests/testutil.h tests/api_table.h
+# Where each variant's test sources are (the first that has the name wins).
+TESTDIRS_release := tests tests/fault
+TESTDIRS_debug   := tests tests/fault
+TESTDIRS_secure  := tests tests/secure
+TESTDIRS_fault   := tests/fault
+TESTDIRS_ubsan   := tests/sanitize
+TESTDIRS_tsan    := tests/sanitize
+
+define variant
+OBJ_$(1) := $$(SRC:core/%.c=out/$(1)/obj/%.o)
+out/$(1)/obj/%.o: core/%.c $$(HDR) | out/$(1)/obj
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -c $$< -o $$@
+$$(foreach d,$$(TESTDIRS_$(1)),$$(eval $$(call variant_tests,$(1),$$(d))))
+endef
+# Tests link the static library, so both hak_* and malloc are hakmem's.
+define variant_tests
+out/$(1)/tests/%: $(2)/%.c $$(TESTHDR) out/$(1)/libhakmem.a | out/$(1)/tests
+	$$(CC_$(1)) $$(TESTFLAGS) $$(SANFLAGS_$(1)) -o $$@ $$< out/$(1)/libhakmem.a -lm
+endef
+$(foreach v,$(VARIANTS),$(eval $(call variant,$(v))))
 
 .SECONDEXPANSION:
 .SECONDARY:
@@ -25,59 +74,28 @@ all release: out/release/libhakmem.so out/release/libhakmem.a out/secure/libhakm
              $(BENCHES:%=out/release/%) $(TESTSRC:tests/%.c=out/release/tests/%)
 debug: out/debug/libhakmem.so out/debug/libhakmem.a $(TESTSRC:tests/%.c=out/debug/tests/%)
 
-out/release/obj/%.o: core/%.c $(HDR) | out/release/obj
-	$(CC) $(CFLAGS_release) -c $< -o $@
-out/debug/obj/%.o: core/%.c $(HDR) | out/debug/obj
-	$(CC) $(CFLAGS_debug) -c $< -o $@
-
 out/%/libhakmem.so: $$(OBJ_$$*)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-z,now -Wl,-z,nodelete -Wl,--version-script=core/exports.map
 out/%/libhakmem.a: $$(OBJ_$$*)
 	rm -f $@ && ar rcs $@ $^
 
 # Benchmarks call plain malloc/free: one binary for every allocator (LD_PRELOAD).
+BENCHFLAGS := -O2 -g -std=gnu11 -D_GNU_SOURCE -pthread
 out/release/bench_%: bench/bench_%.c bench/bench_util.h | out/release
-	$(CC) -O2 -g -std=gnu11 -D_GNU_SOURCE -pthread -o $@ $< -lm
+	$(CC) $(BENCHFLAGS) -o $@ $< -lm
 out/release/larson: bench/larson.c bench/bench_util.h | out/release
-	$(CC) -O2 -g -std=gnu11 -D_GNU_SOURCE -pthread -o $@ $< -lm
+	$(CC) $(BENCHFLAGS) -o $@ $< -lm
 
-# Tests link the static library, so both hak_* and malloc are hakmem's.
-out/release/tests/%: tests/%.c tests/testutil.h out/release/libhakmem.a | out/release/tests
-	$(CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude $(WARN) -o $@ $< out/release/libhakmem.a -lm
-out/debug/tests/%: tests/%.c tests/testutil.h out/debug/libhakmem.a | out/debug/tests
-	$(CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude $(WARN) -o $@ $< out/debug/libhakmem.a -lm
-
-out/release out/debug out/release/obj out/debug/obj out/release/tests out/debug/tests:
+out/release out/fuzz $(foreach v,$(VARIANTS),out/$(v)/obj out/$(v)/tests):
 	mkdir -p $@
 
-# ---- Fault injection, sanitizer and fuzzing builds ------------------------
-# out/fault:  the debug build with -DHAK_FAULT_INJECTION (hak_fault_inject)
-# out/ubsan, out/tsan, out/fuzz: clang builds without the glibc names
-#   (-DHAK_NO_GLIBC_NAMES): the sanitizer runtime interposes malloc itself,
-#   so their drivers call hak_* only.  (-Wno-unused-function: valloc and
-#   pvalloc exist only as glibc names.)
-SAN_CC  ?= clang
-NOGLIBC := -DHAK_NO_GLIBC_NAMES -Wno-unused-function
-CFLAGS_fault := $(CFLAGS_debug) -DHAK_FAULT_INJECTION
-# out/secure: the hardened library (canaries, guard pages, random order),
-# installed as libhakmem-secure.so; see docs/ARCHITECTURE.md.
-CFLAGS_secure := $(CFLAGS_release) -DHAK_SECURE
-OBJ_secure := $(SRC:core/%.c=out/secure/obj/%.o)
-SECURE_TESTS := test_hardened test_misuse_matrix test_xthread_stress test_align test_mt_prodcons test_stress test_fork test_thread_churn test_foreign test_realloc_race test_fork_handlers test_tls_dtors
-CFLAGS_ubsan := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=undefined -fno-sanitize-recover=all
-CFLAGS_tsan  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=thread
-CFLAGS_fuzz  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) -fsanitize=fuzzer-no-link,address
-SANFLAGS_ubsan := -fsanitize=undefined -fno-sanitize-recover=all
-SANFLAGS_tsan  := -fsanitize=thread
-OBJ_fault := $(SRC:core/%.c=out/fault/obj/%.o)
-OBJ_ubsan := $(SRC:core/%.c=out/ubsan/obj/%.o)
-OBJ_tsan  := $(SRC:core/%.c=out/tsan/obj/%.o)
-OBJ_fuzz  := $(SRC:core/%.c=out/fuzz/obj/%.o)
-TESTFLAGS := -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude -Itests $(WARN)
+# ---- What tests/run.sh runs besides out/{release,debug}/tests/test_* ------
+# The hardened build runs its own test and the tests that do not depend on
+# the exact tier boundaries (canaries add 8 bytes to each block): the list
+# is tests/secure/tests.list, which run.sh reads too.
+SECURE_TESTS := $(shell cat tests/secure/tests.list)
 FUZZ_SECONDS ?= 60
 FUZZ_SEED    ?= 0
-
-# Everything tests/run.sh runs besides out/{release,debug}/tests/test_*.
 # The sanitizer and fuzzing builds need clang with its runtimes: on a
 # machine with gcc alone they are left out, and run.sh prints a SKIP line
 # for each (HAK_SANITIZERS=no).
@@ -87,6 +105,8 @@ HAVE_SAN := $(shell printf 'int main(void){return 0;}' | \
               $(SAN_CC) -x c -fsanitize=thread -o /dev/null - >/dev/null 2>&1 && \
               printf 'int main(void){return 0;}' | \
               $(SAN_CC) -x c -fsanitize=address,undefined -o /dev/null - >/dev/null 2>&1 && echo yes)
+# (oom_ulimit allocates until malloc fails: run.sh runs it only under a
+# small ulimit -v.)
 CHECK_BINS := $(SECURE_TESTS:%=out/secure/tests/%) out/fault/tests/test_fault out/release/tests/oom_ulimit out/debug/tests/oom_ulimit \
               $(if $(HAVE_SAN),$(SAN_BINS))
 
@@ -95,35 +115,8 @@ fault: out/fault/libhakmem.a out/fault/tests/test_fault
 sanitize: out/ubsan/tests/san_api out/ubsan/tests/san_threads out/tsan/tests/san_api out/tsan/tests/san_threads
 fuzz: out/fuzz/fuzz_api
 
-out/fault/obj/%.o: core/%.c $(HDR) | out/fault/obj
-	$(CC) $(CFLAGS_fault) -c $< -o $@
-out/secure/obj/%.o: core/%.c $(HDR) | out/secure/obj
-	$(CC) $(CFLAGS_secure) -c $< -o $@
-out/secure/tests/test_hardened: tests/secure/test_hardened.c tests/testutil.h out/secure/libhakmem.a | out/secure/tests
-	$(CC) $(TESTFLAGS) -o $@ $< out/secure/libhakmem.a -lm
-out/secure/tests/%: tests/%.c tests/testutil.h out/secure/libhakmem.a | out/secure/tests
-	$(CC) $(TESTFLAGS) -o $@ $< out/secure/libhakmem.a -lm
-out/ubsan/obj/%.o: core/%.c $(HDR) | out/ubsan/obj
-	$(SAN_CC) $(CFLAGS_ubsan) -c $< -o $@
-out/tsan/obj/%.o: core/%.c $(HDR) | out/tsan/obj
-	$(SAN_CC) $(CFLAGS_tsan) -c $< -o $@
-out/fuzz/obj/%.o: core/%.c $(HDR) | out/fuzz/obj
-	$(SAN_CC) $(CFLAGS_fuzz) -c $< -o $@
-
-out/fault/tests/test_fault: tests/fault/test_fault.c tests/testutil.h out/fault/libhakmem.a | out/fault/tests
-	$(CC) $(TESTFLAGS) -o $@ $< out/fault/libhakmem.a -lm
-# Allocates until malloc fails: only ever run under a small ulimit -v.
-out/release/tests/oom_ulimit: tests/fault/oom_ulimit.c tests/testutil.h out/release/libhakmem.a | out/release/tests
-	$(CC) $(TESTFLAGS) -o $@ $< out/release/libhakmem.a -lm
-out/debug/tests/oom_ulimit: tests/fault/oom_ulimit.c tests/testutil.h out/debug/libhakmem.a | out/debug/tests
-	$(CC) $(TESTFLAGS) -o $@ $< out/debug/libhakmem.a -lm
-out/ubsan/tests/%: tests/sanitize/%.c tests/testutil.h out/ubsan/libhakmem.a | out/ubsan/tests
-	$(SAN_CC) $(TESTFLAGS) $(SANFLAGS_ubsan) -o $@ $< out/ubsan/libhakmem.a -lm
-out/tsan/tests/%: tests/sanitize/%.c tests/testutil.h out/tsan/libhakmem.a | out/tsan/tests
-	$(SAN_CC) $(TESTFLAGS) $(SANFLAGS_tsan) -o $@ $< out/tsan/libhakmem.a -lm
 out/fuzz/fuzz_api: tests/fuzz/fuzz_api.c out/fuzz/libhakmem.a | out/fuzz
-	$(SAN_CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude $(WARN) -fsanitize=fuzzer,address \
-	    -o $@ $< out/fuzz/libhakmem.a -lm
+	$(SAN_CC) $(TESTFLAGS) -fsanitize=fuzzer,address -o $@ $< out/fuzz/libhakmem.a -lm
 
 # make fuzz-run [FUZZ_SECONDS=60] [FUZZ_SEED=0 (random)]: new inputs go to
 # out/fuzz/corpus (tests/fuzz/corpus is the read-only seed corpus), crashes
@@ -132,10 +125,6 @@ fuzz-run: out/fuzz/fuzz_api
 	mkdir -p out/fuzz/corpus
 	out/fuzz/fuzz_api -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) -timeout=30 \
 	    -artifact_prefix=out/fuzz/ out/fuzz/corpus tests/fuzz/corpus
-
-out/secure/obj out/secure/tests out/fault out/fault/obj out/fault/tests out/ubsan/obj out/ubsan/tests out/tsan/obj out/tsan/tests \
-out/fuzz out/fuzz/obj:
-	mkdir -p $@
 
 test: all debug $(CHECK_BINS)
 	HAK_SANITIZERS=$(if $(HAVE_SAN),yes,no) bash tests/run.sh

@@ -4,33 +4,8 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <stdint.h>
+#include "api_table.h"
 #include "testutil.h"
-
-struct api {
-    const char *name;
-    void *(*malloc)(size_t);
-    void (*free)(void *);
-    void *(*calloc)(size_t, size_t);
-    void *(*realloc)(void *, size_t);
-    void *(*reallocarray)(void *, size_t, size_t);
-    int (*posix_memalign)(void **, size_t, size_t);
-    void *(*aligned_alloc)(size_t, size_t);
-    void *(*memalign)(size_t, size_t);
-    size_t (*usable)(const void *);
-};
-
-static size_t libc_usable(const void *p) { return malloc_usable_size((void *)p); }
-
-/* Called through volatile pointers so the compiler cannot apply its
- * builtin knowledge of malloc (errno, NULL, size folding). */
-static const struct api libc_api = {
-    "libc", malloc, free, calloc, realloc, reallocarray, posix_memalign,
-    aligned_alloc, memalign, libc_usable,
-};
-static const struct api hak_api = {
-    "hak", hak_malloc, hak_free, hak_calloc, hak_realloc, hak_reallocarray,
-    hak_posix_memalign, hak_aligned_alloc, hak_memalign, hak_usable_size,
-};
 
 static int global_var;
 
@@ -325,27 +300,21 @@ static void test_usable(const struct api *volatile A)
 
 static void test_kinds(void)
 {
-    static const size_t tiny[] = { 1, 2, 8, 16, 17, 512, 1000, 1023, 1024 };
-    static const size_t mid[] = { 1025, 1026, 2000, 4096, 32768, 49152, 53247, 53248 };
-    static const size_t large[] = { 53249, 53250, 65536, 100000, 1 << 20, 8 << 20 };
-    for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) {
-        void *p = malloc(tiny[i]), *q = hak_malloc(tiny[i]);
-        CHECK(hak_ptr_kind(p) == HAK_KIND_TINY, "kind(malloc(%zu)) = %d", tiny[i], hak_ptr_kind(p));
-        CHECK(hak_ptr_kind(q) == HAK_KIND_TINY, "kind(hak_malloc(%zu)) = %d", tiny[i], hak_ptr_kind(q));
-        free(p);
-        hak_free(q);
-    }
-    for (size_t i = 0; i < sizeof mid / sizeof *mid; i++) {
-        void *p = malloc(mid[i]), *q = hak_malloc(mid[i]);
-        CHECK(hak_ptr_kind(p) == HAK_KIND_MID, "kind(malloc(%zu)) = %d", mid[i], hak_ptr_kind(p));
-        CHECK(hak_ptr_kind(q) == HAK_KIND_MID, "kind(hak_malloc(%zu)) = %d", mid[i], hak_ptr_kind(q));
-        free(p);
-        hak_free(q);
-    }
-    for (size_t i = 0; i < sizeof large / sizeof *large; i++) {
-        void *p = malloc(large[i]), *q = hak_malloc(large[i]);
-        CHECK(hak_ptr_kind(p) == HAK_KIND_LARGE, "kind(malloc(%zu)) = %d", large[i], hak_ptr_kind(p));
-        CHECK(hak_ptr_kind(q) == HAK_KIND_LARGE, "kind(hak_malloc(%zu)) = %d", large[i], hak_ptr_kind(q));
+    static const struct { size_t size; enum hak_kind kind; } cases[] = {
+        { 1, HAK_KIND_TINY }, { 2, HAK_KIND_TINY }, { 8, HAK_KIND_TINY }, { 16, HAK_KIND_TINY },
+        { 17, HAK_KIND_TINY }, { 512, HAK_KIND_TINY }, { 1000, HAK_KIND_TINY },
+        { 1023, HAK_KIND_TINY }, { 1024, HAK_KIND_TINY },
+        { 1025, HAK_KIND_MID }, { 1026, HAK_KIND_MID }, { 2000, HAK_KIND_MID },
+        { 4096, HAK_KIND_MID }, { 32768, HAK_KIND_MID }, { 49152, HAK_KIND_MID },
+        { 53247, HAK_KIND_MID }, { 53248, HAK_KIND_MID },
+        { 53249, HAK_KIND_LARGE }, { 53250, HAK_KIND_LARGE }, { 65536, HAK_KIND_LARGE },
+        { 100000, HAK_KIND_LARGE }, { 1 << 20, HAK_KIND_LARGE }, { 8 << 20, HAK_KIND_LARGE },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t n = cases[i].size;
+        void *p = malloc(n), *q = hak_malloc(n);
+        CHECK(hak_ptr_kind(p) == cases[i].kind, "kind(malloc(%zu)) = %d", n, hak_ptr_kind(p));
+        CHECK(hak_ptr_kind(q) == cases[i].kind, "kind(hak_malloc(%zu)) = %d", n, hak_ptr_kind(q));
         free(p);
         hak_free(q);
     }

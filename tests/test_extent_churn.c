@@ -15,7 +15,6 @@
 #include <malloc.h>
 #include "testutil.h"
 
-#define MiB ((size_t)1 << 20)
 enum { BLOCKS = 40000, ROUNDS = 6, SAMPLE_EVERY = 16, PAT = 4096 };
 
 static unsigned char *blk[BLOCKS];

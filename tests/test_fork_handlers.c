@@ -14,7 +14,6 @@
 #include <sys/wait.h>
 #include "testutil.h"
 
-#define MiB ((size_t)1 << 20)
 enum { WORKERS = 3, FORKS_MAIN = 8, FORKS_THREAD = 8 };
 
 static unsigned long prepare_runs, parent_runs, child_runs;

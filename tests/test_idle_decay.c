@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include "testutil.h"
 
-#define MiB ((size_t)1 << 20)
 #define DECAY_MS "200"
 #define LARGE_TOTAL (224 * MiB)
 #define SMALL_TOTAL (32 * MiB)

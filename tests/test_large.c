@@ -4,7 +4,6 @@
 #include <malloc.h>
 #include "testutil.h"
 
-#define MiB ((size_t)1 << 20)
 
 static void touch_and_check(char *p, size_t n, uint64_t seed)
 {

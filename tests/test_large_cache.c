@@ -10,8 +10,6 @@
 #include <sys/wait.h>
 #include "testutil.h"
 
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
 
 /* Sizes around every large class boundary, and past the last, up to 40
  * MiB (classes: every page count below 128 KiB, then 8 per power of two

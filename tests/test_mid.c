@@ -6,13 +6,7 @@
 
 static int check_block(void *p, size_t n)
 {
-    CHECK(p != NULL, "malloc(%zu) = NULL", n);
-    if (!p) return 0;
-    size_t us = malloc_usable_size(p);
-    CHECK(us >= n && us <= HAK_MID_MAX, "malloc(%zu): usable %zu", n, us);
-    CHECK(hak_ptr_kind(p) == HAK_KIND_MID, "malloc(%zu): kind %d", n, hak_ptr_kind(p));
-    CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p not 16-aligned", n, p);
-    return 1;
+    return tu_check_block(p, n, 16, HAK_KIND_MID, "malloc");
 }
 
 static void sizes(void)
@@ -23,25 +17,17 @@ static void sizes(void)
                                   24575, 24576, 24577, 32767, 32768, 32769, 40959, 40960,
                                   40961, 49151, 49152, 49153, 53247, 53248 };
     enum { PER = 6, NB = 43 + (53248 - 1025) / 97 + 1 };
-    static struct { void *p; size_t n; } b[NB * PER];
+    static tu_block b[NB * PER];
     size_t nb = 0;
     for (size_t i = 0; i < sizeof bnd / sizeof *bnd + (53248 - 1025) / 97 + 1; i++) {
         size_t n = i < sizeof bnd / sizeof *bnd ? bnd[i] : 1025 + 97 * (i - sizeof bnd / sizeof *bnd);
         if (n > HAK_MID_MAX) continue;
         for (int k = 0; k < PER; k++) {
             void *p = (k & 1) ? hak_malloc(n) : malloc(n);
-            if (!check_block(p, n)) continue;
-            tu_fill(p, malloc_usable_size(p), nb);
-            b[nb].p = p;
-            b[nb].n = n;
-            nb++;
+            if (check_block(p, n)) tu_keep(b, &nb, p, n);
         }
     }
-    for (size_t i = 0; i < nb; i++)
-        if (tu_verify(b[i].p, malloc_usable_size(b[i].p), i) != TU_OK)
-            CHECK(0, "%zu-byte block %p overwritten by another block", b[i].n, b[i].p);
-    TU_COUNT(1);
-    for (size_t i = 0; i < nb; i++) (i & 2 ? hak_free : free)(b[i].p);
+    tu_kept_check(b, nb, "boundaries and sweep");
 }
 
 /* ---- cross-thread frees: producer allocates, consumer frees ---------- */

@@ -41,7 +41,6 @@ void cxx_delete_array_sized(void *p, size_t n) __asm__("_ZdaPvm");
 #define hak_mitigations() 0u /* not hakmem's expected tables */
 #endif
 
-#define MiB ((size_t)1 << 20)
 #define PREVENTED 2
 static const size_t tier_size[3] = { 100, 20000, 300000 };
 static char src[MiB + 300000 + 64]; /* memcpy source for the overflows */

@@ -2,67 +2,57 @@
  * interleaved realloc'd blocks, same-size realloc.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
+#include <stdbool.h>
 #include "testutil.h"
 
 typedef void *(*realloc_fn)(void *, size_t);
+
+/* One link of a chain: realloc *p from *have to n bytes.  The bytes both
+ * sizes hold keep their pattern, the new ones get it.  False (reported)
+ * if realloc failed or lost content. */
+static bool step(realloc_fn re, const char *name, const char *phase, char **p, size_t *have,
+                 size_t n, uint64_t seed)
+{
+    char *q = re(*p, n);
+    CHECK(q != NULL, "%s %s: realloc %zu -> %zu failed", name, phase, *have, n);
+    if (!q)
+        return false;
+    *p = q;
+    CHECK(malloc_usable_size(q) >= n, "%s usable %zu < %zu", name, malloc_usable_size(q), n);
+    size_t bad = tu_verify_idx(q, *have < n ? *have : n, seed);
+    CHECK(bad == TU_OK, "%s %s: content lost %zu -> %zu (byte %zu)", name, phase, *have, n, bad);
+    if (bad != TU_OK)
+        return false;
+    if (n > *have)
+        tu_fill_idx(q, *have, n, seed);
+    *have = n;
+    return true;
+}
 
 static void chain(realloc_fn re, const char *name, uint64_t seed)
 {
     char *p = NULL;
     size_t have = 0;
     /* +1 steps through tiny and the start of mid */
-    for (size_t n = 1; n <= 2200; n++) {
-        char *q = re(p, n);
-        CHECK(q != NULL, "%s grow to %zu", name, n);
-        if (!q) return;
-        p = q;
-        CHECK(malloc_usable_size(p) >= n, "%s usable %zu < %zu", name, malloc_usable_size(p), n);
-        if (tu_verify_idx(p, have, seed) != TU_OK) {
-            CHECK(0, "%s +1 chain: content lost growing %zu -> %zu (byte %zu)", name, have, n,
-                  tu_verify_idx(p, have, seed));
+    for (size_t n = 1; n <= 2200; n++)
+        if (!step(re, name, "+1 chain", &p, &have, n, seed))
             break;
-        }
-        tu_fill_idx(p, have, n, seed);
-        have = n;
-    }
     TU_COUNT(1);
     /* geometric growth to 64 MiB, with odd sizes */
-    for (size_t n = have; n < ((size_t)64 << 20);) {
-        n = n * 3 / 2 + 7;
-        if (n > ((size_t)64 << 20)) n = (size_t)64 << 20;
-        char *q = re(p, n);
-        CHECK(q != NULL, "%s grow to %zu", name, n);
-        if (!q) break;
-        p = q;
-        CHECK(malloc_usable_size(p) >= n, "%s usable %zu < %zu", name, malloc_usable_size(p), n);
-        size_t bad = tu_verify_idx(p, have, seed);
-        CHECK(bad == TU_OK, "%s geometric: content lost growing %zu -> %zu (byte %zu)", name,
-              have, n, bad);
-        tu_fill_idx(p, have, n, seed);
-        have = n;
+    for (size_t n = have; n < 64 * MiB;) {
+        n = n * 3 / 2 + 7 < 64 * MiB ? n * 3 / 2 + 7 : 64 * MiB;
+        if (!step(re, name, "geometric growth", &p, &have, n, seed))
+            break;
     }
     /* shrink back down: geometric, then -1 steps */
     for (size_t n = have; n > 1500;) {
         n = n * 2 / 3 - 3;
-        char *q = re(p, n);
-        CHECK(q != NULL, "%s shrink to %zu", name, n);
-        if (!q) break;
-        p = q;
-        CHECK(malloc_usable_size(p) >= n, "%s usable %zu < %zu", name, malloc_usable_size(p), n);
-        size_t bad = tu_verify_idx(p, n, seed);
-        CHECK(bad == TU_OK, "%s shrink: content lost %zu -> %zu (byte %zu)", name, have, n, bad);
-        have = n;
-    }
-    for (size_t n = have - 1; n >= 1; n--) {
-        char *q = re(p, n);
-        CHECK(q != NULL, "%s shrink to %zu", name, n);
-        if (!q) break;
-        p = q;
-        if (tu_verify_idx(p, n, seed) != TU_OK) {
-            CHECK(0, "%s -1 chain: content lost shrinking to %zu", name, n);
+        if (!step(re, name, "geometric shrink", &p, &have, n, seed))
             break;
-        }
     }
+    for (size_t n = have - 1; n >= 1; n--)
+        if (!step(re, name, "-1 chain", &p, &have, n, seed))
+            break;
     TU_COUNT(1);
     free(p);
 }

@@ -18,7 +18,6 @@
 #include <sys/mman.h>
 #include "testutil.h"
 
-#define MiB   ((size_t)1 << 20)
 #define OLD   (40 * MiB)
 #define NEW   (120 * MiB)
 #define BMAP  (8 * MiB)

@@ -6,12 +6,7 @@
 
 static void check_block(void *p, size_t n, const char *what)
 {
-    CHECK(p != NULL, "%s(%zu) = NULL", what, n);
-    if (!p) return;
-    size_t us = malloc_usable_size(p);
-    CHECK(us >= n && us <= HAK_TINY_MAX, "%s(%zu): usable %zu", what, n, us);
-    CHECK(hak_ptr_kind(p) == HAK_KIND_TINY, "%s(%zu): kind %d", what, n, hak_ptr_kind(p));
-    CHECK(((uintptr_t)p & 15) == 0, "%s(%zu) = %p not 16-aligned", what, n, p);
+    tu_check_block(p, n, 16, HAK_KIND_TINY, what);
 }
 
 static void every_size(void)
@@ -43,7 +38,7 @@ static void boundaries(void)
     static const size_t c[] = { 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024 };
     enum { PER = 200 };
     size_t nb = 0;
-    static struct { void *p; size_t n; } b[sizeof c / sizeof *c * 3 * PER];
+    static tu_block b[sizeof c / sizeof *c * 3 * PER];
     for (size_t i = 0; i < sizeof c / sizeof *c; i++)
         for (int d = -1; d <= 1; d++) {
             size_t n = c[i] + d;
@@ -51,18 +46,10 @@ static void boundaries(void)
             for (int k = 0; k < PER; k++) {
                 void *p = malloc(n);
                 check_block(p, n, "malloc");
-                if (!p) continue;
-                tu_fill(p, malloc_usable_size(p), nb);
-                b[nb].p = p;
-                b[nb].n = n;
-                nb++;
+                if (p) tu_keep(b, &nb, p, n);
             }
         }
-    for (size_t i = 0; i < nb; i++)
-        if (tu_verify(b[i].p, malloc_usable_size(b[i].p), i) != TU_OK)
-            CHECK(0, "boundary size %zu block %p overwritten", b[i].n, b[i].p);
-    TU_COUNT(1);
-    for (size_t i = 0; i < nb; i++) free(b[i].p);
+    tu_kept_check(b, nb, "boundary sizes");
 }
 
 struct ent { uintptr_t a; size_t n; };

@@ -38,7 +38,6 @@
 #include <malloc.h>
 #include "testutil.h"
 
-#define MiB ((size_t)1 << 20)
 #define SPIKE (100 * MiB)
 #define TRIM_SLACK (8 * MiB)
 /* Not glibc's flat 3 MiB: hakmem's heaps hold spans of 64-512 KiB per

@@ -9,6 +9,9 @@
  *                           overlapped by another block no longer verifies
  *   tu_fill_idx / _idx      offset+seed pattern: survives realloc moves
  *   tu_run_threads(n,f,ctx) run f(i, ctx) in n threads and join them
+ *   tu_check_block(p,n,..)  a block malloc returned: not NULL, aligned,
+ *                           big enough, of the expected tier
+ *   tu_keep / tu_kept_check blocks held to be checked and freed together
  *   tu_stress_seconds()     STRESS_SECONDS from the environment (default 2)
  *
  * Everything is static so each test is a single translation unit.
@@ -28,6 +31,9 @@
 #include <unistd.h>
 
 #include "hakmem.h"
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
 
 static unsigned long tu_checks_;
 static unsigned long tu_failures_;
@@ -57,6 +63,22 @@ tu_fail_(const char *file, int line, const char *cond, const char *fmt, ...)
         if (__builtin_expect(!(cond), 0))                                  \
             tu_fail_(__FILE__, __LINE__, #cond, __VA_ARGS__);              \
     } while (0)
+
+/* What an allocation call (what) returned for n bytes: not NULL, aligned
+ * to align, at least n usable bytes, and hakmem's block of the given kind
+ * (any of hakmem's if kind is -1).  False if p is NULL. */
+static inline __attribute__((unused)) int tu_check_block(void *p, size_t n, size_t align, int kind,
+                                                         const char *what)
+{
+    CHECK(p != NULL, "%s(%zu) = NULL", what, n);
+    if (!p)
+        return 0;
+    CHECK((uintptr_t)p % align == 0, "%s(%zu) = %p not %zu-aligned", what, n, p, align);
+    CHECK(hak_usable_size(p) >= n, "%s(%zu): usable %zu", what, n, hak_usable_size(p));
+    int k = hak_ptr_kind(p);
+    CHECK(kind < 0 ? k != HAK_KIND_FOREIGN : k == kind, "%s(%zu) = %p: kind %d", what, n, p, k);
+    return 1;
+}
 
 /* Count a check without printing (for hot loops that CHECK on failure). */
 #define TU_COUNT(n) __atomic_add_fetch(&tu_checks_, (n), __ATOMIC_RELAXED)
@@ -249,6 +271,28 @@ static inline size_t tu_rss(void)
         fclose(f);
     }
     return res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Blocks held to be checked later: tu_keep fills each with the pattern of
+ * its index; tu_kept_check finds any overwritten by another block (what
+ * names them in the report) and frees them all, through free and hak_free
+ * in turn. */
+typedef struct { void *p; size_t n; } tu_block;
+static inline __attribute__((unused)) void tu_keep(tu_block *b, size_t *nb, void *p, size_t n)
+{
+    tu_fill(p, hak_usable_size(p), *nb);
+    b[*nb].p = p;
+    b[*nb].n = n;
+    ++*nb;
+}
+static inline __attribute__((unused)) void tu_kept_check(tu_block *b, size_t nb, const char *what)
+{
+    for (size_t i = 0; i < nb; i++)
+        if (tu_verify(b[i].p, hak_usable_size(b[i].p), i) != TU_OK)
+            CHECK(0, "%s: %zu-byte block %p overwritten by another block", what, b[i].n, b[i].p);
+    TU_COUNT(1);
+    for (size_t i = 0; i < nb; i++)
+        (i & 2 ? hak_free : free)(b[i].p);
 }
 
 #endif /* HAKMEM_TESTUTIL_H */

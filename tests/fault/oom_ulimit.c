@@ -10,8 +10,6 @@
 #include <sys/resource.h>
 #include "testutil.h"
 
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
 #define MAXB 200000
 
 typedef struct { char *p; size_t size; uint64_t seed; int how; } Blk;

@@ -26,38 +26,14 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include "api_table.h"
 #include "testutil.h"
 
 void hak_fault_inject(int fail_after, int fail_count);
 
 #define FOREVER 1000000000
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
 
 /* ---- the two spellings of the API (glibc names are hakmem's here) ---- */
-struct api {
-    const char *name;
-    void *(*malloc)(size_t);
-    void (*free)(void *);
-    void *(*calloc)(size_t, size_t);
-    void *(*realloc)(void *, size_t);
-    void *(*reallocarray)(void *, size_t, size_t);
-    int (*posix_memalign)(void **, size_t, size_t);
-    void *(*aligned_alloc)(size_t, size_t);
-    void *(*memalign)(size_t, size_t);
-    void *(*valloc)(size_t);
-    size_t (*usable)(const void *);
-};
-static size_t libc_usable(const void *p) { return malloc_usable_size((void *)p); }
-static void *hak_valloc_(size_t n) { return hak_memalign(4096, n); }
-static const struct api hak_api = {
-    "hak", hak_malloc, hak_free, hak_calloc, hak_realloc, hak_reallocarray,
-    hak_posix_memalign, hak_aligned_alloc, hak_memalign, hak_valloc_, hak_usable_size,
-};
-static const struct api libc_api = {
-    "libc", malloc, free, calloc, realloc, reallocarray, posix_memalign,
-    aligned_alloc, memalign, valloc, libc_usable,
-};
 static const struct api *volatile A = &hak_api;
 
 /* ---- patterns: every byte up to 64 KiB, else 32 bytes per 4 KiB -------- */

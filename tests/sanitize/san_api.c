@@ -4,8 +4,6 @@
  * SPDX-License-Identifier: MIT */
 #include "testutil.h"
 
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
 
 static enum hak_kind kind_for(size_t n)
 {
@@ -14,11 +12,7 @@ static enum hak_kind kind_for(size_t n)
 
 static void check_block(void *p, size_t n, size_t align, const char *what)
 {
-    CHECK(p != NULL, "%s(%zu) returned NULL", what, n);
-    if (!p) return;
-    CHECK((uintptr_t)p % align == 0, "%s(%zu) = %p not %zu-aligned", what, n, p, align);
-    CHECK(hak_usable_size(p) >= n, "%s(%zu): usable %zu", what, n, hak_usable_size(p));
-    CHECK(hak_ptr_kind(p) != HAK_KIND_FOREIGN, "%s(%zu) = %p: kind foreign", what, n, p);
+    tu_check_block(p, n, align, -1, what);
 }
 
 static void test_basics(void)
