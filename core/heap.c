@@ -89,6 +89,10 @@ static void span_park(Heap *h, ThreadCache *tc, Span *s)
  * blocks that came back (the partial queue) to never-used ones. */
 static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
 {
+#if HAK_DEBUG
+    if ((h->refills[cls] & 63) == 0)
+        heap_validate(h, tc);
+#endif
     for (;;) {
         Span *s = h->partial[cls];
         if (s) {
@@ -131,7 +135,8 @@ Heap *heap_acquire(ThreadCache *tc, bool at_exit)
     if (!runtime_ready)
         runtime_init();
     Heap *h = abandoned_heaps;
-    if (h) {
+    bool adopted = h != NULL;
+    if (adopted) {
         __atomic_store_n(&abandoned_heaps, h->abandoned_next, __ATOMIC_RELAXED);
         STAT_INC(heaps_adopted);
     } else {
@@ -159,6 +164,8 @@ Heap *heap_acquire(ThreadCache *tc, bool at_exit)
     h->front = tc;
     hak_unlock(&heaps_mutex);
     tc->heap = h;
+    if (adopted)
+        heap_validate(h, tc); /* what the thread that gave it up left */
     if (at_exit)
         pthread_setspecific(exit_key, h);
     atfork_register(); /* may allocate: only now that this thread has a heap */
@@ -262,6 +269,7 @@ static void heap_collect(Heap *h)
         superslab_to_extents(h->spare);
         h->spare = NULL;
     }
+    heap_validate(h, NULL);
 }
 
 /* Everything the thread holds back goes to the heap: the front's blocks to
@@ -337,6 +345,7 @@ void heap_trim(void)
     large_front_flush(&h->large);
     heap_collect(h);
     superslabs_purge_free(h);
+    heap_validate(h, tc);
 }
 
 /* The exit_key destructor.  Other keys' destructors (and C++ thread_local

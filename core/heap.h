@@ -30,6 +30,15 @@ void   superslab_to_extents(SuperSlab *ss);
 void   front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep);
 void   heap_drain_delayed(Heap *h);
 
+/* validate.c: the debug build's invariant checks (empty otherwise) */
+#if HAK_DEBUG
+void   span_validate(SuperSlab *ss, const Span *s);
+void   heap_validate(Heap *h, const ThreadCache *tc);
+#else
+static inline void span_validate(SuperSlab *ss, const Span *s) { }
+static inline void heap_validate(Heap *h, const ThreadCache *tc) { }
+#endif
+
 /* heap.c */
 extern HAK_HIDDEN HakLock heaps_mutex;   /* the heap list and the abandoned list */
 extern HAK_HIDDEN Heap   *all_heaps;     /* every heap, linked by all_next */

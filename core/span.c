@@ -75,6 +75,7 @@ static void superslab_link_front(Heap *h, SuperSlab *ss)
 bool span_release(Heap *h, SuperSlab *ss, Span *s)
 {
     HAK_ASSERT(s->used == 0 && s->state != SPAN_CURRENT && ss->owner == h);
+    span_validate(ss, s);
     if (s->state == SPAN_PARTIAL)
         partial_remove(h, s);
     unsigned idx = (unsigned)(s - ss->spans);
@@ -250,6 +251,7 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
  * frees other threads sent, or never-used blocks; *count says how many. */
 Block *span_take(Heap *h, SuperSlab *ss, Span *s, uint32_t *count)
 {
+    span_validate(ss, s);
     if (atomic_load_explicit(&s->thread_free, memory_order_relaxed) > SPAN_NOTIFY) {
         Block *b = (Block *)atomic_exchange_explicit(&s->thread_free, 0, memory_order_acquire);
         uint32_t k = 0;

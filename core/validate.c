@@ -1,0 +1,88 @@
+/* The debug build's invariant checks of spans and heaps (HAK_DEBUG):
+ * the counts add up, each span is on the list its state says, and the
+ * SuperSlab, page and class tables agree with it.  They run where a bug
+ * would first show (a span handed to a front or given back, a heap
+ * adopted, collected, trimmed or given up, and every 64th refill) and
+ * end in hak_assert_fail at the first thing wrong.  Only the heap's
+ * owner calls them, so what they read does not change meanwhile (other
+ * threads only push on thread_free and the delayed list, not read here).
+ * The release build has none of this (heap.h).
+ * SPDX-License-Identifier: MIT */
+#include "heap.h"
+#include "registry.h"
+
+#if HAK_DEBUG
+
+#define VALID(c) HAK_ASSERT(c)
+
+void span_validate(SuperSlab *ss, const Span *s)
+{
+    unsigned idx = (unsigned)(s - ss->spans);
+    VALID(idx >= 1 && idx < HAK_SLABS_PER_SS && s->nslabs >= 1 && idx + s->nslabs <= HAK_SLABS_PER_SS);
+    VALID(s->cls < HAK_NCLASS && s->nslabs == hak_classes[s->cls].nslabs);
+    for (unsigned i = 0; i < s->nslabs; i++)
+        VALID(ss->span_head[idx + i] == idx && !(ss->free_mask >> (idx + i) & 1));
+    uint32_t cap = span_capacity(s);
+    size_t bs = span_block_size(s);
+    const char *start = span_start(ss, (Span *)s);
+    VALID(s->used + s->fresh <= cap);
+    VALID(s->bump == start + (size_t)(cap - s->fresh) * bs);
+    if (s->bump > start) { /* the pages of the first and last carved blocks */
+        VALID(ss->page_cls[(size_t)(start - (char *)ss) >> HAK_PAGE_SHIFT] == s->cls);
+        VALID(ss->page_cls[(size_t)(s->bump - bs - (char *)ss) >> HAK_PAGE_SHIFT] == s->cls);
+    }
+    /* the span's own list: its blocks, below the carving point, exactly
+     * the ones neither out nor fresh */
+    uint32_t k = 0;
+    for (const Block *b = s->free; b; b = block_next_fast(b)) {
+        VALID(k <= cap && (const char *)b >= start && (const char *)b < s->bump);
+        VALID(span_is_block_start(ss, (Span *)s, b));
+        k++;
+    }
+    VALID(k == cap - s->fresh - s->used);
+    if (s->state == SPAN_FULL)
+        VALID(!s->free && !s->fresh);
+}
+
+static void partial_validate(Heap *h, unsigned cls)
+{
+    const Span *prev = NULL;
+    for (Span *s = h->partial[cls]; s; prev = s, s = s->next) {
+        VALID(s->prev == prev && s->state == SPAN_PARTIAL && s->cls == cls);
+        SuperSlab *ss = superslab_of(s);
+        VALID(ss->owner == h);
+        span_validate(ss, s);
+    }
+    VALID(h->partial_tail[cls] == prev);
+}
+
+void heap_validate(Heap *h, const ThreadCache *tc)
+{
+    for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
+        partial_validate(h, cls);
+        if (tc && tc->cur[cls]) {
+            Span *s = tc->cur[cls];
+            VALID(s->state == SPAN_CURRENT && s->cls == cls && superslab_of(s)->owner == h);
+            span_validate(superslab_of(s), s);
+        }
+        if (tc) { /* the front holds exactly count blocks of the class */
+            uint32_t n = 0;
+            for (const Block *b = tc->free[cls]; b && n <= tc->count[cls]; b = block_next_fast(b))
+                n++;
+            VALID(n == tc->count[cls]);
+        }
+    }
+    uint64_t live = 0;
+    const SuperSlab *prev = NULL;
+    for (SuperSlab *ss = h->superslabs; ss; prev = ss, ss = ss->next, live++) {
+        VALID(ss->prev == prev && ss->owner == h && registry_kind(ss) == CHUNK_SUPERSLAB);
+        VALID(!(ss->free_mask & 1)); /* slab 0 is the header */
+        for (unsigned i = 1; i < HAK_SLABS_PER_SS; i++) {
+            Span *s = &ss->spans[i];
+            if (!(ss->free_mask >> i & 1) && ss->span_head[i] == i)
+                span_validate(ss, s);
+        }
+    }
+    VALID(live == h->superslabs_live);
+}
+#endif
