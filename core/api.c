@@ -204,7 +204,7 @@ HAK_API void *hak_reallocarray(void *p, size_t count, size_t size)
  * the rest are large blocks placed at an aligned address. */
 static void *alloc_aligned(size_t align, size_t size)
 {
-    if (align <= 16)
+    if (align <= HAK_MIN_ALIGN)
         return hak_malloc(size);
     if (size <= HAK_SLAB_REQUEST_MAX && align <= HAK_SMALL_MAX) {
         hak_ensure_runtime(); /* the class table */

@@ -19,7 +19,10 @@
  * __libc_free is NULL and every unknown pointer is an invalid free. */
 extern void __libc_free(void *) __attribute__((weak));
 
-#define CHUNK_MMAPPED ((size_t)2)
+/* glibc's chunk layout (malloc/malloc.c): a size word before the block,
+ * its low bits flags, IS_MMAPPED among them; chunks 16-byte aligned. */
+#define GLIBC_CHUNK_IS_MMAPPED ((size_t)2)
+#define GLIBC_ALIGN            ((size_t)16)
 #define PAGE_CACHE    8
 
 /* Entries are page | 1, so that the zero-initialised slots match no page
@@ -39,7 +42,7 @@ static bool page_known(uintptr_t page)
 static size_t glibc_usable(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    if (!__libc_free || a < 4096 || (a & 15))
+    if (!__libc_free || a < 4096 || (a & (GLIBC_ALIGN - 1)))
         return 0;
     uintptr_t page = align_down(a - 16, HAK_PAGE_SIZE); /* p-16..p-1: one page */
     bool known = page_known(page);
@@ -47,9 +50,9 @@ static size_t glibc_usable(const void *p)
         return 0;
     size_t prev = ((const size_t *)p)[-2], field = ((const size_t *)p)[-1];
     size_t size = field & ~(size_t)7;
-    if (size < 32 || (size & 15) || size >= ((size_t)1 << 46))
+    if (size < 32 || (size & (GLIBC_ALIGN - 1)) || size >= ((size_t)1 << 46))
         return 0;
-    if (field & CHUNK_MMAPPED) {
+    if (field & GLIBC_CHUNK_IS_MMAPPED) {
         /* an mmapped chunk starts prev bytes after a page boundary */
         if (((a - 16 - prev) & (HAK_PAGE_SIZE - 1)) != 0)
             return 0;

@@ -133,7 +133,7 @@ static inline Block *block_pop_next(const Block *b)
     Block *n = block_next_fast(b);
 #if HAK_HARDEN_ZERO_ON_FREE
     if (unlikely(b->free_mark != hak_free_mark ||
-                 (n && ((uintptr_t)n & 15 || registry_kind(n) != CHUNK_SUPERSLAB))))
+                 (n && ((uintptr_t)n & (HAK_MIN_ALIGN - 1) || registry_kind(n) != CHUNK_SUPERSLAB))))
         hak_fatal("write after free (a free block's link or mark was overwritten) at", b);
 #endif
     return n;

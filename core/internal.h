@@ -117,15 +117,19 @@ static inline void block_set_next(Block *b, Block *next)
 #define HAK_GUARD_SIZE  (HAK_HARDEN_GUARD_PAGES ? HAK_PAGE_SIZE : (size_t)0)
 static inline size_t slab_request(size_t size)
 {
-    return HAK_HARDEN_CANARY ? (size < 16 ? 16 : size) + HAK_CANARY_SIZE : size;
+    return HAK_HARDEN_CANARY ? (size < sizeof(Block) ? sizeof(Block) : size) + HAK_CANARY_SIZE : size;
 }
 #define HAK_SLAB_REQUEST_MAX (HAK_SMALL_MAX - HAK_CANARY_SIZE)
 
 /* ---- size classes (size_class.c) ---- */
-extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> 4) + 1]; /* by (size+15)/16 */
+/* the class of each size, by (size + 15) / 16 */
+extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
 extern HAK_HIDDEN ClassInfo hak_classes[HAK_NCLASS + 1];
 unsigned size_class_compute(size_t size);
-static inline unsigned size_class(size_t size) { return hak_class_of[(size + 15) >> 4]; }
+static inline unsigned size_class(size_t size)
+{
+    return hak_class_of[(size + HAK_MIN_ALIGN - 1) >> HAK_MIN_ALIGN_SHIFT];
+}
 
 /* ---- thread heaps (heap.c, span.c, free.c; heaps_stats in stats.c) ---- */
 extern HAK_HIDDEN __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
@@ -283,13 +287,23 @@ size_t foreign_usable(const void *p);   /* 0 if not a glibc block */
 void  *foreign_realloc(void *p, size_t size);
 
 /* ---- statistics (stats.c) ---- */
+/* The process-wide counters (rare events: system calls, SuperSlabs and
+ * heaps made, misuse), each a field of struct hak_stats of the same name,
+ * which hak_stats_get copies (X-macro: one list).  Counts on common paths
+ * are per heap or per thread instead, summed when read. */
+#define HAK_GLOBAL_COUNTERS(X)                                               \
+    X(os_mmap) X(os_munmap) X(os_madvise) X(os_mremap) X(os_mincore)        \
+    X(os_mprotect) X(os_failures)                                            \
+    X(superslabs_mapped) X(superslabs_reused)                                \
+    X(heaps_created) X(heaps_adopted)                                        \
+    X(foreign_frees) X(invalid_frees)                                        \
+    X(fallbacks) /* a faster way failed, a slower one served */
 typedef struct GlobalStats {
-    _Atomic uint64_t os_mmap, os_munmap, os_madvise, os_mremap, os_mincore, os_mprotect, os_failures;
-    _Atomic uint64_t superslabs_mapped, superslabs_reused;
-    _Atomic uint64_t heaps_created, heaps_adopted;
-    _Atomic uint64_t foreign_frees, invalid_frees;
-    _Atomic uint64_t remote_frees_exited; /* remote frees by threads without a heap */
-    _Atomic uint64_t fallbacks;           /* a faster way failed, a slower one served */
+#define HAK_COUNTER_FIELD(name) _Atomic uint64_t name;
+    HAK_GLOBAL_COUNTERS(HAK_COUNTER_FIELD)
+#undef HAK_COUNTER_FIELD
+    _Atomic uint64_t remote_frees_exited; /* remote frees by threads without a
+                                             heap (added to remote_frees) */
 } GlobalStats;
 extern HAK_HIDDEN GlobalStats hak_gstats;
 #define STAT_INC(f) atomic_fetch_add_explicit(&hak_gstats.f, 1, memory_order_relaxed)

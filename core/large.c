@@ -35,7 +35,7 @@ static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
 static LargeHeader *header_at(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    if ((a & 15) || a < HDR || large_quarantined(p)) /* (its header faults) */
+    if ((a & (HAK_MIN_ALIGN - 1)) || a < HDR || large_quarantined(p)) /* (its header faults) */
         return NULL;
     LargeHeader *h = (LargeHeader *)(a - HDR);
     /* p may sit at the start of its chunk: the header must be ours too. */
@@ -129,8 +129,8 @@ static void *place(char *ext, size_t len, size_t off, size_t size)
 void *large_alloc(size_t size, size_t align, bool zero)
 {
     hak_ensure_runtime(); /* the cookie needs the secret */
-    if (align < 16)
-        align = 16;
+    if (align < HAK_MIN_ALIGN)
+        align = HAK_MIN_ALIGN;
     /* Offset of the user pointer in its extent: room for the header, and
      * for alignments above a page the extent starts one page before an
      * aligned address. */

@@ -1,6 +1,9 @@
-/* The OS layer: every system call hakmem makes goes through here, so that
- * each one is counted (HAKMEM_STATS) and can be failed on purpose in the
- * fault-injection build (HAK_FAULT_INJECTION).
+/* The OS layer: every memory system call hakmem makes (mmap, munmap,
+ * madvise, mremap, mprotect, mincore), and the clock and random bytes,
+ * go through here, so that each memory call is counted (HAKMEM_STATS) and
+ * can be failed on purpose in the fault-injection build
+ * (HAK_FAULT_INJECTION).  The others are pthreads' (locks, the purger
+ * thread), getauxval and getrusage, and error.c's write to stderr.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_OS_H
 #define HAK_OS_H

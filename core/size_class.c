@@ -3,19 +3,26 @@
  * SPDX-License-Identifier: MIT */
 #include "heap.h"
 
-uint8_t   hak_class_of[(HAK_SMALL_MAX >> 4) + 1];
+uint8_t   hak_class_of[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
 ClassInfo hak_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
 
 /* Size classes: 16..128 by 16, then four classes per power of two up to
  * 52 KiB (at most 25% apart, so internal waste stays low).              */
 
+/* The class of a size of 1 or more: a constant expression for constant
+ * sizes, so that the class counts in types.h are checked against it. */
+#define LOG2(x) (63 - __builtin_clzl(x))
+#define CLASS_OF(size)                                                         \
+    ((size) <= 128 ? (unsigned)(((size) - 1) >> HAK_MIN_ALIGN_SHIFT)          \
+                   : 8 + (unsigned)(LOG2((size) - 1) - 7) * 4 +               \
+                         (unsigned)((((size) - 1) >> (LOG2((size) - 1) - 2)) & 3))
+_Static_assert(CLASS_OF(HAK_SMALL_MAX) == HAK_NCLASS - 1, "HAK_NCLASS: classes up to HAK_SMALL_MAX");
+_Static_assert(CLASS_OF(HAK_TINY_MAX) == HAK_NCLASS_TINY - 1, "HAK_NCLASS_TINY: classes up to 1 KiB");
+_Static_assert(HAK_SMALL_MAX == HAK_MID_MAX, "the slab tiers end where hakmem.h says");
+
 unsigned size_class_compute(size_t size)
 {
-    if (size <= 128)
-        return size ? (unsigned)((size - 1) >> 4) : 0;
-    size_t s = size - 1;
-    unsigned lg = 63 - (unsigned)__builtin_clzl(s);
-    return 8 + (lg - 7) * 4 + (unsigned)((s >> (lg - 2)) & 3);
+    return size ? CLASS_OF(size) : 0;
 }
 
 void classes_init(void)
@@ -58,6 +65,6 @@ void classes_init(void)
                                       (uint32_t)((best * HAK_SLAB_SIZE - HAK_GUARD_SIZE) / size),
                                       (uint32_t)front, (uint8_t)best };
     }
-    for (size_t i = 0; i <= (HAK_SMALL_MAX >> 4); i++)
-        hak_class_of[i] = (uint8_t)size_class_compute(i << 4);
+    for (size_t i = 0; i <= (HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT); i++)
+        hak_class_of[i] = (uint8_t)size_class_compute(i << HAK_MIN_ALIGN_SHIFT);
 }

@@ -20,20 +20,9 @@ HAK_API void hak_stats_get(struct hak_stats *st)
     heaps_stats(st, NULL);
     extent_stats(st);
     large_stats(st);
-    st->superslabs_mapped = atomic_load(&hak_gstats.superslabs_mapped);
-    st->superslabs_reused = atomic_load(&hak_gstats.superslabs_reused);
-    st->os_mmap = atomic_load(&hak_gstats.os_mmap);
-    st->os_munmap = atomic_load(&hak_gstats.os_munmap);
-    st->os_madvise = atomic_load(&hak_gstats.os_madvise);
-    st->os_mremap = atomic_load(&hak_gstats.os_mremap);
-    st->os_mincore = atomic_load(&hak_gstats.os_mincore);
-    st->os_mprotect = atomic_load(&hak_gstats.os_mprotect);
-    st->os_failures = atomic_load(&hak_gstats.os_failures);
-    st->fallbacks = atomic_load(&hak_gstats.fallbacks);
-    st->foreign_frees = atomic_load(&hak_gstats.foreign_frees);
-    st->invalid_frees = atomic_load(&hak_gstats.invalid_frees);
-    st->heaps_created = atomic_load(&hak_gstats.heaps_created);
-    st->heaps_adopted = atomic_load(&hak_gstats.heaps_adopted);
+#define COPY(name) st->name = atomic_load_explicit(&hak_gstats.name, memory_order_relaxed);
+    HAK_GLOBAL_COUNTERS(COPY)
+#undef COPY
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         st->peak_rss = (uint64_t)ru.ru_maxrss * 1024;

@@ -66,6 +66,10 @@
 #define HAK_NCLASS        43         /* size classes of tiny + mid */
 #define HAK_NCLASS_TINY   20         /* classes 0..19 are <= 1 KiB */
 #define HAK_SMALL_MAX     ((size_t)53248)                       /* 52 KiB */
+/* Every block's alignment (what malloc guarantees on x86-64), and the
+ * step between the smallest classes. */
+#define HAK_MIN_ALIGN_SHIFT 4
+#define HAK_MIN_ALIGN     ((size_t)1 << HAK_MIN_ALIGN_SHIFT)
 
 /* A free block: its first word links to the next free block.  The link is
  * stored XOR-encoded with a per-process secret, and every decoded link is
@@ -180,9 +184,9 @@ typedef struct Heap {
  * the spans; when it is empty, a refill takes a whole span's free list.
  * tc.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadCache {
-    Block   *free[HAK_NCLASS + 1];      /* [HAK_NO_CLASS]: never used      */
-    uint32_t count[HAK_NCLASS + 1];     /* length of free[cls]             */
-    uint64_t allocs[HAK_NCLASS + 1];    /* statistics: mallocs served      */
+    Block   *free[HAK_NCLASS];
+    uint32_t count[HAK_NCLASS];         /* length of free[cls]             */
+    uint64_t allocs[HAK_NCLASS];        /* statistics: mallocs served      */
     Span    *cur[HAK_NCLASS];
     Heap    *heap;
     bool     exited;                    /* the heap was given up at exit   */
