@@ -76,8 +76,12 @@ debug: out/debug/libhakmem.so out/debug/libhakmem.a $(TESTSRC:tests/%.c=out/debu
 
 out/%/libhakmem.so: $$(OBJ_$$*)
 	$(CC) -shared -o $@ $^ $(LDLIBS) -Wl,-z,now -Wl,-z,nodelete -Wl,--version-script=core/exports.map
+# The static library is one relocatable object whose hidden symbols are made
+# local: a program linking it sees only the API (include/hakmem.h and the
+# glibc names), so none of hakmem's internal names can clash with its own.
 out/%/libhakmem.a: $$(OBJ_$$*)
-	rm -f $@ && ar rcs $@ $^
+	rm -f $@ && ld -r -o out/$*/hakmem.o $^ && objcopy --localize-hidden out/$*/hakmem.o && \
+	    ar rcs $@ out/$*/hakmem.o
 
 # Benchmarks call plain malloc/free: one binary for every allocator (LD_PRELOAD).
 BENCHFLAGS := -O2 -g -std=gnu11 -D_GNU_SOURCE -pthread

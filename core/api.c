@@ -19,7 +19,7 @@
 /* A block of class cls for a request of size bytes: pop the thread front. */
 static inline void *small_alloc(size_t size, unsigned cls)
 {
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     Block *b = tc->free[cls];
     if (likely(b != NULL)) {
         tc->free[cls] = block_pop_next(b);
@@ -61,7 +61,7 @@ HAK_API void hak_free(void *p)
     uintptr_t addr = (uintptr_t)p;
     /* One test rejects NULL-ish, misaligned and non-user addresses alike. */
     if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
-               hak_chunk_kind[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
+               chunk_kinds[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = superslab_of(p);
 #if HAK_HARDEN_CANARY
         harden_free(ss, p, ss->page_cls[page_index(p)]);
@@ -133,7 +133,7 @@ HAK_API void *hak_realloc(void *p, size_t size)
     if (kind == CHUNK_SUPERSLAB) {
         size_t usable;
         if (!small_live(p, &usable)) {
-            hak_invalid_pointer("realloc of a pointer that is not an allocated block", p);
+            invalid_free_report("realloc of a pointer that is not an allocated block", p);
             errno = EINVAL;
             return NULL;
         }
@@ -182,7 +182,7 @@ HAK_API void hak_free_sized(void *p, size_t size)
         match = !h || h->size == size;
     }
     if (unlikely(!match))
-        hak_invalid_pointer("free or delete with the wrong size", p);
+        invalid_free_report("free or delete with the wrong size", p);
     hak_free(p);
 }
 
@@ -207,9 +207,9 @@ static void *alloc_aligned(size_t align, size_t size)
     if (align <= HAK_MIN_ALIGN)
         return hak_malloc(size);
     if (size <= HAK_SLAB_REQUEST_MAX && align <= HAK_SMALL_MAX) {
-        hak_ensure_runtime(); /* the class table */
+        runtime_ensure(); /* the class table */
         for (unsigned c = size_class(slab_request(size)); c < HAK_NCLASS; c++)
-            if (hak_classes[c].block_size % align == 0)
+            if (size_classes[c].block_size % align == 0)
                 return small_alloc(size, c);
     }
     return large_alloc(size, align, false);
@@ -251,9 +251,9 @@ HAK_API void *hak_memalign(size_t align, size_t size)
     return alloc_aligned(align, size);
 }
 
-static void *hak_valloc(size_t size) { return alloc_aligned(HAK_PAGE_SIZE, size); }
+static void *valloc_impl(size_t size) { return alloc_aligned(HAK_PAGE_SIZE, size); }
 
-static void *hak_pvalloc(size_t size)
+static void *pvalloc_impl(size_t size)
 {
     if (size > SIZE_MAX - HAK_PAGE_SIZE) {
         errno = ENOMEM;
@@ -326,8 +326,8 @@ EXPORT(reallocarray, hak_reallocarray);
 EXPORT(posix_memalign, hak_posix_memalign);
 EXPORT(aligned_alloc, hak_aligned_alloc);
 EXPORT(memalign, hak_memalign);
-EXPORT(valloc, hak_valloc);
-EXPORT(pvalloc, hak_pvalloc);
+EXPORT(valloc, valloc_impl);
+EXPORT(pvalloc, pvalloc_impl);
 EXPORT(malloc_usable_size, hak_usable_size);
 
 HAK_API int malloc_trim(size_t pad) { return hak_trim(); }

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-void hak_write_stderr(const char *msg)
+void write_stderr(const char *msg)
 {
     size_t len = strlen(msg);
     while (len) {
@@ -20,30 +20,30 @@ void hak_write_stderr(const char *msg)
     }
 }
 
-void hak_fatal(const char *what, const void *addr)
+void fatal_corruption(const char *what, const void *addr)
 {
     char buf[192];
     snprintf(buf, sizeof buf, "hakmem: heap corruption: %s %p\n", what, addr);
-    hak_write_stderr(buf);
+    write_stderr(buf);
     abort();
 }
 
-void hak_invalid_pointer(const char *what, const void *addr)
+void invalid_free_report(const char *what, const void *addr)
 {
     STAT_INC(invalid_frees);
-    hak_ensure_runtime(); /* the policy is an option */
-    if (hak_opt.invalid_free == 1) /* HAKMEM_INVALID_FREE=ignore */
+    runtime_ensure(); /* the policy is an option */
+    if (options.invalid_free == 1) /* HAKMEM_INVALID_FREE=ignore */
         return;
     char buf[192];
     snprintf(buf, sizeof buf, "hakmem: %s: %p\n", what, addr);
-    hak_write_stderr(buf);
+    write_stderr(buf);
     abort();
 }
 
-void hak_assert_fail(const char *cond, const char *file, int line)
+void assert_failed(const char *cond, const char *file, int line)
 {
     char buf[256];
     snprintf(buf, sizeof buf, "hakmem: assertion failed: %s (%s:%d)\n", cond, file, line);
-    hak_write_stderr(buf);
+    write_stderr(buf);
     abort();
 }

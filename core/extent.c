@@ -33,14 +33,14 @@
 
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
-static HakLock ext_lock = HAK_LOCK_INIT;
+static Lock ext_lock = LOCK_INIT;
 static Reservation reservations[MAX_RESERVATIONS]; /* sorted by start */
 static size_t      nreservations;
 static size_t      bytes_mapped;
 static uint64_t    last_decay_ms;
 
-void extent_lock(void) { hak_lock(&ext_lock); }
-void extent_unlock(void) { hak_unlock(&ext_lock); }
+void extent_lock(void) { lock_acquire(&ext_lock); }
+void extent_unlock(void) { lock_release(&ext_lock); }
 
 /* Free ranges never span two reservations, so that a reservation that is
  * entirely free is one range (extent_trim unmaps it). */
@@ -58,7 +58,7 @@ bool extent_reservation_edge(uintptr_t addr)
  * dirty are purged first. */
 static void purge_over_cap(void)
 {
-    size_t cap = (size_t)hak_opt.cache_max_mb << 20;
+    size_t cap = (size_t)options.cache_max_mb << 20;
     while (range_bytes_dirty > cap) {
         FreeRange *oldest = ranges_dirty_oldest();
         if (!oldest || !range_purge(oldest)) /* madvise failed: later */
@@ -75,10 +75,10 @@ static uint64_t decay_now(uint64_t now)
     last_decay_ms = now;
     for (FreeRange *r = ranges_dirty(), *n; r; r = n) {
         n = r->dirty_next; /* a purge takes r off the list */
-        if (now - r->dirty_since >= (uint64_t)hak_opt.decay_ms)
+        if (now - r->dirty_since >= (uint64_t)options.decay_ms)
             range_purge(r);
-        else if (!next || r->dirty_since + (uint64_t)hak_opt.decay_ms < next)
-            next = r->dirty_since + (uint64_t)hak_opt.decay_ms;
+        else if (!next || r->dirty_since + (uint64_t)options.decay_ms < next)
+            next = r->dirty_since + (uint64_t)options.decay_ms;
     }
     purge_over_cap();
     return range_bytes_dirty ? (next ? next : now + 1) : 0;
@@ -89,8 +89,8 @@ static uint64_t decay_now(uint64_t now)
  * the cap at every one. */
 static void decay(uint64_t now)
 {
-    uint64_t period = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
-    if (!hak_opt.decay_ms || now - last_decay_ms >= period)
+    uint64_t period = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
+    if (!options.decay_ms || now - last_decay_ms >= period)
         decay_now(now);
     else
         purge_over_cap();
@@ -106,7 +106,7 @@ static void decay(uint64_t now)
 static pthread_cond_t purger_cond;
 static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
-_Atomic bool          hak_purger_wanted; /* see purger_poll in internal.h */
+_Atomic bool          purger_wanted; /* see purger_poll in internal.h */
 
 static void *purger_main(void *unused)
 {
@@ -129,9 +129,9 @@ static void *purger_main(void *unused)
                 continue;
             }
             atomic_store(&purger_idle, false);
-            next = now + (uint64_t)hak_opt.decay_ms;
+            next = now + (uint64_t)options.decay_ms;
         }
-        uint64_t min_sleep = hak_opt.decay_ms / 4 ? (uint64_t)hak_opt.decay_ms / 4 : 1;
+        uint64_t min_sleep = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
         if (next < now + min_sleep)
             next = now + min_sleep;
         struct timespec ts = { (time_t)(next / 1000), (long)(next % 1000) * 1000000L };
@@ -146,7 +146,7 @@ void extent_fork_child(void)
     pthread_mutex_init(&ext_lock.m, NULL);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store(&purger_idle, false);
-    atomic_store_explicit(&hak_purger_wanted, false, memory_order_relaxed);
+    atomic_store_explicit(&purger_wanted, false, memory_order_relaxed);
 }
 
 /* The large cache holds cached bytes in its central part: the purger must
@@ -154,7 +154,7 @@ void extent_fork_child(void)
  * past the threshold).  Lock-free once the purger runs. */
 void purger_request(size_t cached)
 {
-    if (!hak_opt.decay_ms || hak_fork_locks_held)
+    if (!options.decay_ms || fork_locks_held)
         return;
     if (atomic_load_explicit(&purger_started, memory_order_relaxed) && !atomic_load(&purger_idle))
         return;
@@ -165,7 +165,7 @@ void purger_request(size_t cached)
     }
     if (!atomic_load_explicit(&purger_started, memory_order_relaxed) && cached >= PURGER_MIN_DIRTY) {
         atomic_store_explicit(&purger_started, true, memory_order_relaxed);
-        atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
+        atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
     }
     extent_unlock();
 }
@@ -174,7 +174,7 @@ void purger_request(size_t cached)
  * between operations and holds no lock. */
 void purger_start(void)
 {
-    if (!atomic_exchange(&hak_purger_wanted, false))
+    if (!atomic_exchange(&purger_wanted, false))
         return; /* another thread got there first */
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -308,15 +308,15 @@ void extent_free(void *p, size_t len)
     uint64_t now = os_now_ms();
     free_range_locked((uintptr_t)p, len, now ? now : 1, len);
     decay(now);
-    if (range_bytes_dirty && hak_opt.decay_ms) {
+    if (range_bytes_dirty && options.decay_ms) {
         if (purger_idle) { /* it sleeps with nothing to do: one wake-up */
             purger_idle = false;
             pthread_cond_signal(&purger_cond);
         }
         if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
-            range_bytes_dirty >= PURGER_MIN_DIRTY && !hak_fork_locks_held) {
+            range_bytes_dirty >= PURGER_MIN_DIRTY && !fork_locks_held) {
             atomic_store_explicit(&purger_started, true, memory_order_relaxed);
-            atomic_store_explicit(&hak_purger_wanted, true, memory_order_relaxed);
+            atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
         }
     }
     extent_unlock();

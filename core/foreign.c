@@ -69,7 +69,7 @@ static size_t glibc_usable(const void *p)
 void foreign_free(void *p)
 {
     if (!glibc_usable(p)) {
-        hak_invalid_pointer("free of a pointer hakmem did not allocate", p);
+        invalid_free_report("free of a pointer hakmem did not allocate", p);
         return;
     }
     STAT_INC(foreign_frees);
@@ -85,7 +85,7 @@ void *foreign_realloc(void *p, size_t size)
 {
     size_t usable = glibc_usable(p);
     if (!usable) {
-        hak_invalid_pointer("realloc of a pointer hakmem did not allocate", p);
+        invalid_free_report("realloc of a pointer hakmem did not allocate", p);
         errno = EINVAL;
         return NULL;
     }

@@ -15,7 +15,7 @@ static bool list_has(Heap *h, Block *x, const Block *b, uint64_t max)
         if (x == b)
             return true;
         if (registry_kind(x) != CHUNK_SUPERSLAB || superslab_of(x)->owner != h)
-            hak_fatal("corrupted free list (use after free?) at", x);
+            fatal_corruption("corrupted free list (use after free?) at", x);
         x = block_next_fast(x);
     }
     return false;
@@ -31,17 +31,17 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
 {
     Span *s = span_of(ss, b);
     if (!block_is_valid(ss, s, b)) {
-        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        invalid_free_report("free of a pointer that is not an allocated block", b);
         return;
     }
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     Heap *h = tc->heap;
     uint32_t cap = span_capacity(s);
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
     if (list_has(h, tc->free[s->cls], b, tc->count[s->cls]) || list_has(h, s->free, b, cap) ||
         (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
         list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
-        hak_invalid_pointer("double free", b);
+        invalid_free_report("double free", b);
         return;
     }
     front_push(tc, cls, b);
@@ -64,7 +64,7 @@ void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
         /* The blocks were checked when they were freed; a link that leads
          * out of this heap's SuperSlabs means the list was overwritten. */
         if (unlikely(!b || registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
-            hak_fatal("corrupted thread free list (use after free?) at", b);
+            fatal_corruption("corrupted thread free list (use after free?) at", b);
         Block *next = block_next_fast(b);
         Span *s = span_of(ss, b);
         HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
@@ -77,14 +77,14 @@ void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
     tc->free[cls] = b;
     tc->count[cls] = keep;
     if (unlikely(!keep && b != NULL))
-        hak_fatal("thread free list longer than its count (double free?) at", b);
+        fatal_corruption("thread free list longer than its count (double free?) at", b);
 }
 
 /* hak_free found the thread front of cls over its limit. */
 void front_overflow(unsigned cls)
 {
-    ThreadCache *tc = &hak_tc;
-    front_flush(tc->heap, tc, cls, hak_classes[cls].front_max / 2);
+    ThreadCache *tc = &thread_front;
+    front_flush(tc->heap, tc, cls, size_classes[cls].front_max / 2);
     purger_poll();
 }
 
@@ -103,16 +103,16 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
      * thread_free the owner may empty and release the span. */
     Heap *owner = ss->owner;
     if (unlikely(!block_is_valid(ss, s, b))) {
-        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        invalid_free_report("free of a pointer that is not an allocated block", b);
         return;
     }
     /* Counted per heap, never in a shared counter: a thread that only
      * frees (a consumer) gets a heap for it, once. */
-    Heap *mine = hak_tc.heap;
-    if (unlikely(!mine) && !hak_tc.exited)
-        mine = heap_acquire(&hak_tc, true);
+    Heap *mine = thread_front.heap;
+    if (unlikely(!mine) && !thread_front.exited)
+        mine = heap_acquire(&thread_front, true);
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
-    b->free_mark = hak_free_mark;
+    b->free_mark = free_mark_value;
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
     for (;;) {
         if (tf == SPAN_NOTIFY) {
@@ -127,7 +127,7 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
             continue;
         }
         if (unlikely((Block *)tf == b)) {
-            hak_invalid_pointer("double free", b);
+            invalid_free_report("double free", b);
             return;
         }
         block_set_next(b, (Block *)tf);
@@ -143,9 +143,9 @@ void heap_drain_delayed(Heap *h)
 {
     Block *b = atomic_exchange_explicit(&h->delayed, NULL, memory_order_acquire);
     while (b) {
-        Block *next = (Block *)(b->next_enc ^ hak_secret);
+        Block *next = (Block *)(b->next_enc ^ process_secret);
         if (next && registry_kind(next) != CHUNK_SUPERSLAB)
-            hak_fatal("corrupted delayed-free list at", b);
+            fatal_corruption("corrupted delayed-free list at", b);
         SuperSlab *ss = superslab_of(b);
         span_put(h, ss, span_of(ss, b), b);
         b = next;

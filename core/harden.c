@@ -81,14 +81,14 @@ static void quarantine_audit(ThreadCache *tc);
 void *harden_alloc_block(Block *b, size_t size, unsigned cls)
 {
 #if HAK_HARDEN_QUARANTINE
-    quarantine_audit(&hak_tc);
+    quarantine_audit(&thread_front);
 #endif
-    size_t bs = cls < HAK_NCLASS ? hak_classes[cls].block_size
+    size_t bs = cls < HAK_NCLASS ? size_classes[cls].block_size
                                  : span_block_size(span_of(superslab_of(b), b));
     if (unlikely(!free_block_intact(b, bs)))
-        hak_fatal("write after free (a free block was changed) at", b);
+        fatal_corruption("write after free (a free block was changed) at", b);
     if (unlikely(canary_get(b, bs) != CANARY_FREE))
-        hak_fatal("heap corruption (a free block's canary was overwritten) at", b);
+        fatal_corruption("heap corruption (a free block's canary was overwritten) at", b);
     b->next_enc = 0; /* the program never sees an encoded link */
     arm(b, bs, size);
     return b;
@@ -129,7 +129,7 @@ bool harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size)
     if (c == CANARY_FREE || c == CANARY_BUSY)
         return false;
     if (c == CANARY_CORRUPT || c > bs - HAK_CANARY_SIZE)
-        hak_fatal("block overflow (canary overwritten) at", p);
+        fatal_corruption("block overflow (canary overwritten) at", p);
     *size = c;
     return true;
 }
@@ -169,24 +169,24 @@ static void check_neighbours(SuperSlab *ss, Span *s, const Block *b, size_t bs)
 {
     const char *p = (const char *)b, *start = span_start(ss, s);
     if (p > start && !neighbour_intact(p - bs, bs, false))
-        hak_fatal("block underflow (the end of the block below was overwritten) at", b);
+        fatal_corruption("block underflow (the end of the block below was overwritten) at", b);
     const char *above = p + bs, *bump = __atomic_load_n(&s->bump, __ATOMIC_ACQUIRE);
     if (above < bump ? !neighbour_intact(above, bs, true)
                      : HAK_HARDEN_ZERO_ON_FREE && !bytes_are(above, above_bump(ss, s, above), 0))
-        hak_fatal("block overflow (the block above was overwritten) at", b);
+        fatal_corruption("block overflow (the block above was overwritten) at", b);
 }
 
 static uint32_t check_live(SuperSlab *ss, Span *s, Block *b, size_t bs)
 {
     uint32_t size = canary_get(b, bs);
     if (size == CANARY_CORRUPT || size > bs - HAK_CANARY_SIZE)
-        hak_fatal("block overflow (canary overwritten) at", b);
+        fatal_corruption("block overflow (canary overwritten) at", b);
     if (!tail_intact((char *)b, size, bs - HAK_CANARY_SIZE))
-        hak_fatal("block overflow (bytes past the requested size changed) at", b);
+        fatal_corruption("block overflow (bytes past the requested size changed) at", b);
     /* Only the owner hands out blocks of its spans: while it looks, a
      * neighbour can be freed but not handed out again, so a canary that
      * reads the same before and after means the same bytes. */
-    if (ss->owner == hak_tc.heap)
+    if (ss->owner == thread_front.heap)
         check_neighbours(ss, s, b, bs);
     return size;
 }
@@ -198,8 +198,8 @@ static void quarantine_release(Block *b)
     /* It came in zeroed but for the mark.  Going back to a free list
      * rewrites the link and the mark, so they are checked here; the rest
      * of it is checked by the malloc that takes it. */
-    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != hak_free_mark)))
-        hak_fatal("write after free (a block in quarantine was changed) at", b);
+    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != free_mark_value)))
+        fatal_corruption("write after free (a block in quarantine was changed) at", b);
     b->free_mark = 0;
     slab_free(superslab_of(b), b, page_index(b));
 }
@@ -212,9 +212,9 @@ static void quarantine_audit(ThreadCache *tc)
     if (!b || !HAK_HARDEN_ZERO_ON_FREE)
         return;
     size_t room = span_block_size(span_of(superslab_of(b), b)) - HAK_CANARY_SIZE;
-    if (b->next_enc != 0 || b->free_mark != hak_free_mark ||
+    if (b->next_enc != 0 || b->free_mark != free_mark_value ||
         !bytes_are((char *)b + 16, (room < 80 ? room : 80) - 16, 0))
-        hak_fatal("write after free (a block in quarantine was changed) at", b);
+        fatal_corruption("write after free (a block in quarantine was changed) at", b);
 }
 
 void quarantine_flush(ThreadCache *tc)
@@ -233,29 +233,29 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
 {
     Span *s = span_of(ss, b);
     if (unlikely(cls == HAK_NO_CLASS || !block_is_valid(ss, s, b))) {
-        hak_invalid_pointer("free of a pointer that is not an allocated block", b);
+        invalid_free_report("free of a pointer that is not an allocated block", b);
         return;
     }
     size_t bs = span_block_size(s);
     /* (mitigations.h: every per-block mitigation comes with the canary) */
     uint32_t c = canary_get(b, bs);
     if (c == CANARY_FREE || c == CANARY_BUSY) { /* free, in a quarantine, */
-        hak_invalid_pointer("double free", b); /* or being freed       */
+        invalid_free_report("double free", b); /* or being freed       */
         return;
     }
     if (!scrub(b, bs, check_live(ss, s, b, bs))) { /* another thread freed it */
-        hak_invalid_pointer("double free", b);
+        invalid_free_report("double free", b);
         return;
     }
 #if HAK_HARDEN_QUARANTINE
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     /* A thread without a heap (or past giving it up) has nobody to flush
      * its quarantine at exit: its frees go straight through. */
     if (tc->heap && !tc->exited) {
-        b->free_mark = hak_free_mark;
+        b->free_mark = free_mark_value;
         uint64_t r = tc->quarantine_rng;
         if (!r)
-            r = hak_secret ^ (uintptr_t)tc;
+            r = process_secret ^ (uintptr_t)tc;
         r ^= r << 13; r ^= r >> 7; r ^= r << 17; /* xorshift64 */
         tc->quarantine_rng = r;
         unsigned i = (unsigned)(r % HAK_QUARANTINE_SLOTS);
@@ -283,7 +283,7 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
  * they are reused) up to LARGE_QUARANTINE_RESIDENT bytes; past it they
  * are purged. */
 typedef struct LargeWait { char *ext; size_t len; const void *p; bool resident; } LargeWait;
-static HakLock lq_lock = HAK_LOCK_INIT;
+static Lock lq_lock = LOCK_INIT;
 static LargeWait lq[LARGE_QUARANTINE];
 static unsigned lq_next;
 static size_t lq_resident;
@@ -314,25 +314,25 @@ static void large_release(LargeWait w)
 
 void large_quarantine_put(char *ext, size_t len, const void *p)
 {
-    hak_lock(&lq_lock);
+    lock_acquire(&lq_lock);
     bool resident = lq_resident + len <= LARGE_QUARANTINE_RESIDENT;
     if (resident)
         lq_resident += len;
-    hak_unlock(&lq_lock);
+    lock_release(&lq_lock);
     if (!resident && !os_purge(ext, len)) { /* reads as zero, not resident */
         resident = true;                    /* (or it failed: zeroed later) */
-        hak_lock(&lq_lock);
+        lock_acquire(&lq_lock);
         lq_resident += len;
-        hak_unlock(&lq_lock);
+        lock_release(&lq_lock);
     }
     os_protect(ext, len, false);   /* any access faults; may fail (counted) */
-    hak_lock(&lq_lock);
+    lock_acquire(&lq_lock);
     LargeWait out = lq[lq_next];
     lq[lq_next] = (LargeWait){ ext, len, p, resident };
     lq_next = (lq_next + 1) % LARGE_QUARANTINE;
     if (out.ext && out.resident)
         lq_resident -= out.len;
-    hak_unlock(&lq_lock);
+    lock_release(&lq_lock);
     if (out.ext)
         large_release(out);
 }
@@ -340,29 +340,29 @@ void large_quarantine_put(char *ext, size_t len, const void *p)
 bool large_quarantined(const void *p)
 {
     bool found = false;
-    hak_lock(&lq_lock);
+    lock_acquire(&lq_lock);
     for (unsigned i = 0; i < LARGE_QUARANTINE && !found; i++)
         found = lq[i].ext && lq[i].p == p;
-    hak_unlock(&lq_lock);
+    lock_release(&lq_lock);
     return found;
 }
 
 static void lq_fork(int phase)
 {
-    if (phase == 0) hak_lock(&lq_lock);
-    else if (phase == 1) hak_unlock(&lq_lock);
+    if (phase == 0) lock_acquire(&lq_lock);
+    else if (phase == 1) lock_release(&lq_lock);
     else pthread_mutex_init(&lq_lock.m, NULL);
 }
 
 void large_quarantine_flush(void)
 {
     for (unsigned i = 0; i < LARGE_QUARANTINE; i++) {
-        hak_lock(&lq_lock);
+        lock_acquire(&lq_lock);
         LargeWait w = lq[i];
         lq[i].ext = NULL;
         if (w.ext && w.resident)
             lq_resident -= w.len;
-        hak_unlock(&lq_lock);
+        lock_release(&lq_lock);
         if (w.ext)
             large_release(w);
     }
@@ -381,7 +381,7 @@ typedef struct ZeroChunk {
     size_t used, cursor;
     uint64_t live[ZERO_SLOTS / 64];
 } ZeroChunk;
-static HakLock zero_lock = HAK_LOCK_INIT;
+static Lock zero_lock = LOCK_INIT;
 static ZeroChunk *zero_chunks;
 
 static ZeroChunk *zero_chunk_new(void)
@@ -405,19 +405,19 @@ static ZeroChunk *zero_chunk_new(void)
 
 static void zero_fork(int phase)
 {
-    if (phase == 0) hak_lock(&zero_lock);
-    else if (phase == 1) hak_unlock(&zero_lock);
+    if (phase == 0) lock_acquire(&zero_lock);
+    else if (phase == 1) lock_release(&zero_lock);
     else pthread_mutex_init(&zero_lock.m, NULL);
 }
 
 void *zero_alloc(void)
 {
-    hak_lock(&zero_lock);
+    lock_acquire(&zero_lock);
     ZeroChunk *c = zero_chunks;
     while (c && c->used == ZERO_SLOTS)
         c = c->next;
     if (!c && !(c = zero_chunk_new())) {
-        hak_unlock(&zero_lock);
+        lock_release(&zero_lock);
         errno = ENOMEM;
         return NULL;
     }
@@ -429,7 +429,7 @@ void *zero_alloc(void)
     c->live[w] |= 1ull << (slot % 64);
     c->used++;
     c->cursor = (slot + 1) % ZERO_SLOTS;
-    hak_unlock(&zero_lock);
+    lock_release(&zero_lock);
     return c->base + slot * ZERO_SLOT;
 }
 
@@ -450,17 +450,17 @@ static ZeroChunk *zero_slot(const void *p, size_t *slot)
 bool zero_live(const void *p)
 {
     size_t slot;
-    hak_lock(&zero_lock);
+    lock_acquire(&zero_lock);
     ZeroChunk *c = zero_slot(p, &slot);
     bool live = c && (c->live[slot / 64] >> (slot % 64) & 1);
-    hak_unlock(&zero_lock);
+    lock_release(&zero_lock);
     return live;
 }
 
 void zero_free(void *p)
 {
     size_t slot;
-    hak_lock(&zero_lock);
+    lock_acquire(&zero_lock);
     ZeroChunk *c = zero_slot(p, &slot);
     const char *problem = !c ? "free of a pointer that is not an allocated block"
                           : !(c->live[slot / 64] >> (slot % 64) & 1) ? "double free" : NULL;
@@ -468,9 +468,9 @@ void zero_free(void *p)
         c->live[slot / 64] &= ~(1ull << (slot % 64));
         c->used--;
     }
-    hak_unlock(&zero_lock);
+    lock_release(&zero_lock);
     if (problem)
-        hak_invalid_pointer(problem, p);
+        invalid_free_report(problem, p);
 }
 #endif
 

@@ -28,7 +28,7 @@ static inline uint64_t *canary_slot(const void *b, size_t block_size)
 }
 static inline uint64_t canary_key(const void *b)
 {
-    return ((uintptr_t)b * 0x9E3779B97F4A7C15ull) ^ hak_secret;
+    return ((uintptr_t)b * 0x9E3779B97F4A7C15ull) ^ process_secret;
 }
 static inline void canary_set(void *b, size_t block_size, uint32_t size)
 {
@@ -42,7 +42,7 @@ static inline uint32_t canary_get(const void *b, size_t block_size)
     uint32_t size = (uint32_t)(v & 0xFFFF);
     return v == (uint64_t)size * 0x0001000100010001ull ? size : CANARY_CORRUPT;
 }
-static inline uint8_t tail_byte(void) { return (uint8_t)(hak_secret >> 40) | 0x81; }
+static inline uint8_t tail_byte(void) { return (uint8_t)(process_secret >> 40) | 0x81; }
 
 /* Are the n bytes at p all v?  Blocks are checked whole at every malloc
  * (ZERO_ON_FREE) and tails at every free: unaligned loads that overlap at
@@ -132,9 +132,9 @@ static inline Block *block_pop_next(const Block *b)
 {
     Block *n = block_next_fast(b);
 #if HAK_HARDEN_ZERO_ON_FREE
-    if (unlikely(b->free_mark != hak_free_mark ||
+    if (unlikely(b->free_mark != free_mark_value ||
                  (n && ((uintptr_t)n & (HAK_MIN_ALIGN - 1) || registry_kind(n) != CHUNK_SUPERSLAB))))
-        hak_fatal("write after free (a free block's link or mark was overwritten) at", b);
+        fatal_corruption("write after free (a free block's link or mark was overwritten) at", b);
 #endif
     return n;
 }

@@ -18,11 +18,11 @@
 #include <string.h>
 #include <sys/auxv.h>
 
-__thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
-uintptr_t hak_secret;
-uintptr_t hak_free_mark;
+__thread ThreadCache thread_front __attribute__((tls_model("initial-exec")));
+uintptr_t process_secret;
+uintptr_t free_mark_value;
 
-HakLock heaps_mutex = HAK_LOCK_INIT;
+Lock heaps_mutex = LOCK_INIT;
 Heap  *all_heaps;          /* every heap, linked by all_next      */
 Heap  *abandoned_heaps;    /* heaps of exited threads, LIFO       */
 static char  *heap_store;         /* storage that new heaps are cut from */
@@ -30,7 +30,7 @@ static size_t heap_store_left;
 static pthread_key_t exit_key;
 static bool   runtime_ready;
 static _Atomic bool atfork_registered;
-__thread bool hak_fork_locks_held __attribute__((tls_model("initial-exec")));
+__thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
 
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
@@ -45,19 +45,19 @@ static void runtime_init(void)
         memcpy(&r, rnd + 8, sizeof r); /* not 8-aligned */
     uintptr_t s = (uintptr_t)r;
     s ^= (uintptr_t)&s * 0x9E3779B97F4A7C15ull;
-    hak_secret = s | 1;
+    process_secret = s | 1;
     /* The free mark sits in every free block, where a program with a
      * use-after-free can read it: it is drawn on its own, not derived from
      * AT_RANDOM (glibc's stack-protector and pointer-guard bytes). */
     uint64_t mark = 0;
     if (!os_random(&mark, sizeof mark))
         mark = (os_now_ms() ^ (uintptr_t)&mark) * 0xD6E8FEB86659FD93ull;
-    hak_free_mark = (uintptr_t)mark | 1;
+    free_mark_value = (uintptr_t)mark | 1;
     options_init();
     classes_init();
     pthread_key_create(&exit_key, heap_thread_exit);
     __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);
-    if (hak_opt.verbose)
+    if (options.verbose)
         options_print();
 }
 
@@ -131,7 +131,7 @@ static void heap_release(ThreadCache *tc);
  * at_exit, heap_thread_exit runs when the thread exits. */
 Heap *heap_acquire(ThreadCache *tc, bool at_exit)
 {
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     if (!runtime_ready)
         runtime_init();
     Heap *h = abandoned_heaps;
@@ -145,7 +145,7 @@ Heap *heap_acquire(ThreadCache *tc, bool at_exit)
             size_t len = 64 * 1024;
             heap_store = extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed);
             if (!heap_store) {
-                hak_unlock(&heaps_mutex);
+                lock_release(&heaps_mutex);
                 return NULL;
             }
             if (!zeroed)
@@ -162,7 +162,7 @@ Heap *heap_acquire(ThreadCache *tc, bool at_exit)
     }
     atomic_store(&h->state, HEAP_ACTIVE);
     h->front = tc;
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
     tc->heap = h;
     if (adopted)
         heap_validate(h, tc); /* what the thread that gave it up left */
@@ -175,7 +175,7 @@ Heap *heap_acquire(ThreadCache *tc, bool at_exit)
 /* The fork handlers are registered as early as possible: by the first
  * heap or by hakmem's constructor, whichever comes first.  Handlers that
  * other code registered earlier run after our prepare handler and may
- * allocate: see hak_lock. */
+ * allocate: see lock_acquire. */
 static void atfork_register(void)
 {
     if (!atomic_load_explicit(&atfork_registered, memory_order_relaxed) &&
@@ -183,7 +183,7 @@ static void atfork_register(void)
         pthread_atfork(heaps_fork_prepare, heaps_fork_parent, heaps_fork_child);
 }
 
-void hak_ensure_runtime(void)
+void runtime_ensure(void)
 {
     if (!__atomic_load_n(&runtime_ready, __ATOMIC_ACQUIRE))
         hak_free(hak_malloc(1)); /* the first heap sets up the runtime */
@@ -191,23 +191,23 @@ void hak_ensure_runtime(void)
 
 /* Set up before main when hakmem is preloaded or linked, so that
  * HAKMEM_VERBOSE reports early and fork handlers exist before threads. */
-__attribute__((constructor)) static void hak_process_start(void)
+__attribute__((constructor)) static void process_start(void)
 {
-    hak_ensure_runtime();
+    runtime_ensure();
     atfork_register();
 }
 
 void *heap_alloc_slow(size_t size, unsigned cls)
 {
     purger_poll();
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     Heap *h = tc->heap;
     if (unlikely(!h)) {
         if (!(h = heap_acquire(tc, !tc->exited))) {
             errno = ENOMEM;
             return NULL;
         }
-        if (hak_classes[cls].block_size < size) /* the table was empty until now */
+        if (size_classes[cls].block_size < size) /* the table was empty until now */
             cls = size_class_compute(size);
         if (unlikely(tc->exited)) {
             /* Called from a thread-exit destructor that ran after ours: the
@@ -313,20 +313,20 @@ static void heap_release(ThreadCache *tc)
     front_give_back(h, tc);
     large_front_flush(&h->large);
     tc->heap = NULL;
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
         h->allocs[cls] += tc->allocs[cls];
         tc->allocs[cls] = 0;
     }
     h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
     heap_collect(h);
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     atomic_store(&h->state, HEAP_ABANDONED);
     h->abandoned_next = abandoned_heaps;
     __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
     purger_poll();
 }
 
@@ -336,7 +336,7 @@ static void heap_release(ThreadCache *tc)
  * theirs alone: they are given back when those threads exit.) */
 void heap_trim(void)
 {
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     Heap *h = tc->heap;
     if (!h)
         return;
@@ -353,7 +353,7 @@ void heap_trim(void)
  * one call (heap_alloc_slow), since nothing would give a heap back later. */
 void heap_thread_exit(void *unused)
 {
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     if (!tc->heap)
         return;
     tc->exited = true;
@@ -362,7 +362,7 @@ void heap_thread_exit(void *unused)
 
 LargeFront *heap_large_front(void)
 {
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     if (likely(tc->heap != NULL))
         return &tc->heap->large;
     if (tc->exited)
@@ -381,13 +381,13 @@ void heap_collect_abandoned(bool all)
     __atomic_store_n(&last_collect_ms, now, __ATOMIC_RELAXED);
     Heap *done = NULL;
     for (;;) {
-        hak_lock(&heaps_mutex);
+        lock_acquire(&heaps_mutex);
         Heap *h = abandoned_heaps;
         if (h) {
             __atomic_store_n(&abandoned_heaps, h->abandoned_next, __ATOMIC_RELAXED);
             atomic_store(&h->state, HEAP_BUSY);
         }
-        hak_unlock(&heaps_mutex);
+        lock_release(&heaps_mutex);
         if (!h)
             break;
         heap_collect(h);
@@ -396,7 +396,7 @@ void heap_collect_abandoned(bool all)
         h->abandoned_next = done;
         done = h;
     }
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     while (done) {
         Heap *h = done;
         done = h->abandoned_next;
@@ -404,22 +404,22 @@ void heap_collect_abandoned(bool all)
         h->abandoned_next = abandoned_heaps;
         __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
     }
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
 }
 
 void heaps_fork_prepare(void)
 {
     harden_fork(0);
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     extent_lock();
-    hak_fork_locks_held = true;
+    fork_locks_held = true;
 }
 
 void heaps_fork_parent(void)
 {
-    hak_fork_locks_held = false;
+    fork_locks_held = false;
     extent_unlock();
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
     harden_fork(1);
 }
 
@@ -428,13 +428,13 @@ void heaps_fork_parent(void)
  * (leaked, like glibc leaks their tcaches), never adopted. */
 void heaps_fork_child(void)
 {
-    hak_fork_locks_held = false;
+    fork_locks_held = false;
     extent_fork_child();
     pthread_mutex_init(&heaps_mutex.m, NULL);
     harden_fork(2);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);
-        if (h != hak_tc.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY)) {
+        if (h != thread_front.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY)) {
             atomic_store(&h->state, HEAP_ORPHAN);
             h->front = NULL;
         }

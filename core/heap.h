@@ -40,7 +40,7 @@ static inline void heap_validate(Heap *h, const ThreadCache *tc) { }
 #endif
 
 /* heap.c */
-extern HAK_HIDDEN HakLock heaps_mutex;   /* the heap list and the abandoned list */
+extern HAK_HIDDEN Lock heaps_mutex;   /* the heap list and the abandoned list */
 extern HAK_HIDDEN Heap   *all_heaps;     /* every heap, linked by all_next */
 extern HAK_HIDDEN Heap   *abandoned_heaps; /* heaps of exited threads, LIFO */
 Heap  *heap_acquire(ThreadCache *tc, bool at_exit);

@@ -16,7 +16,7 @@
 #define HAK_COLD    __attribute__((noinline, cold))
 
 #ifdef HAK_DEBUG
-#define HAK_ASSERT(c) ((c) ? (void)0 : hak_assert_fail(#c, __FILE__, __LINE__))
+#define HAK_ASSERT(c) ((c) ? (void)0 : assert_failed(#c, __FILE__, __LINE__))
 #else
 #define HAK_ASSERT(c) ((void)0)
 #endif
@@ -34,17 +34,17 @@ static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
  * on that thread (they run before or after ours, in an order set by
  * registration), so for it taking and releasing a lock is a no-op. */
 #include <pthread.h>
-extern HAK_HIDDEN __thread bool hak_fork_locks_held __attribute__((tls_model("initial-exec")));
+extern HAK_HIDDEN __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 /* A shared lock, with how often it was taken and how often a thread had to
  * wait for it (HAKMEM_STATS): written by the holder only. */
-typedef struct HakLock {
+typedef struct Lock {
     pthread_mutex_t m;
     uint64_t acquired, contended;
-} HakLock;
-#define HAK_LOCK_INIT { PTHREAD_MUTEX_INITIALIZER, 0, 0 }
-static inline void hak_lock(HakLock *l)
+} Lock;
+#define LOCK_INIT { PTHREAD_MUTEX_INITIALIZER, 0, 0 }
+static inline void lock_acquire(Lock *l)
 {
-    if (unlikely(hak_fork_locks_held))
+    if (unlikely(fork_locks_held))
         return;
     bool waited = false;
     for (int i = 0; i < LOCK_SPIN; i++, waited = true)
@@ -57,20 +57,20 @@ got:
     l->acquired++;
     l->contended += waited;
 }
-static inline void hak_unlock(HakLock *l)
+static inline void lock_release(Lock *l)
 {
-    if (likely(!hak_fork_locks_held))
+    if (likely(!fork_locks_held))
         pthread_mutex_unlock(&l->m);
 }
 
 /* ---- errors (error.c) ---- */
-__attribute__((noreturn)) void hak_assert_fail(const char *cond, const char *file, int line);
+__attribute__((noreturn)) void assert_failed(const char *cond, const char *file, int line);
 /* Heap corruption: one line on stderr, then abort(). */
-__attribute__((noreturn)) void hak_fatal(const char *what, const void *addr);
+__attribute__((noreturn)) void fatal_corruption(const char *what, const void *addr);
 /* Invalid free/realloc: abort, or count and ignore (HAKMEM_INVALID_FREE). */
-void hak_invalid_pointer(const char *what, const void *addr);
+void invalid_free_report(const char *what, const void *addr);
 /* Write a message to stderr without allocating. */
-void hak_write_stderr(const char *msg);
+void write_stderr(const char *msg);
 
 /* ---- options (options.c) ---- */
 typedef struct Options {
@@ -80,13 +80,13 @@ typedef struct Options {
     long decay_ms;       /* HAKMEM_DECAY_MS */
     long cache_max_mb;   /* HAKMEM_CACHE_MAX_MB */
 } Options;
-extern HAK_HIDDEN Options hak_opt;
+extern HAK_HIDDEN Options options;
 void options_init(void);
 void options_print(void);
 
 /* ---- free-list link encoding ---- */
-extern HAK_HIDDEN uintptr_t hak_secret;
-extern HAK_HIDDEN uintptr_t hak_free_mark; /* see Block in types.h; never 0 */
+extern HAK_HIDDEN uintptr_t process_secret;
+extern HAK_HIDDEN uintptr_t free_mark_value; /* see Block in types.h; never 0 */
 /* Links are stored XOR-ed with a per-process secret, so a stray or hostile
  * write into a freed block cannot aim a later malloc at a chosen address.
  * block_next() also checks that a link stays inside its SuperSlab; it is
@@ -94,19 +94,19 @@ extern HAK_HIDDEN uintptr_t hak_free_mark; /* see Block in types.h; never 0 */
  * malloc fast path decodes without the check (block_next_fast). */
 static inline Block *block_next_fast(const Block *b)
 {
-    return (Block *)(b->next_enc ^ hak_secret);
+    return (Block *)(b->next_enc ^ process_secret);
 }
 static inline Block *block_next(const Block *b)
 {
     Block *n = block_next_fast(b);
     /* A link leaves its SuperSlab only at the end of a list. */
     if (unlikely((((uintptr_t)n ^ (uintptr_t)b) >> HAK_CHUNK_SHIFT) != 0) && n != NULL)
-        hak_fatal("corrupted free list (use after free?) at", b);
+        fatal_corruption("corrupted free list (use after free?) at", b);
     return n;
 }
 static inline void block_set_next(Block *b, Block *next)
 {
-    b->next_enc = (uintptr_t)next ^ hak_secret;
+    b->next_enc = (uintptr_t)next ^ process_secret;
 }
 
 /* ---- hardening (mitigations.h): room the tiers reserve ----
@@ -123,16 +123,16 @@ static inline size_t slab_request(size_t size)
 
 /* ---- size classes (size_class.c) ---- */
 /* the class of each size, by (size + 15) / 16 */
-extern HAK_HIDDEN uint8_t hak_class_of[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
-extern HAK_HIDDEN ClassInfo hak_classes[HAK_NCLASS + 1];
+extern HAK_HIDDEN uint8_t class_of_size[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
+extern HAK_HIDDEN ClassInfo size_classes[HAK_NCLASS + 1];
 unsigned size_class_compute(size_t size);
 static inline unsigned size_class(size_t size)
 {
-    return hak_class_of[(size + HAK_MIN_ALIGN - 1) >> HAK_MIN_ALIGN_SHIFT];
+    return class_of_size[(size + HAK_MIN_ALIGN - 1) >> HAK_MIN_ALIGN_SHIFT];
 }
 
 /* ---- thread heaps (heap.c, span.c, free.c; heaps_stats in stats.c) ---- */
-extern HAK_HIDDEN __thread ThreadCache hak_tc __attribute__((tls_model("initial-exec")));
+extern HAK_HIDDEN __thread ThreadCache thread_front __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);
 void  front_free_slow(SuperSlab *ss, Block *b, unsigned cls);
@@ -154,7 +154,7 @@ void  heaps_stats(struct hak_stats *st, ClassStats *by_class);
 void  heaps_report_remote(void); /* HAKMEM_STATS lines, busiest heaps */
 /* Secret, options and class tables are set up by the first thread heap;
  * paths that may run before any heap exists call this first. */
-void  hak_ensure_runtime(void);
+void  runtime_ensure(void);
 static inline SuperSlab *superslab_of(const void *p)
 {
     return (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);
@@ -176,15 +176,15 @@ static inline char *span_start(SuperSlab *ss, Span *s)
  * valid for offsets below 2^32.  HAK_NO_CLASS (magic 0) rejects all. */
 static inline bool offset_is_block(unsigned cls, uint32_t off)
 {
-    uint64_t magic = hak_classes[cls].div_magic;
+    uint64_t magic = size_classes[cls].div_magic;
     return (uint64_t)off * magic < magic;
 }
 static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
 {
     return offset_is_block(s->cls, (uint32_t)((const char *)p - span_start(ss, s)));
 }
-static inline uint32_t span_block_size(const Span *s) { return hak_classes[s->cls].block_size; }
-static inline uint32_t span_capacity(const Span *s) { return hak_classes[s->cls].capacity; }
+static inline uint32_t span_block_size(const Span *s) { return size_classes[s->cls].block_size; }
+static inline uint32_t span_capacity(const Span *s) { return size_classes[s->cls].capacity; }
 
 /* A block of a carved slab, at a block start below the carving point. */
 static inline bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
@@ -199,9 +199,9 @@ static inline bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
 static inline void front_push(ThreadCache *tc, unsigned cls, Block *b)
 {
     block_set_next(b, tc->free[cls]);
-    b->free_mark = hak_free_mark;
+    b->free_mark = free_mark_value;
     tc->free[cls] = b;
-    if (unlikely(++tc->count[cls] > hak_classes[cls].front_max))
+    if (unlikely(++tc->count[cls] > size_classes[cls].front_max))
         front_overflow(cls);
 }
 
@@ -217,14 +217,14 @@ static inline unsigned page_index(const void *p)
 }
 static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
 {
-    ThreadCache *tc = &hak_tc;
+    ThreadCache *tc = &thread_front;
     unsigned cls = ss->page_cls[page];
     if (likely(ss->owner == tc->heap)) {
         uintptr_t addr = (uintptr_t)b;
         unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
         uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
                                   (HAK_CHUNK_SIZE - 1));
-        if (unlikely(!offset_is_block(cls, off) || b->free_mark == hak_free_mark)) {
+        if (unlikely(!offset_is_block(cls, off) || b->free_mark == free_mark_value)) {
             front_free_slow(ss, b, cls);
             return;
         }
@@ -247,12 +247,12 @@ void  extent_stats(struct hak_stats *st);
 /* The purger thread (extent.c) is wanted once enough freed memory waits
  * for decay; it is started at the end of a malloc or free that reached the
  * extents, never inside one (pthread_create allocates). */
-extern HAK_HIDDEN _Atomic bool hak_purger_wanted;
+extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */
 static inline void purger_poll(void)
 {
-    if (unlikely(atomic_load_explicit(&hak_purger_wanted, memory_order_relaxed)))
+    if (unlikely(atomic_load_explicit(&purger_wanted, memory_order_relaxed)))
         purger_start();
 }
 
@@ -305,7 +305,7 @@ typedef struct GlobalStats {
     _Atomic uint64_t remote_frees_exited; /* remote frees by threads without a
                                              heap (added to remote_frees) */
 } GlobalStats;
-extern HAK_HIDDEN GlobalStats hak_gstats;
-#define STAT_INC(f) atomic_fetch_add_explicit(&hak_gstats.f, 1, memory_order_relaxed)
+extern HAK_HIDDEN GlobalStats global_stats;
+#define STAT_INC(f) atomic_fetch_add_explicit(&global_stats.f, 1, memory_order_relaxed)
 
 #endif /* HAK_INTERNAL_H */

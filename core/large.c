@@ -29,7 +29,7 @@ _Static_assert(sizeof(LargeHeader) == 64, "LargeHeader is 64 bytes");
 
 static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
 {
-    return (uintptr_t)h ^ hak_secret ^ tag;
+    return (uintptr_t)h ^ process_secret ^ tag;
 }
 
 static LargeHeader *header_at(const void *p)
@@ -98,9 +98,9 @@ static void large_check(const LargeHeader *h, const char *p)
         return;
     for (unsigned i = 0; i < 4; i++)
         if (h->_pad[i] != pad_canary(h, i))
-            hak_fatal("block underflow (large block header overwritten) at", p);
+            fatal_corruption("block underflow (large block header overwritten) at", p);
     if (!bytes_are(p + h->size, large_room(h, p) - h->size, tail_byte()))
-        hak_fatal("block overflow (bytes past the requested size changed) at", p);
+        fatal_corruption("block overflow (bytes past the requested size changed) at", p);
 }
 
 /* Hardened build: the first and last page of the extent are made
@@ -128,7 +128,7 @@ static void *place(char *ext, size_t len, size_t off, size_t size)
 
 void *large_alloc(size_t size, size_t align, bool zero)
 {
-    hak_ensure_runtime(); /* the cookie needs the secret */
+    runtime_ensure(); /* the cookie needs the secret */
     if (align < HAK_MIN_ALIGN)
         align = HAK_MIN_ALIGN;
     /* Offset of the user pointer in its extent: room for the header, and
@@ -171,7 +171,7 @@ void large_free(void *p)
 {
     LargeHeader *h = large_header(p);
     if (!h) {
-        hak_invalid_pointer(large_was_freed(p) ? "double free" :
+        invalid_free_report(large_was_freed(p) ? "double free" :
                             "free of a pointer hakmem did not allocate", p);
         return;
     }
@@ -209,7 +209,7 @@ void *large_realloc(void *p, size_t size)
 {
     LargeHeader *h = large_header(p);
     if (!h) {
-        hak_invalid_pointer("realloc of a pointer hakmem did not allocate", p);
+        invalid_free_report("realloc of a pointer hakmem did not allocate", p);
         errno = EINVAL;
         return NULL;
     }

@@ -285,7 +285,7 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
-    if (pages > MAX_PAGES || !hak_opt.decay_ms) /* decay 0: keep nothing */
+    if (pages > MAX_PAGES || !options.decay_ms) /* decay 0: keep nothing */
         return false;
     CachedExtent *e = link_of(ext);
     e->len = len;
@@ -320,7 +320,7 @@ void large_front_flush(LargeFront *f)
  * ones are pushed back.  Returns when the next one is due (0: none). */
 uint64_t large_cache_decay(bool all)
 {
-    uint64_t now = os_now_ms(), next_due = 0, decay = (uint64_t)hak_opt.decay_ms;
+    uint64_t now = os_now_ms(), next_due = 0, decay = (uint64_t)options.decay_ms;
     for (unsigned i = 0; i < LARGE_NSHARD; i++) {
         Shard *s = &shards[i];
         if (!atomic_load_explicit(&s->bytes, RELAXED))

@@ -10,7 +10,7 @@
 
 extern char **environ;
 
-Options hak_opt = {
+Options options = {
     .stats = 0, .verbose = 0, .invalid_free = 0, .decay_ms = 1000, .cache_max_mb = 1024,
 };
 
@@ -23,15 +23,15 @@ typedef struct OptionDesc {
 } OptionDesc;
 
 static const OptionDesc option_table[] = {
-    { "HAKMEM_STATS", &hak_opt.stats, 0, 1, { NULL, NULL },
+    { "HAKMEM_STATS", &options.stats, 0, 1, { NULL, NULL },
       "print the statistics report to stderr at exit" },
-    { "HAKMEM_VERBOSE", &hak_opt.verbose, 0, 1, { NULL, NULL },
+    { "HAKMEM_VERBOSE", &options.verbose, 0, 1, { NULL, NULL },
       "print the options in effect at start-up" },
-    { "HAKMEM_INVALID_FREE", &hak_opt.invalid_free, 0, 1, { "abort", "ignore" },
+    { "HAKMEM_INVALID_FREE", &options.invalid_free, 0, 1, { "abort", "ignore" },
       "what an invalid or double free does: abort (default) or ignore (and count)" },
-    { "HAKMEM_DECAY_MS", &hak_opt.decay_ms, 0, 3600000, { NULL, NULL },
+    { "HAKMEM_DECAY_MS", &options.decay_ms, 0, 3600000, { NULL, NULL },
       "free memory unused this long (ms) is returned to the OS" },
-    { "HAKMEM_CACHE_MAX_MB", &hak_opt.cache_max_mb, 0, 1 << 20, { NULL, NULL },
+    { "HAKMEM_CACHE_MAX_MB", &options.cache_max_mb, 0, 1 << 20, { NULL, NULL },
       "cap on free memory kept resident for reuse (MiB)" },
 };
 #define NOPTIONS (sizeof option_table / sizeof option_table[0])
@@ -40,7 +40,7 @@ static void warn(const char *what, const char *entry)
 {
     char buf[256];
     snprintf(buf, sizeof buf, "hakmem: %s: %.200s\n", what, entry);
-    hak_write_stderr(buf);
+    write_stderr(buf);
 }
 
 static bool parse_value(const OptionDesc *o, const char *v)
@@ -90,6 +90,6 @@ void options_print(void)
             snprintf(buf, sizeof buf, "hakmem: %s=%s  (%s)\n", o->name, o->words[v], o->help);
         else
             snprintf(buf, sizeof buf, "hakmem: %s=%ld  (%s)\n", o->name, v, o->help);
-        hak_write_stderr(buf);
+        write_stderr(buf);
     }
 }

@@ -2,5 +2,5 @@
  * SPDX-License-Identifier: MIT */
 #include "registry.h"
 
-uint8_t hak_chunk_kind[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)]
+uint8_t chunk_kinds[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)]
     __attribute__((visibility("hidden")));

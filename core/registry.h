@@ -12,14 +12,14 @@
 enum chunk_kind { CHUNK_NONE = 0, CHUNK_SUPERSLAB = 1, CHUNK_ARENA = 2, CHUNK_ZERO = 3 };
 
 #define HAK_ADDR_BITS 47
-extern HAK_HIDDEN uint8_t hak_chunk_kind[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)];
+extern HAK_HIDDEN uint8_t chunk_kinds[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)];
 
 static inline unsigned registry_kind(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
     if (unlikely(a >> HAK_ADDR_BITS))
         return CHUNK_NONE;
-    return __atomic_load_n(&hak_chunk_kind[a >> HAK_CHUNK_SHIFT], __ATOMIC_RELAXED);
+    return __atomic_load_n(&chunk_kinds[a >> HAK_CHUNK_SHIFT], __ATOMIC_RELAXED);
 }
 
 /* base and len are multiples of the chunk size. */
@@ -27,7 +27,7 @@ static inline void registry_set(const void *base, size_t len, unsigned kind)
 {
     uintptr_t c = (uintptr_t)base >> HAK_CHUNK_SHIFT;
     for (size_t i = 0; i < (len >> HAK_CHUNK_SHIFT); i++)
-        __atomic_store_n(&hak_chunk_kind[c + i], (uint8_t)kind, __ATOMIC_RELEASE);
+        __atomic_store_n(&chunk_kinds[c + i], (uint8_t)kind, __ATOMIC_RELEASE);
 }
 
 #endif

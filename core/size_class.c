@@ -3,8 +3,8 @@
  * SPDX-License-Identifier: MIT */
 #include "heap.h"
 
-uint8_t   hak_class_of[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
-ClassInfo hak_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
+uint8_t   class_of_size[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
+ClassInfo size_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
 
 /* Size classes: 16..128 by 16, then four classes per power of two up to
  * 52 KiB (at most 25% apart, so internal waste stays low).              */
@@ -61,10 +61,10 @@ void classes_init(void)
         size_t front = FRONT_BYTES / size;
         front = front < 32 ? 32 : front > 2048 ? 2048 : front;
         /* (the hardened build keeps each span's last page as a guard) */
-        hak_classes[c] = (ClassInfo){ UINT64_MAX / size + 1, (uint32_t)size,
+        size_classes[c] = (ClassInfo){ UINT64_MAX / size + 1, (uint32_t)size,
                                       (uint32_t)((best * HAK_SLAB_SIZE - HAK_GUARD_SIZE) / size),
                                       (uint32_t)front, (uint8_t)best };
     }
     for (size_t i = 0; i <= (HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT); i++)
-        hak_class_of[i] = (uint8_t)size_class_compute(i << HAK_MIN_ALIGN_SHIFT);
+        class_of_size[i] = (uint8_t)size_class_compute(i << HAK_MIN_ALIGN_SHIFT);
 }

@@ -145,7 +145,7 @@ static int find_run(uint32_t mask, unsigned k)
 
 Span *span_new(Heap *h, unsigned cls)
 {
-    unsigned k = hak_classes[cls].nslabs;
+    unsigned k = size_classes[cls].nslabs;
     SuperSlab *ss;
     int idx = -1;
     for (ss = h->superslabs; ss && ss->free_mask; ss = ss->next)
@@ -175,7 +175,7 @@ Span *span_new(Heap *h, unsigned cls)
     }
     Span *s = &ss->spans[idx];
     memset(s, 0, sizeof *s);
-    const ClassInfo *ci = &hak_classes[cls];
+    const ClassInfo *ci = &size_classes[cls];
     span_bytes_add(h, cls, (int64_t)k * HAK_SLAB_SIZE);
     s->cls = (uint8_t)cls;
     s->nslabs = (uint8_t)k;
@@ -192,7 +192,7 @@ static Block *link_blocks(char *p, size_t bs, const uint16_t *order, uint32_t fr
     for (uint32_t i = to; i-- > from;) {
         Block *b = (Block *)(p + (order ? order[i] : i) * bs);
         block_set_next(b, head);
-        b->free_mark = hak_free_mark;
+        b->free_mark = free_mark_value;
         head = b;
     }
     return head;
@@ -220,7 +220,7 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
 #if HAK_HARDEN_RANDOM_ORDER
     static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
     if (!rng)
-        rng = hak_secret ^ (uintptr_t)&rng;
+        rng = process_secret ^ (uintptr_t)&rng;
     uint16_t shuffled[2 * HAK_PAGE_SIZE / 16];
     for (uint32_t i = 0; i < n; i++)
         shuffled[i] = (uint16_t)i;
@@ -257,7 +257,7 @@ Block *span_take(Heap *h, SuperSlab *ss, Span *s, uint32_t *count)
         uint32_t k = 0;
         while (b) {
             if (unlikely(k >= s->used)) /* more frees than blocks out: a cycle */
-                hak_fatal("cross-thread free list corrupted (double free?) in span", s);
+                fatal_corruption("cross-thread free list corrupted (double free?) in span", s);
             Block *next = block_next(b);
             block_set_next(b, s->free);
             s->free = b;

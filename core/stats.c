@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
-GlobalStats hak_gstats;
+GlobalStats global_stats;
 
 HAK_API void hak_stats_get(struct hak_stats *st)
 {
@@ -20,7 +20,7 @@ HAK_API void hak_stats_get(struct hak_stats *st)
     heaps_stats(st, NULL);
     extent_stats(st);
     large_stats(st);
-#define COPY(name) st->name = atomic_load_explicit(&hak_gstats.name, memory_order_relaxed);
+#define COPY(name) st->name = atomic_load_explicit(&global_stats.name, memory_order_relaxed);
     HAK_GLOBAL_COUNTERS(COPY)
 #undef COPY
     struct rusage ru;
@@ -28,7 +28,7 @@ HAK_API void hak_stats_get(struct hak_stats *st)
         st->peak_rss = (uint64_t)ru.ru_maxrss * 1024;
 }
 
-#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); hak_write_stderr(buf); } while (0)
+#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); write_stderr(buf); } while (0)
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 
@@ -47,11 +47,11 @@ HAK_API void hak_stats_print(void)
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
         if (!cs[c].refills)
             continue;
-        LINE("  %5u %6u %12llu %12llu %12llu %10llu %9.2f %9llu\n", c, hak_classes[c].block_size,
+        LINE("  %5u %6u %12llu %12llu %12llu %10llu %9.2f %9llu\n", c, size_classes[c].block_size,
              (unsigned long long)cs[c].allocs,
              (unsigned long long)(cs[c].allocs > cs[c].out ? cs[c].allocs - cs[c].out : 0),
              (unsigned long long)cs[c].remote_frees, (unsigned long long)cs[c].out,
-             mib(cs[c].out * hak_classes[c].block_size), (unsigned long long)cs[c].refills);
+             mib(cs[c].out * size_classes[c].block_size), (unsigned long long)cs[c].refills);
     }
     LINE("  tiny:  %.2f MiB in blocks out, spans %.2f MiB (peak %.2f MiB)\n",
          mib(st.tiny_bytes_in_use), mib(st.tiny_span_bytes), mib(st.tiny_span_peak));
@@ -86,9 +86,9 @@ HAK_API void hak_stats_print(void)
 }
 
 /* HAKMEM_STATS=1: the report at exit. */
-__attribute__((destructor)) static void hak_stats_at_exit(void)
+__attribute__((destructor)) static void stats_at_exit(void)
 {
-    if (hak_opt.stats)
+    if (options.stats)
         hak_stats_print();
 }
 
@@ -103,7 +103,7 @@ void heaps_report_remote(void)
     Heap *top[TOP] = { 0 };
     uint64_t sent[TOP] = { 0 };
     unsigned n = 0, idx = 0, heap_no[TOP] = { 0 };
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     for (Heap *h = all_heaps; h; h = h->all_next, idx++) {
         uint64_t total = 0;
         for (unsigned c = 0; c < HAK_NCLASS; c++)
@@ -119,12 +119,12 @@ void heaps_report_remote(void)
         }
         top[k] = h; sent[k] = total; heap_no[k] = idx;
     }
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
     char buf[160];
     for (unsigned i = 0; i < n; i++) {
         snprintf(buf, sizeof buf, "  heap %u: %llu cross-thread frees sent\n", heap_no[i],
                  (unsigned long long)sent[i]);
-        hak_write_stderr(buf);
+        write_stderr(buf);
     }
 }
 
@@ -137,7 +137,7 @@ void heaps_report_remote(void)
 void heaps_stats(struct hak_stats *st, ClassStats *by_class)
 {
     uint64_t out[HAK_NCLASS] = { 0 };
-    hak_lock(&heaps_mutex);
+    lock_acquire(&heaps_mutex);
     extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
         ThreadCache *tc = h->front;
@@ -187,15 +187,15 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
     st->lock_heaps_acquired = heaps_mutex.acquired;
     st->lock_heaps_contended = heaps_mutex.contended;
     extent_unlock();
-    hak_unlock(&heaps_mutex);
+    lock_release(&heaps_mutex);
     for (unsigned c = 0; c < HAK_NCLASS; c++) {
         if ((int64_t)out[c] < 0) /* a racing front: never report negative */
             out[c] = 0;
-        uint64_t bytes = out[c] * hak_classes[c].block_size;
+        uint64_t bytes = out[c] * size_classes[c].block_size;
         if (c < HAK_NCLASS_TINY) st->tiny_bytes_in_use += bytes; else st->mid_bytes_in_use += bytes;
         if (by_class) by_class[c].out += out[c];
     }
-    st->remote_frees += atomic_load(&hak_gstats.remote_frees_exited);
+    st->remote_frees += atomic_load(&global_stats.remote_frees_exited);
 
 }
 

@@ -75,7 +75,7 @@
  * stored XOR-encoded with a per-process secret, and every decoded link is
  * checked to stay inside the same SuperSlab, so that a stray write into a
  * freed block cannot steer a later malloc to an arbitrary address.  The
- * second word holds hak_free_mark, a random per-process value, while the
+ * second word holds free_mark_value, a random per-process value, while the
  * block is free, and is cleared when malloc hands it out: a free() that
  * finds the mark is most likely a double free, and is checked (free.c,
  * front_free_slow) before anything is written. */
@@ -108,7 +108,7 @@ typedef struct Span {
     uint64_t   _pad8;       /* keeps the descriptor at 64 bytes              */
     struct Span *next, *prev; /* heap->partial[cls] links                    */
     uint32_t   fresh;       /* never-used blocks left at bump                */
-    uint8_t    cls;         /* size class (block size: hak_classes[cls])     */
+    uint8_t    cls;         /* size class (block size: size_classes[cls])     */
     uint8_t    nslabs;      /* 0 = slab is free */
     uint8_t    state;       /* enum span_state */
     uint8_t    _pad;
@@ -180,7 +180,7 @@ typedef struct Heap {
 /* The thread-local front, like a tcmalloc thread cache.  tc.free[cls] holds
  * free blocks of class cls from any span of the thread's heap: malloc pops
  * it, the owner's free pushes on it, and neither touches anything else.
- * Past hak_classes[cls].front_max blocks, the newest half is flushed back to
+ * Past size_classes[cls].front_max blocks, the newest half is flushed back to
  * the spans; when it is empty, a refill takes a whole span's free list.
  * tc.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadCache {
@@ -208,7 +208,7 @@ typedef struct LargeHeader {
     uint64_t  _pad[4];
 } LargeHeader;
 
-/* Size class description, filled once at start-up.  hak_classes has one
+/* Size class description, filled once at start-up.  size_classes has one
  * more entry, HAK_NO_CLASS, all zero: its div_magic of 0 makes free() reject
  * any pointer into a header slab or a free slab before writing anything. */
 typedef struct ClassInfo {

@@ -3,7 +3,7 @@
  * SuperSlab, page and class tables agree with it.  They run where a bug
  * would first show (a span handed to a front or given back, a heap
  * adopted, collected, trimmed or given up, and every 64th refill) and
- * end in hak_assert_fail at the first thing wrong.  Only the heap's
+ * end in assert_failed at the first thing wrong.  Only the heap's
  * owner calls them, so what they read does not change meanwhile (other
  * threads only push on thread_free and the delayed list, not read here).
  * The release build has none of this (heap.h).
@@ -19,7 +19,7 @@ void span_validate(SuperSlab *ss, const Span *s)
 {
     unsigned idx = (unsigned)(s - ss->spans);
     VALID(idx >= 1 && idx < HAK_SLABS_PER_SS && s->nslabs >= 1 && idx + s->nslabs <= HAK_SLABS_PER_SS);
-    VALID(s->cls < HAK_NCLASS && s->nslabs == hak_classes[s->cls].nslabs);
+    VALID(s->cls < HAK_NCLASS && s->nslabs == size_classes[s->cls].nslabs);
     for (unsigned i = 0; i < s->nslabs; i++)
         VALID(ss->span_head[idx + i] == idx && !(ss->free_mask >> (idx + i) & 1));
     uint32_t cap = span_capacity(s);

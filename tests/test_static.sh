@@ -37,6 +37,14 @@ if nm "$tmp/static_app" | grep -qE ' [tT] (_int_malloc|_int_free|__libc_malloc)$
     fail "glibc's malloc.o was linked in: $(nm "$tmp/static_app" | grep -m 1 -E ' [tT] (_int_malloc|__libc_malloc)$')"
 fi
 
+# The library defines the API and nothing else: every other name is local.
+api=$(sed -n 's/^ *\(global:\)\{0,1\} *//; /^\(\/\*\|local\|{\|}\)/d; s/;/\n/g; p' "$ROOT/core/exports.map" |
+      tr -d ' ' | sed '/^$/d')
+api="$api
+$(grep -oE '\bhak_[a-z_0-9]+ *\(' "$ROOT/include/hakmem.h" | tr -d ' (' | sort -u)"
+extra=$(nm -g --defined-only "$LIB" | awk 'NF == 3 { print $3 }' | sort -u | grep -vxF "$api" || true)
+[ -z "$extra" ] || fail "libhakmem.a defines non-API symbols: $(echo $extra | cut -c1-200)"
+
 out=$("$tmp/static_app" 2>&1) || fail "static_app: $out"
 [ "$out" = "static_app: ok" ] || fail "static_app printed: $out"
 

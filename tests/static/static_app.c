@@ -16,6 +16,12 @@
 
 #include "hakmem.h"
 
+/* Names hakmem uses inside: the static library keeps them local (its
+ * hidden symbols are localized), so a program may have its own. */
+int heaps_mutex = 7;
+unsigned size_class_compute(unsigned x) { return x * 3; }
+void *extent_alloc(size_t n) { return (void *)(uintptr_t)n; }
+
 static int failures;
 #define EXPECT(c, what)                                                   \
     do {                                                                  \
@@ -50,6 +56,8 @@ static int cmp(const void *a, const void *b) { return *(const int *)a - *(const 
 
 int main(int argc, char **argv)
 {
+    EXPECT(heaps_mutex == 7 && size_class_compute(5) == 15 && extent_alloc(3) == (void *)3,
+           "the program's own symbols named like hakmem's internal ones");
     if (argc > 1 && strcmp(argv[1], "invalid") == 0) {
         char buf[64];
         void *volatile p = buf + 16;
