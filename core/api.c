@@ -46,7 +46,7 @@ HAK_API void *hak_malloc(size_t size)
 
 static HAK_NOINLINE void free_other(void *p, unsigned kind)
 {
-    if (kind == CHUNK_ARENA)
+    if (kind == CHUNK_EXTENT)
         large_free(p);
 #if HAK_HARDEN_ZERO_SIZE_GUARD
     else if (kind == CHUNK_ZERO)
@@ -150,7 +150,7 @@ HAK_API void *hak_realloc(void *p, size_t size)
         }
         return q;
     }
-    if (kind == CHUNK_ARENA)
+    if (kind == CHUNK_EXTENT)
         return large_realloc(p, size);
 #if HAK_HARDEN_ZERO_SIZE_GUARD
     if (kind == CHUNK_ZERO) {
@@ -177,7 +177,7 @@ HAK_API void hak_free_sized(void *p, size_t size)
                                   : size <= HAK_SLAB_REQUEST_MAX &&
                                     (size_class(slab_request(size)) == span_of(ss, p)->cls ||
                                      small_keeps(p, size));
-    } else if (kind == CHUNK_ARENA) {
+    } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
         match = !h || h->size == size;
     }
@@ -270,7 +270,7 @@ HAK_API size_t hak_usable_size(const void *p)
     size_t usable;
     if (kind == CHUNK_SUPERSLAB)
         return small_live(p, &usable) ? usable : 0;
-    if (kind == CHUNK_ARENA) {
+    if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
         return h ? large_usable(h, p) : 0;
     }
@@ -293,7 +293,7 @@ HAK_API enum hak_kind hak_ptr_kind(const void *p)
         SuperSlab *ss = superslab_of(p);
         return span_of(ss, p)->cls < HAK_NCLASS_TINY ? HAK_KIND_TINY : HAK_KIND_MID;
     }
-    if (kind == CHUNK_ARENA && large_header(p))
+    if (kind == CHUNK_EXTENT && large_header(p))
         return HAK_KIND_LARGE;
     return HAK_KIND_FOREIGN;
 }

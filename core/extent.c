@@ -1,7 +1,7 @@
 /* Extents: the one place where memory comes from and goes back to the OS.
  *
  * Address space is reserved from the OS in large 2 MiB-aligned
- * reservations (32 MiB growing to 1 GiB), registered as CHUNK_ARENA.  The
+ * reservations (32 MiB growing to 1 GiB), registered as CHUNK_EXTENT.  The
  * page-granular free ranges of all reservations are kept in an index
  * (ranges.c) that finds a range by size (best fit among resident,
  * not-yet-purged ranges first) and by its neighbours (frees coalesce),
@@ -237,7 +237,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
         os_unmap(p, want);
         return false;
     }
-    registry_set(p, want, CHUNK_ARENA);
+    registry_set(p, want, CHUNK_EXTENT);
     os_guard(p, want);
     size_t k = nreservations;
     while (k > 0 && reservations[k - 1].start > (uintptr_t)p) {

@@ -39,7 +39,7 @@ static LargeHeader *header_at(const void *p)
         return NULL;
     LargeHeader *h = (LargeHeader *)(a - HDR);
     /* p may sit at the start of its chunk: the header must be ours too. */
-    if (registry_kind(h) != CHUNK_ARENA)
+    if (registry_kind(h) != CHUNK_EXTENT)
         return NULL;
     return h;
 }

@@ -9,7 +9,7 @@
 #include "internal.h"
 
 /* CHUNK_ZERO: the hardened build's PROT_NONE region of malloc(0) blocks. */
-enum chunk_kind { CHUNK_NONE = 0, CHUNK_SUPERSLAB = 1, CHUNK_ARENA = 2, CHUNK_ZERO = 3 };
+enum chunk_kind { CHUNK_NONE = 0, CHUNK_SUPERSLAB = 1, CHUNK_EXTENT = 2, CHUNK_ZERO = 3 };
 
 #define HAK_ADDR_BITS 47
 extern HAK_HIDDEN uint8_t chunk_kinds[(size_t)1 << (HAK_ADDR_BITS - HAK_CHUNK_SHIFT)];

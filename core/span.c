@@ -45,7 +45,7 @@ void partial_remove(Heap *h, Span *s)
  * accessible again fails the span. */
 void superslab_to_extents(SuperSlab *ss)
 {
-    registry_set(ss, HAK_CHUNK_SIZE, CHUNK_ARENA);
+    registry_set(ss, HAK_CHUNK_SIZE, CHUNK_EXTENT);
     extent_free(ss, HAK_CHUNK_SIZE); /* guarded whole, made accessible when reused */
 }
 
