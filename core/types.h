@@ -8,7 +8,7 @@
  *
  *   CHUNK_NONE       not hakmem's (a "foreign" address)
  *   CHUNK_SUPERSLAB  a SuperSlab: tiny and mid blocks
- *   CHUNK_EXTENT      extent space: large blocks, metadata and free extents
+ *   CHUNK_EXTENT     extent space: large blocks, metadata and free extents
  *
  * A free(p) therefore classifies p with one load and no syscall.
  *
