@@ -249,7 +249,7 @@ static const struct mcase cases[] = {
     { "invalid free", "unaligned (+1)", inv_unaligned, true, { "CCC", "CCC" } },
     { "invalid free", "interior", inv_interior, true, { "CCC", "CCC" } },
     { "use after free", "write, then reuse", uaf_write, true, { "MMM", "CCC" } },
-    { "use after free", "write over the list link", uaf_write_reuse, true, { "CCM", "CCC" } },
+    { "use after free", "write over the list link", uaf_write_reuse, true, { "CCC", "CCC" } },
     { "use after free", "old contents after free", not_zeroed_free, true, { "MMM", "PPC" } },
     { "use after free", "old contents in a new block", not_zeroed_malloc, true, { "MMM", "PPP" } },
     { "reuse", "malloc returns the block just freed", reuse_malloc, true, { "MMM", "PPP" } },
