@@ -12,6 +12,9 @@
  *   tu_check_block(p,n,..)  a block malloc returned: not NULL, aligned,
  *                           big enough, of the expected tier
  *   tu_keep / tu_kept_check blocks held to be checked and freed together
+ *   tu_mark_sparse / _lost  a pattern for blocks too big to fill
+ *   tu_realloc_round        grow and shrink a marked big block, racing ...
+ *   tu_mapping_churn        ... mmap/munmap of marked mappings
  *   tu_stress_seconds()     STRESS_SECONDS from the environment (default 2)
  *
  * Everything is static so each test is a single translation unit.
@@ -27,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -293,6 +297,115 @@ static inline __attribute__((unused)) void tu_kept_check(tu_block *b, size_t nb,
     TU_COUNT(1);
     for (size_t i = 0; i < nb; i++)
         (i & 2 ? hak_free : free)(b[i].p);
+}
+
+/* A sparse pattern for blocks too big to fill: the first and the last
+ * 4 KiB and one byte in every MiB between.  tu_sparse_lost says where it
+ * was lost first ("first page", "last page", "a MiB mark") or NULL. */
+static inline __attribute__((unused)) void tu_mark_sparse(uint8_t *p, size_t len, uint64_t seed)
+{
+    tu_fill_idx(p, 0, 4096, seed);
+    tu_fill_idx(p, len - 4096, len, seed);
+    for (size_t off = MiB; off < len - 4096; off += MiB)
+        p[off] = (uint8_t)(off / MiB + seed);
+}
+static inline __attribute__((unused)) const char *tu_sparse_lost(const uint8_t *p, size_t len,
+                                                                 uint64_t seed)
+{
+    for (size_t i = 0; i < 4096; i++)
+        if (p[i] != tu_pat_(i, seed))
+            return "first page";
+    for (size_t i = len - 4096; i < len; i++)
+        if (p[i] != tu_pat_(i, seed))
+            return "last page";
+    for (size_t off = MiB; off < len - 4096; off += MiB)
+        if (p[off] != (uint8_t)(off / MiB + seed))
+            return "a MiB mark";
+    TU_COUNT(1);
+    return NULL;
+}
+
+/* One round of the realloc side of a race: old bytes allocated and marked
+ * (tu_mark_sparse), grown to new (the marks kept, the grown part
+ * writable), shrunk back (the marks kept), freed.  False if a call failed
+ * (reported). */
+static inline __attribute__((unused)) int tu_realloc_round(void *(*alloc)(size_t),
+                                                           void *(*re)(void *, size_t),
+                                                           void (*release)(void *), size_t old,
+                                                           size_t new, uint64_t seed,
+                                                           unsigned long it)
+{
+    uint8_t *p = alloc(old);
+    CHECK(p != NULL, "malloc(%zu) failed", old);
+    if (!p)
+        return 0;
+    tu_mark_sparse(p, old, seed);
+    uint8_t *q = re(p, new);
+    CHECK(q != NULL, "realloc(%zu -> %zu) failed", old, new);
+    if (!q) {
+        release(p);
+        return 0;
+    }
+    const char *lost = tu_sparse_lost(q, old, seed);
+    CHECK(!lost, "iteration %lu: realloc %zu -> %zu lost the %s", it, old, new, lost);
+    q[old] = 0x5a;
+    q[new - 1] = 0xa5;
+    CHECK(q[old] == 0x5a && q[new - 1] == 0xa5, "grown part of the block not writable");
+    uint8_t *s = re(q, old);
+    CHECK(s != NULL, "realloc(%zu -> %zu) failed", new, old);
+    if (!s) {
+        release(q);
+        return 0;
+    }
+    lost = tu_sparse_lost(s, old, seed);
+    CHECK(!lost, "iteration %lu: realloc %zu -> %zu lost the %s", it, new, old, lost);
+    release(s);
+    return 1;
+}
+
+/* The other side of a realloc race: map, mark, check and unmap anonymous
+ * mappings of len bytes, keep of them at a time, until *stop.  A mapping
+ * whose marks changed had another mapping placed over it (what a wrong
+ * mremap would do).  Counts rounds in *iters, damaged mappings in *bad. */
+static inline __attribute__((unused)) void tu_mapping_churn(size_t len, int keep, const int *stop,
+                                                            unsigned long *iters,
+                                                            unsigned long *bad)
+{
+    unsigned char *ring[64] = { 0 }, tag[64] = { 0 };
+    unsigned long it = 0;
+    if (keep > 64)
+        keep = 64;
+    while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+        int k = (int)(it % (unsigned)keep);
+        if (ring[k]) {
+            unsigned char *m = ring[k];
+            if (!(m[0] == tag[k] && m[len - 1] == (unsigned char)~tag[k])) {
+                __atomic_add_fetch(bad, 1, __ATOMIC_RELAXED);
+                CHECK(0, "own mapping at %p lost its contents (first byte %#x, last %#x, "
+                      "expected %#x/%#x): another mapping was placed over it",
+                      (void *)m, m[0], m[len - 1], tag[k], (unsigned char)~tag[k]);
+            }
+            TU_COUNT(1);
+            CHECK(munmap(m, len) == 0, "munmap: %s", strerror(errno));
+            ring[k] = NULL;
+        }
+        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHECK(m != MAP_FAILED, "mmap(%zu): %s", len, strerror(errno));
+        if (m == MAP_FAILED)
+            break;
+        ring[k] = m;
+        tag[k] = (unsigned char)(it * 7 + 1) | 1; /* never 0: a zero page shows */
+        ring[k][0] = tag[k];
+        ring[k][len - 1] = (unsigned char)~tag[k];
+        __atomic_store_n(iters, ++it, __ATOMIC_RELAXED);
+    }
+    for (int k = 0; k < keep; k++) {
+        if (!ring[k])
+            continue;
+        CHECK(ring[k][0] == tag[k] && ring[k][len - 1] == (unsigned char)~tag[k],
+              "own mapping at %p lost its contents", (void *)ring[k]);
+        munmap(ring[k], len);
+    }
 }
 
 #endif /* HAKMEM_TESTUTIL_H */

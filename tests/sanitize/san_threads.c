@@ -511,92 +511,23 @@ static void test_purger(void)
 #define RR_NEW  (120 * MiB)
 #define RR_BMAP (8 * MiB)
 #define RR_KEEP 32
-#define PAGE    4096
-static atomic_int rr_stop;
+static int rr_stop;
 static unsigned long rr_a_iters, rr_b_iters;
 static double rr_end;
-
-static size_t verify_range(const uint8_t *p, size_t from, size_t to, uint64_t seed)
-{
-    for (size_t i = from; i < to; i++)
-        if (p[i] != tu_pat_(i, seed))
-            return i;
-    return TU_OK;
-}
-
-/* first and last page and one byte in every MiB of [0, RR_OLD) survived */
-static void rr_verify(const uint8_t *q, uint64_t seed, unsigned long it, const char *what)
-{
-    size_t bad = verify_range(q, 0, PAGE, seed);
-    CHECK(bad == TU_OK, "iteration %lu: %s lost byte %zu of the first page", it, what, bad);
-    bad = verify_range(q, RR_OLD - PAGE, RR_OLD, seed);
-    CHECK(bad == TU_OK, "iteration %lu: %s lost byte %zu of the old last page", it, what, bad);
-    size_t lost = 0;
-    for (size_t off = MiB; off < RR_OLD - PAGE; off += MiB)
-        lost += q[off] != (uint8_t)(off / MiB + seed);
-    CHECK(lost == 0, "iteration %lu: %s lost %zu of the MiB marks", it, what, lost);
-}
 
 static void rr_realloc_thread(int idx, void *ctx)
 {
     unsigned long it = 0;
-    while (tu_now() < rr_end && tu_failures() < 10) {
-        uint64_t seed = it + 1;
-        uint8_t *p = hak_malloc(RR_OLD);
-        CHECK(p != NULL, "malloc(40 MiB) failed");
-        if (!p) break;
-        tu_fill_idx(p, 0, PAGE, seed);
-        tu_fill_idx(p, RR_OLD - PAGE, RR_OLD, seed);
-        for (size_t off = MiB; off < RR_OLD - PAGE; off += MiB)
-            p[off] = (uint8_t)(off / MiB + seed);
-        uint8_t *q = hak_realloc(p, RR_NEW);
-        CHECK(q != NULL, "realloc(40 MiB -> 120 MiB) failed");
-        if (!q) { hak_free(p); break; }
-        rr_verify(q, seed, it, "realloc(40 -> 120 MiB)");
-        q[RR_OLD] = 0x5a;
-        q[RR_NEW - 1] = 0xa5;
-        CHECK(q[RR_OLD] == 0x5a && q[RR_NEW - 1] == 0xa5, "grown part not writable");
-        uint8_t *s = hak_realloc(q, RR_OLD);
-        CHECK(s != NULL, "realloc(120 MiB -> 40 MiB) failed");
-        if (!s) { hak_free(q); break; }
-        rr_verify(s, seed, it, "realloc(120 -> 40 MiB)");
-        hak_free(s);
+    while (tu_now() < rr_end && tu_failures() < 10 &&
+           tu_realloc_round(hak_malloc, hak_realloc, hak_free, RR_OLD, RR_NEW, it + 1, it))
         __atomic_store_n(&rr_a_iters, ++it, __ATOMIC_RELAXED);
-    }
-    atomic_store(&rr_stop, 1);
+    __atomic_store_n(&rr_stop, 1, __ATOMIC_RELAXED);
 }
 
 static void rr_mmap_thread(int idx, void *ctx)
 {
-    unsigned char *ring[RR_KEEP] = { 0 };
-    unsigned char tag[RR_KEEP] = { 0 };
-    unsigned long it = 0;
-    while (!atomic_load(&rr_stop)) {
-        int k = (int)(it % RR_KEEP);
-        if (ring[k]) {
-            unsigned char *m = ring[k];
-            CHECK(m[0] == tag[k] && m[RR_BMAP - 1] == (unsigned char)~tag[k],
-                  "own mapping at %p lost its contents (first byte %#x, last %#x, expected "
-                  "%#x/%#x): another mapping was placed over it",
-                  (void *)m, m[0], m[RR_BMAP - 1], tag[k], (unsigned char)~tag[k]);
-            CHECK(munmap(m, RR_BMAP) == 0, "munmap: %s", strerror(errno));
-            ring[k] = NULL;
-        }
-        void *m = mmap(NULL, RR_BMAP, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        CHECK(m != MAP_FAILED, "mmap(8 MiB): %s", strerror(errno));
-        if (m == MAP_FAILED) break;
-        ring[k] = m;
-        tag[k] = (unsigned char)(it * 7 + 1) | 1; /* never 0: a zero page shows */
-        ring[k][0] = tag[k];
-        ring[k][RR_BMAP - 1] = (unsigned char)~tag[k];
-        __atomic_store_n(&rr_b_iters, ++it, __ATOMIC_RELAXED);
-    }
-    for (int k = 0; k < RR_KEEP; k++) {
-        if (!ring[k]) continue;
-        CHECK(ring[k][0] == tag[k] && ring[k][RR_BMAP - 1] == (unsigned char)~tag[k],
-              "own mapping at %p lost its contents", (void *)ring[k]);
-        munmap(ring[k], RR_BMAP);
-    }
+    static unsigned long damaged;
+    tu_mapping_churn(RR_BMAP, RR_KEEP, &rr_stop, &rr_b_iters, &damaged);
 }
 
 static void rr_thread(int idx, void *ctx)
@@ -608,16 +539,9 @@ static void test_realloc_race(void)
 {
     /* hakmem's address space first, so that the other thread's mappings
      * lie below it and a hole in it is where its next mmap would go */
-    for (int i = 0; i < 8; i++) {
-        uint8_t *w = hak_malloc(RR_OLD);
-        CHECK(w != NULL, "malloc(40 MiB)");
-        if (!w) return;
-        w[0] = 1;
-        w[RR_OLD - 1] = 2;
-        uint8_t *w2 = hak_realloc(w, RR_NEW);
-        CHECK(w2 != NULL && w2[0] == 1 && w2[RR_OLD - 1] == 2, "realloc(40 MiB -> 120 MiB)");
-        hak_free(w2 ? w2 : w);
-    }
+    for (int i = 0; i < 8; i++)
+        if (!tu_realloc_round(hak_malloc, hak_realloc, hak_free, RR_OLD, RR_NEW, 0, 0))
+            return;
     rr_end = tu_now() + 0.3 * tu_stress_seconds();
     tu_run_threads(2, rr_thread, NULL);
     unsigned long ai = __atomic_load_n(&rr_a_iters, __ATOMIC_RELAXED);
