@@ -9,48 +9,12 @@
 #include "testutil.h"
 
 enum { WORKERS = 4, FORKS = 20, KEEP = 300 };
-static volatile int stop;
+static int stop;
 static unsigned long iters[WORKERS];
-
-static size_t mixed_size(tu_rng *r)
-{
-    uint64_t x = tu_rand(r) % 100;
-    if (x < 60) return tu_range(r, 1, HAK_TINY_MAX);
-    if (x < 95) return tu_range(r, HAK_TINY_MAX + 1, HAK_MID_MAX);
-    return tu_range(r, HAK_MID_MAX + 1, 2 << 20);
-}
 
 static void worker(int idx, void *ctx)
 {
-    enum { W = 128 };
-    void *b[W] = { 0 };
-    size_t n[W] = { 0 };
-    tu_rng r = tu_rng_seed(idx + 1);
-    unsigned long it = 0;
-    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
-        int k = (int)(tu_rand(&r) % W);
-        if (b[k]) {
-            if (tu_verify(b[k], n[k] < 512 ? n[k] : 512, k + idx * W) != TU_OK)
-                CHECK(0, "worker %d: block of %zu bytes corrupted", idx, n[k]);
-            if (tu_rand(&r) & 1) {
-                free(b[k]);
-            } else {
-                /* realloc keeps the first bytes; re-pattern at the new address */
-                size_t m = mixed_size(&r);
-                void *q = realloc(b[k], m);
-                CHECK(q != NULL, "realloc(%zu)", m);
-                if (q) { tu_fill(q, m < 512 ? m : 512, k + idx * W); b[k] = q; n[k] = m; continue; }
-            }
-            b[k] = NULL;
-        } else {
-            n[k] = mixed_size(&r);
-            b[k] = malloc(n[k]);
-            CHECK(b[k] != NULL, "malloc(%zu)", n[k]);
-            if (b[k]) tu_fill(b[k], n[k] < 512 ? n[k] : 512, k + idx * W);
-        }
-        __atomic_store_n(&iters[idx], ++it, __ATOMIC_RELAXED);
-    }
-    for (int k = 0; k < W; k++) free(b[k]);
+    tu_churn(idx, &stop, iters, 128, 512, 1, (uint64_t)idx + 1);
 }
 
 /* Blocks allocated before the fork: some by main, some by a thread that
@@ -62,7 +26,7 @@ static void *alloc_half(void *arg)
 {
     tu_rng r = tu_rng_seed(99);
     for (int i = KEEP / 2; i < KEEP; i++) {
-        kept_n[i] = mixed_size(&r);
+        kept_n[i] = tu_mixed_size(&r, 2 * MiB);
         kept[i] = malloc(kept_n[i]);
         if (kept[i]) tu_fill(kept[i], kept_n[i] < 4096 ? kept_n[i] : 4096, 5000 + i);
     }
@@ -74,7 +38,7 @@ static void *child_thread(void *arg)
     tu_rng r = tu_rng_seed(4);
     void *v[200];
     for (int i = 0; i < 200; i++) {
-        size_t n = mixed_size(&r);
+        size_t n = tu_mixed_size(&r, 2 * MiB);
         v[i] = malloc(n);
         CHECK(v[i] != NULL, "child thread malloc(%zu)", n);
         if (v[i]) memset(v[i], i, n < 256 ? n : 256);

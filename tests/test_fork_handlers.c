@@ -63,36 +63,14 @@ __attribute__((constructor(101))) static void register_handlers(void)
     pthread_atfork(on_prepare, on_parent, on_child);
 }
 
-static volatile int stop;
+static int stop;
 static unsigned long iters[WORKERS];
 static volatile pid_t current_child; /* killed if the parent times out */
 
 static void *worker(void *arg)
 {
     int idx = (int)(intptr_t)arg;
-    enum { W = 64 };
-    void *b[W] = { 0 };
-    size_t n[W] = { 0 };
-    tu_rng r = tu_rng_seed(idx + 7);
-    unsigned long it = 0;
-    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
-        int k = (int)(tu_rand(&r) % W);
-        if (b[k]) {
-            if (tu_verify(b[k], n[k] < 256 ? n[k] : 256, k + idx * W) != TU_OK)
-                CHECK(0, "worker %d: block of %zu bytes corrupted", idx, n[k]);
-            free(b[k]);
-            b[k] = NULL;
-        } else {
-            uint64_t x = tu_rand(&r) % 100;
-            n[k] = x < 60 ? tu_range(&r, 1, 1024) : x < 95 ? tu_range(&r, 1025, 53248)
-                                                          : tu_range(&r, 53249, 2 * MiB);
-            b[k] = malloc(n[k]);
-            CHECK(b[k] != NULL, "worker malloc(%zu)", n[k]);
-            if (b[k]) tu_fill(b[k], n[k] < 256 ? n[k] : 256, k + idx * W);
-        }
-        __atomic_store_n(&iters[idx], ++it, __ATOMIC_RELAXED);
-    }
-    for (int k = 0; k < W; k++) free(b[k]);
+    tu_churn(idx, &stop, iters, 64, 256, 0, (uint64_t)idx + 7);
     return NULL;
 }
 

@@ -31,6 +31,7 @@
 #pragma GCC diagnostic ignored "-Warray-bounds"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Walloc-size-larger-than="
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers" /* cases without a stray distance */
 
 /* What C++ compilers call for `delete p` and `delete[] p` when the size is
  * known (sized deallocation, C++14): hakmem exports them. */
@@ -60,22 +61,12 @@ static void copy_over(char *dst, size_t len)
         src[i] = (char)~((volatile char *)dst)[i];
     memcpy(dst, src, len);
 }
-static void over_at(size_t n, size_t d) { char *p = L(malloc(n)); flip(p + n + d - 1); free(L(p)); }
-static void over_copy(size_t n, size_t d) { char *p = L(malloc(n)); copy_over(p, n + d); free(L(p)); }
-static void under_at(size_t n, size_t d) { char *p = L(malloc(n)); flip(p - d); free(L(p)); }
-static void under_copy(size_t n, size_t d) { char *p = L(malloc(n)); copy_over(p - d, d); free(L(p)); }
-static void over_1(size_t n) { over_at(n, 1); }
-static void over_32(size_t n) { over_at(n, 32); }
-static void over_1m(size_t n) { over_at(n, MiB); }
-static void over_copy_1(size_t n) { over_copy(n, 1); }
-static void over_copy_32(size_t n) { over_copy(n, 32); }
-static void over_copy_1m(size_t n) { over_copy(n, MiB); }
-static void under_1(size_t n) { under_at(n, 1); }
-static void under_32(size_t n) { under_at(n, 32); }
-static void under_1m(size_t n) { under_at(n, MiB); }
-static void under_copy_1(size_t n) { under_copy(n, 1); }
-static void under_copy_32(size_t n) { under_copy(n, 32); }
-static void under_copy_1m(size_t n) { under_copy(n, MiB); }
+/* The distance of the stray write, from the case (set before each cell) */
+static size_t stray;
+static void over_at(size_t n) { char *p = L(malloc(n)); flip(p + n + stray - 1); free(L(p)); }
+static void over_copy(size_t n) { char *p = L(malloc(n)); copy_over(p, n + stray); free(L(p)); }
+static void under_at(size_t n) { char *p = L(malloc(n)); flip(p - stray); free(L(p)); }
+static void under_copy(size_t n) { char *p = L(malloc(n)); copy_over(p - stray, stray); free(L(p)); }
 
 /* ---- double free ---- */
 static void df_immediate(size_t n) { void *p = malloc(n); free(p); free(L(p)); }
@@ -223,21 +214,22 @@ struct mcase {
     void (*fn)(size_t);
     bool sized;              /* run for each tier: expect[] has 3 letters */
     const char *expect[2];   /* default, hardened: C caught, P prevented, M missed */
+    size_t stray;            /* overflow and underflow: how far (bytes) */
 };
 static const struct mcase cases[] = {
     { "control", "correct use", correct_use, true, { "MMM", "MMM" } },
-    { "overflow", "1 byte past the end", over_1, true, { "MMM", "CCC" } },
-    { "overflow", "32 bytes past the end", over_32, true, { "MMM", "CCC" } },
-    { "overflow", "1 MiB past the end", over_1m, true, { "MMM", "CCC" } },
-    { "overflow", "memcpy 1 byte too many", over_copy_1, true, { "MMM", "CCC" } },
-    { "overflow", "memcpy 32 bytes too many", over_copy_32, true, { "MMM", "CCC" } },
-    { "overflow", "memcpy 1 MiB too many", over_copy_1m, true, { "MMM", "CCC" } },
-    { "underflow", "1 byte before", under_1, true, { "MMM", "CCC" } },
-    { "underflow", "32 bytes before", under_32, true, { "MMM", "CCC" } },
-    { "underflow", "1 MiB before", under_1m, true, { "MMC", "CCC" } },
-    { "underflow", "memcpy over 1 byte before", under_copy_1, true, { "MMM", "CCC" } },
-    { "underflow", "memcpy over 32 bytes before", under_copy_32, true, { "MMM", "CCC" } },
-    { "underflow", "memcpy over 1 MiB before", under_copy_1m, true, { "CCC", "CCC" } },
+    { "overflow", "1 byte past the end", over_at, true, { "MMM", "CCC" }, 1 },
+    { "overflow", "32 bytes past the end", over_at, true, { "MMM", "CCC" }, 32 },
+    { "overflow", "1 MiB past the end", over_at, true, { "MMM", "CCC" }, MiB },
+    { "overflow", "memcpy 1 byte too many", over_copy, true, { "MMM", "CCC" }, 1 },
+    { "overflow", "memcpy 32 bytes too many", over_copy, true, { "MMM", "CCC" }, 32 },
+    { "overflow", "memcpy 1 MiB too many", over_copy, true, { "MMM", "CCC" }, MiB },
+    { "underflow", "1 byte before", under_at, true, { "MMM", "CCC" }, 1 },
+    { "underflow", "32 bytes before", under_at, true, { "MMM", "CCC" }, 32 },
+    { "underflow", "1 MiB before", under_at, true, { "MMC", "CCC" }, MiB },
+    { "underflow", "memcpy over 1 byte before", under_copy, true, { "MMM", "CCC" }, 1 },
+    { "underflow", "memcpy over 32 bytes before", under_copy, true, { "MMM", "CCC" }, 32 },
+    { "underflow", "memcpy over 1 MiB before", under_copy, true, { "CCC", "CCC" }, MiB },
     { "double free", "immediate", df_immediate, true, { "CCC", "CCC" } },
     { "double free", "delayed", df_delayed, true, { "CCC", "CCC" } },
     { "double free", "interleaved", df_interleaved, true, { "CCC", "CCC" } },
@@ -308,6 +300,7 @@ int main(void)
         const struct mcase *c = &cases[i];
         char got[4] = "   ", msg[3][256] = { "", "", "" };
         for (int t = 0; t < (c->sized ? 3 : 1); t++) {
+            stray = c->stray;
             got[t] = run_cell(c->fn, tier_size[t], msg[t], sizeof msg[t]);
             char want = c->expect[hardened][t];
 #ifdef MATRIX_PEERS

@@ -7,69 +7,17 @@
 
 enum { WAVE = 32, MIN_THREADS = 3000, PER_THREAD = 300, HANDOFF = 3 };
 
-struct node { struct node *next; size_t n; uint64_t seed; };
-static pthread_mutex_t list_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct node *list;
-static size_t list_len;
+static size_t handed_off;
 
-static size_t mixed_size(tu_rng *r)
-{
-    uint64_t x = tu_rand(r) % 100;
-    if (x < 70) return tu_range(r, 1, HAK_TINY_MAX);
-    if (x < 98) return tu_range(r, HAK_TINY_MAX + 1, HAK_MID_MAX);
-    return tu_range(r, HAK_MID_MAX + 1, 300000);
-}
-
+/* Only the first MIN_THREADS threads hand blocks to main, so that main's
+ * share stays bounded. */
 static void churn_thread(int idx, void *ctx)
 {
     uint64_t base = *(uint64_t *)ctx + (uint64_t)idx * PER_THREAD;
-    tu_rng r = tu_rng_seed(base);
-    void *b[PER_THREAD];
-    size_t n[PER_THREAD];
-    for (int i = 0; i < PER_THREAD; i++) {
-        /* hand-off blocks are small so that what main keeps stays small */
-        n[i] = i < HANDOFF ? tu_range(&r, sizeof(struct node), 256) : mixed_size(&r);
-        b[i] = malloc(n[i]);
-        CHECK(b[i] != NULL, "malloc(%zu)", n[i]);
-        if (b[i]) tu_fill(b[i], n[i] < 2048 ? n[i] : 2048, base + i);
-        /* free some right away, in allocation order */
-        if (i >= HANDOFF && i % 4 == 0 && b[i - 1] && i - 1 >= HANDOFF) {
-            if (tu_verify(b[i - 1], n[i - 1] < 2048 ? n[i - 1] : 2048, base + i - 1) != TU_OK)
-                CHECK(0, "thread block corrupted");
-            free(b[i - 1]);
-            b[i - 1] = NULL;
-        }
-    }
-    for (int i = PER_THREAD - 1; i >= HANDOFF; i--) {
-        if (!b[i]) continue;
-        if (tu_verify(b[i], n[i] < 2048 ? n[i] : 2048, base + i) != TU_OK)
-            CHECK(0, "thread block of %zu bytes corrupted", n[i]);
-        free(b[i]);
-    }
-    TU_COUNT(1);
-    /* hand the first blocks to main (only the first MIN_THREADS threads,
-     * so that main's share stays bounded); a node header overwrites
-     * their start */
-    for (int i = 0; i < HANDOFF; i++) {
-        if (!b[i]) continue;
-        if (base >= (uint64_t)MIN_THREADS * PER_THREAD) {
-            if (tu_verify(b[i], n[i], base + i) != TU_OK)
-                CHECK(0, "block of %zu bytes corrupted", n[i]);
-            free(b[i]);
-            continue;
-        }
-        struct node *nd = b[i];
-        size_t len = n[i] < 2048 ? n[i] : 2048;
-        if (tu_verify(nd, len, base + i) != TU_OK)
-            CHECK(0, "hand-off block of %zu bytes corrupted", n[i]);
-        nd->n = n[i];
-        nd->seed = base + i;
-        pthread_mutex_lock(&list_mu);
-        nd->next = list;
-        list = nd;
-        list_len++;
-        pthread_mutex_unlock(&list_mu);
-    }
+    int hand_off = base < (uint64_t)MIN_THREADS * PER_THREAD;
+    tu_short_life(base, PER_THREAD, HANDOFF, 256, 2048, 4, hand_off);
+    if (hand_off)
+        __atomic_add_fetch(&handed_off, HANDOFF, __ATOMIC_RELAXED);
 }
 
 int main(void)
@@ -110,19 +58,9 @@ int main(void)
           (unsigned long long)live_max, (unsigned long long)created, traj);
 
     /* main frees every handed-off block after checking it */
-    size_t freed = 0, bad = 0;
-    while (list) {
-        struct node *nd = list;
-        list = nd->next;
-        size_t len = nd->n < 2048 ? nd->n : 2048;
-        if (malloc_usable_size(nd) < nd->n ||
-            tu_verify((char *)nd + sizeof *nd, len - sizeof *nd, nd->seed) != TU_OK)
-            bad++;
-        free(nd);
-        freed++;
-    }
+    size_t bad = 0, freed = tu_handoff_free_all(2048, &bad);
     CHECK(bad == 0, "%zu of %zu handed-off blocks corrupted", bad, freed);
-    CHECK(freed == list_len && freed == (size_t)MIN_THREADS * HANDOFF,
-          "freed %zu handed-off blocks, expected %zu", freed, list_len);
+    CHECK(freed == handed_off && freed == (size_t)MIN_THREADS * HANDOFF,
+          "freed %zu handed-off blocks, expected %zu", freed, handed_off);
     return TU_DONE();
 }

@@ -26,9 +26,6 @@ static pthread_key_t key_early, key_late;
 static __thread int rounds_left_early, rounds_left_late;
 static __thread uint64_t tseed;
 
-struct kept { struct kept *next; size_t n; uint64_t seed; };
-static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct kept *kept_list;
 static unsigned long dtor_calls, dtor_bad;
 static const char *volatile phase = "start";
 
@@ -57,15 +54,10 @@ static void churn(uint64_t seed)
     static const size_t keep_sz[] = { 64, 6000, 100000 };
     for (int i = 0; i < KEEP_PER_CALL; i++) {
         size_t n = keep_sz[(seed + i) % 3];
-        struct kept *k = malloc(n);
+        void *k = malloc(n);
         if (!k) { __atomic_add_fetch(&dtor_bad, 1, __ATOMIC_RELAXED); continue; }
-        k->n = n;
-        k->seed = seed * 7 + i;
-        tu_fill(k + 1, (n < 512 ? n : 512) - sizeof *k, k->seed);
-        pthread_mutex_lock(&kept_mu);
-        k->next = kept_list;
-        kept_list = k;
-        pthread_mutex_unlock(&kept_mu);
+        tu_fill(k, n < 512 ? n : 512, seed * 7 + i);
+        tu_handoff_push(k, n, seed * 7 + i);
     }
     __atomic_add_fetch(&dtor_calls, 1, __ATOMIC_RELAXED);
 }
@@ -107,18 +99,8 @@ static void *thread_main(void *arg)
 /* Free what the threads left behind, checking it. */
 static void free_kept(void)
 {
-    pthread_mutex_lock(&kept_mu);
-    struct kept *k = kept_list;
-    kept_list = NULL;
-    pthread_mutex_unlock(&kept_mu);
     size_t bad = 0;
-    while (k) {
-        struct kept *next = k->next;
-        if (tu_verify(k + 1, (k->n < 512 ? k->n : 512) - sizeof *k, k->seed) != TU_OK)
-            bad++;
-        free(k);
-        k = next;
-    }
+    tu_handoff_free_all(512, &bad);
     CHECK(bad == 0, "%zu blocks kept from thread destructors were corrupted", bad);
 }
 

@@ -138,68 +138,17 @@ static void spike(int cross, size_t rss0)
 }
 
 /* ---- (b) short threads ------------------------------------------------ */
-struct node { struct node *next; size_t n; uint64_t seed; };
-static pthread_mutex_t list_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct node *list;
-
-static size_t mixed_size(tu_rng *r)
-{
-    uint64_t x = tu_rand(r) % 100;
-    if (x < 70) return tu_range(r, 1, HAK_TINY_MAX);
-    if (x < 97) return tu_range(r, HAK_TINY_MAX + 1, HAK_MID_MAX);
-    return tu_range(r, HAK_MID_MAX + 1, 300000);
-}
 
 static void *short_thread(void *arg)
 {
-    uint64_t base = (uint64_t)(uintptr_t)arg * PER_THREAD;
-    tu_rng r = tu_rng_seed(base + 1);
-    void *b[PER_THREAD];
-    size_t n[PER_THREAD];
-    for (int i = 0; i < PER_THREAD; i++) {
-        n[i] = i < HANDOFF ? tu_range(&r, sizeof(struct node), 3000) : mixed_size(&r);
-        b[i] = malloc(n[i]);
-        CHECK(b[i] != NULL, "malloc(%zu)", n[i]);
-        if (b[i]) tu_fill(b[i], n[i] < 256 ? n[i] : 256, base + i);
-        if (i >= HANDOFF + 1 && i % 3 == 0 && b[i - 1]) { /* some right away */
-            free(b[i - 1]);
-            b[i - 1] = NULL;
-        }
-    }
-    for (int i = HANDOFF; i < PER_THREAD; i++) {
-        if (!b[i]) continue;
-        if (tu_verify(b[i], n[i] < 256 ? n[i] : 256, base + i) != TU_OK)
-            CHECK(0, "thread block of %zu bytes corrupted", n[i]);
-        free(b[i]);
-    }
-    for (int i = 0; i < HANDOFF; i++) { /* main frees these after we exit */
-        if (!b[i]) continue;
-        struct node *nd = b[i];
-        nd->n = n[i];
-        nd->seed = base + i;
-        pthread_mutex_lock(&list_mu);
-        nd->next = list;
-        list = nd;
-        pthread_mutex_unlock(&list_mu);
-    }
+    tu_short_life((uint64_t)(uintptr_t)arg * PER_THREAD + 1, PER_THREAD, HANDOFF, 3000, 256, 3, 1);
     return NULL;
 }
 
 static void free_list(void)
 {
-    pthread_mutex_lock(&list_mu);
-    struct node *nd = list;
-    list = NULL;
-    pthread_mutex_unlock(&list_mu);
     size_t bad = 0;
-    while (nd) {
-        struct node *next = nd->next;
-        size_t len = nd->n < 256 ? nd->n : 256;
-        if (tu_verify((char *)nd + sizeof *nd, len - sizeof *nd, nd->seed) != TU_OK)
-            bad++;
-        free(nd);
-        nd = next;
-    }
+    tu_handoff_free_all(256, &bad);
     CHECK(bad == 0, "%zu handed-off blocks corrupted", bad);
 }
 

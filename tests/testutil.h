@@ -12,6 +12,9 @@
  *   tu_check_block(p,n,..)  a block malloc returned: not NULL, aligned,
  *                           big enough, of the expected tier
  *   tu_keep / tu_kept_check blocks held to be checked and freed together
+ *   tu_handoff_push / _free_all  blocks that outlive their thread
+ *   tu_mixed_size, tu_churn sizes across the tiers; a background churn
+ *   tu_short_life           what a short-lived thread allocates and frees
  *   tu_mark_sparse / _lost  a pattern for blocks too big to fill
  *   tu_realloc_round        grow and shrink a marked big block, racing ...
  *   tu_mapping_churn        ... mmap/munmap of marked mappings
@@ -297,6 +300,141 @@ static inline __attribute__((unused)) void tu_kept_check(tu_block *b, size_t nb,
     TU_COUNT(1);
     for (size_t i = 0; i < nb; i++)
         (i & 2 ? hak_free : free)(b[i].p);
+}
+
+/* Blocks handed from the thread that made them to whoever frees them later
+ * (main, after the thread exited): a block of n bytes, its first check
+ * bytes filled by tu_fill with seed, goes on one locked list, its first
+ * bytes becoming the link; tu_handoff_free_all checks the rest of those
+ * bytes and the usable size, frees every block and returns how many it
+ * freed, counting the damaged ones in *bad. */
+typedef struct tu_handoff { struct tu_handoff *next; size_t n; uint64_t seed; } tu_handoff;
+static pthread_mutex_t tu_handoff_mu = PTHREAD_MUTEX_INITIALIZER;
+static tu_handoff *tu_handoff_list;
+static inline __attribute__((unused)) void tu_handoff_push(void *block, size_t n, uint64_t seed)
+{
+    tu_handoff *h = block;
+    h->n = n;
+    h->seed = seed;
+    pthread_mutex_lock(&tu_handoff_mu);
+    h->next = tu_handoff_list;
+    tu_handoff_list = h;
+    pthread_mutex_unlock(&tu_handoff_mu);
+}
+static inline __attribute__((unused)) size_t tu_handoff_free_all(size_t check, size_t *bad)
+{
+    pthread_mutex_lock(&tu_handoff_mu);
+    tu_handoff *h = tu_handoff_list;
+    tu_handoff_list = NULL;
+    pthread_mutex_unlock(&tu_handoff_mu);
+    size_t freed = 0;
+    while (h) {
+        tu_handoff *next = h->next;
+        size_t len = h->n < check ? h->n : check;
+        if (hak_usable_size(h) < h->n ||
+            tu_verify((char *)h + sizeof *h, len - sizeof *h, h->seed) != TU_OK)
+            ++*bad;
+        free(h);
+        freed++;
+        h = next;
+    }
+    return freed;
+}
+
+/* A size for tests that mix tiers: 70% tiny, 27% mid, 3% large up to
+ * large_max bytes. */
+static inline __attribute__((unused)) size_t tu_mixed_size(tu_rng *r, size_t large_max)
+{
+    uint64_t x = tu_rand(r) % 100;
+    if (x < 70) return tu_range(r, 1, HAK_TINY_MAX);
+    if (x < 97) return tu_range(r, HAK_TINY_MAX + 1, HAK_MID_MAX);
+    return tu_range(r, HAK_MID_MAX + 1, large_max);
+}
+
+/* The background of tests that do something else meanwhile (fork, trim):
+ * until *stop, a random one of w (at most 128) slots is checked (its first
+ * check bytes hold its slot's pattern) and freed or, with_realloc, half
+ * the time reallocated; an empty slot gets a block of tu_mixed_size.
+ * iters[idx] counts the rounds. */
+static inline __attribute__((unused)) void tu_churn(int idx, const int *stop, unsigned long *iters,
+                                                    int w, size_t check, int with_realloc,
+                                                    uint64_t seed)
+{
+    void *b[128] = { 0 };
+    size_t n[128] = { 0 };
+    tu_rng r = tu_rng_seed(seed);
+    unsigned long it = 0;
+    if (w > 128)
+        w = 128;
+    while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+        int k = (int)(tu_rand(&r) % (unsigned)w);
+        uint64_t pat = (uint64_t)k + (uint64_t)idx * (uint64_t)w;
+        if (b[k]) {
+            if (tu_verify(b[k], n[k] < check ? n[k] : check, pat) != TU_OK)
+                CHECK(0, "worker %d: block of %zu bytes corrupted", idx, n[k]);
+            void *q = NULL;
+            size_t m = 0;
+            if (with_realloc && (tu_rand(&r) & 1)) {
+                m = tu_mixed_size(&r, 2 * MiB); /* realloc keeps the bytes, not the address pattern */
+                q = realloc(b[k], m);
+                CHECK(q != NULL, "realloc(%zu)", m);
+            }
+            if (!q)
+                free(b[k]);
+            else
+                tu_fill(q, m < check ? m : check, pat);
+            b[k] = q;
+            n[k] = m;
+        } else {
+            n[k] = tu_mixed_size(&r, 2 * MiB);
+            b[k] = malloc(n[k]);
+            CHECK(b[k] != NULL, "malloc(%zu)", n[k]);
+            if (b[k]) tu_fill(b[k], n[k] < check ? n[k] : check, pat);
+        }
+        __atomic_store_n(&iters[idx], ++it, __ATOMIC_RELAXED);
+    }
+    for (int k = 0; k < w; k++)
+        free(b[k]);
+}
+
+/* The life of a short thread: per (at most 512) blocks of tu_mixed_size
+ * bytes, each patterned over its first check bytes, every free_every-th
+ * freed at once after a check, the others checked and freed at the end;
+ * the first handoff ones (sizeof(tu_handoff) to handoff_max bytes) are
+ * handed off (tu_handoff_push) if hand_off, else checked and freed too.
+ * seed + i is block i's pattern. */
+static inline __attribute__((unused)) void tu_short_life(uint64_t seed, int per, int handoff,
+                                                         size_t handoff_max, size_t check,
+                                                         int free_every, int hand_off)
+{
+    void *b[512];
+    size_t n[512];
+    tu_rng r = tu_rng_seed(seed);
+    if (per > 512)
+        per = 512;
+    for (int i = 0; i < per; i++) {
+        n[i] = i < handoff ? tu_range(&r, sizeof(tu_handoff), handoff_max) : tu_mixed_size(&r, 300000);
+        b[i] = malloc(n[i]);
+        CHECK(b[i] != NULL, "malloc(%zu)", n[i]);
+        if (b[i]) tu_fill(b[i], n[i] < check ? n[i] : check, seed + i);
+        int j = i - 1; /* some right away, in allocation order */
+        if (j >= handoff && i % free_every == 0 && b[j]) {
+            if (tu_verify(b[j], n[j] < check ? n[j] : check, seed + j) != TU_OK)
+                CHECK(0, "thread block of %zu bytes corrupted", n[j]);
+            free(b[j]);
+            b[j] = NULL;
+        }
+    }
+    for (int i = per - 1; i >= 0; i--) {
+        if (!b[i]) continue;
+        if (tu_verify(b[i], n[i] < check ? n[i] : check, seed + i) != TU_OK)
+            CHECK(0, "thread block of %zu bytes corrupted", n[i]);
+        if (i < handoff && hand_off)
+            tu_handoff_push(b[i], n[i], seed + i);
+        else
+            free(b[i]);
+    }
+    TU_COUNT(1);
 }
 
 /* A sparse pattern for blocks too big to fill: the first and the last
