@@ -66,8 +66,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s ROUNDS SEED   (ROUNDS>=1)\n", argv[0]);
         return 2;
     }
-    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
-    if (!s) s = 1;
+    uint64_t s = rng_seed(seed);
     /* bookkeeping arrays allocated up front (they count towards RSS equally
      * for every allocator) */
     void **surv = calloc(NSURV, sizeof(void *));

@@ -30,8 +30,7 @@ int main(int argc, char **argv)
     }
     void **slot = calloc(ws, sizeof *slot);
     if (!slot) { perror("calloc"); return 1; }
-    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
-    if (!s) s = 1;
+    uint64_t s = rng_seed(seed);
     uint64_t bytes = 0;
 
     double t0 = now_s();

@@ -43,7 +43,7 @@ static unsigned char *make(uint64_t *rng)
 
 static void *worker(void *arg)
 {
-    uint64_t rng = (seed + (uintptr_t)arg) * 0x9E3779B97F4A7C15ULL + 1;
+    uint64_t rng = rng_seed(seed + (uintptr_t)arg);
     unsigned char *ring[RING];
     for (int i = 0; i < RING; i++)
         ring[i] = make(&rng);

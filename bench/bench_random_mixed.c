@@ -24,8 +24,7 @@ int main(int argc, char **argv)
     }
     void **slot = calloc(ws, sizeof *slot);      /* bookkeeping, not measured */
     if (!slot) { perror("calloc"); return 1; }
-    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1; /* xorshift state must be non-zero */
-    if (!s) s = 1;
+    uint64_t s = rng_seed(seed);
 
     double t0 = now_s();
     for (uint64_t i = 0; i < cycles; i++) {

@@ -18,6 +18,13 @@ static inline uint64_t rng_next(uint64_t *s)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
+/* A non-zero xorshift state from any seed. */
+static inline uint64_t rng_seed(uint64_t seed)
+{
+    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
+    return s ? s : 1;
+}
+
 static inline double now_s(void)
 {
     struct timespec ts;
