@@ -19,13 +19,13 @@
 /* A block of class cls for a request of size bytes: pop the thread front. */
 static inline void *small_alloc(size_t size, unsigned cls)
 {
-    ThreadCache *tc = &thread_front;
-    Block *b = tc->free[cls];
+    ThreadFront *front = &thread_front;
+    Block *b = front->free[cls];
     if (likely(b != NULL)) {
-        tc->free[cls] = block_pop_next(b);
+        front->free[cls] = block_pop_next(b);
         b->free_mark = 0;
-        tc->count[cls]--;
-        tc->allocs[cls]++; /* statistics: per thread, no branch */
+        front->count[cls]--;
+        front->allocs[cls]++; /* statistics: per thread, no branch */
         return harden_alloc(b, size, cls);
     }
     /* (the slow path's first call in a process may pick another class) */

@@ -34,31 +34,31 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
         invalid_free_report("free of a pointer that is not an allocated block", b);
         return;
     }
-    ThreadCache *tc = &thread_front;
-    Heap *h = tc->heap;
+    ThreadFront *front = &thread_front;
+    Heap *h = front->heap;
     uint32_t cap = span_capacity(s);
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
-    if (list_has(h, tc->free[s->cls], b, tc->count[s->cls]) || list_has(h, s->free, b, cap) ||
+    if (list_has(h, front->free[s->cls], b, front->count[s->cls]) || list_has(h, s->free, b, cap) ||
         (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
         list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
         invalid_free_report("double free", b);
         return;
     }
-    front_push(tc, cls, b);
+    front_push(front, cls, b);
 }
 
 /* Give all but keep blocks of the thread front back to their spans. */
-void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
+void front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep)
 {
     /* The list holds exactly count blocks; a block freed twice makes it
      * longer (a cycle), which must end in a report, not an endless walk.
      * The newest blocks go back: they are the ones still in the cache, so
      * walking them costs no misses (like tcmalloc's release to the central
      * list); the older ones stay for the next mallocs. */
-    uint32_t count = tc->count[cls];
+    uint32_t count = front->count[cls];
     if (keep >= count)
         return;
-    Block *b = tc->free[cls];
+    Block *b = front->free[cls];
     for (uint32_t left = count - keep; left; left--) {
         SuperSlab *ss = superslab_of(b);
         /* The blocks were checked when they were freed; a link that leads
@@ -74,8 +74,8 @@ void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
             span_after_put(h, ss, s);
         b = next;
     }
-    tc->free[cls] = b;
-    tc->count[cls] = keep;
+    front->free[cls] = b;
+    front->count[cls] = keep;
     if (unlikely(!keep && b != NULL))
         fatal_corruption("thread free list longer than its count (double free?) at", b);
 }
@@ -83,8 +83,8 @@ void front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep)
 /* hak_free found the thread front of cls over its limit. */
 void front_overflow(unsigned cls)
 {
-    ThreadCache *tc = &thread_front;
-    front_flush(tc->heap, tc, cls, size_classes[cls].front_max / 2);
+    ThreadFront *front = &thread_front;
+    front_flush(front->heap, front, cls, size_classes[cls].front_max / 2);
     purger_poll();
 }
 

@@ -75,7 +75,7 @@ static bool scrub(void *b, size_t bs, uint32_t size)
 }
 
 #if HAK_HARDEN_QUARANTINE
-static void quarantine_audit(ThreadCache *tc);
+static void quarantine_audit(ThreadFront *front);
 #endif
 
 void *harden_alloc_block(Block *b, size_t size, unsigned cls)
@@ -206,9 +206,9 @@ static void quarantine_release(Block *b)
 
 /* Blocks can wait in the quarantine for long, or for ever if the program
  * stops freeing: every malloc looks at the start of one of them. */
-static void quarantine_audit(ThreadCache *tc)
+static void quarantine_audit(ThreadFront *front)
 {
-    Block *b = tc->quarantine[tc->quarantine_audit++ % HAK_QUARANTINE_SLOTS];
+    Block *b = front->quarantine[front->quarantine_audit++ % HAK_QUARANTINE_SLOTS];
     if (!b || !HAK_HARDEN_ZERO_ON_FREE)
         return;
     size_t room = span_block_size(span_of(superslab_of(b), b)) - HAK_CANARY_SIZE;
@@ -217,12 +217,12 @@ static void quarantine_audit(ThreadCache *tc)
         fatal_corruption("write after free (a block in quarantine was changed) at", b);
 }
 
-void quarantine_flush(ThreadCache *tc)
+void quarantine_flush(ThreadFront *front)
 {
     for (unsigned i = 0; i < HAK_QUARANTINE_SLOTS; i++) {
-        Block *b = tc->quarantine[i];
+        Block *b = front->quarantine[i];
         if (b) {
-            tc->quarantine[i] = NULL;
+            front->quarantine[i] = NULL;
             quarantine_release(b);
         }
     }
@@ -248,19 +248,19 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
         return;
     }
 #if HAK_HARDEN_QUARANTINE
-    ThreadCache *tc = &thread_front;
+    ThreadFront *front = &thread_front;
     /* A thread without a heap (or past giving it up) has nobody to flush
      * its quarantine at exit: its frees go straight through. */
-    if (tc->heap && !tc->exited) {
+    if (front->heap && !front->exited) {
         b->free_mark = free_mark_value;
-        uint64_t r = tc->quarantine_rng;
+        uint64_t r = front->quarantine_rng;
         if (!r)
-            r = process_secret ^ (uintptr_t)tc;
+            r = process_secret ^ (uintptr_t)front;
         r ^= r << 13; r ^= r >> 7; r ^= r << 17; /* xorshift64 */
-        tc->quarantine_rng = r;
+        front->quarantine_rng = r;
         unsigned i = (unsigned)(r % HAK_QUARANTINE_SLOTS);
-        Block *out = tc->quarantine[i];
-        tc->quarantine[i] = b;
+        Block *out = front->quarantine[i];
+        front->quarantine[i] = b;
         if (out)
             quarantine_release(out);
         return;

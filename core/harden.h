@@ -113,14 +113,14 @@ static inline void harden_carve(SuperSlab *ss, Span *s, char *p, uint32_t n) { }
 
 #if HAK_HARDEN_QUARANTINE
 /* Really free every block of the thread's quarantine (thread exit, trim). */
-void   quarantine_flush(ThreadCache *tc);
+void   quarantine_flush(ThreadFront *front);
 /* Large blocks: a freed extent waits PROT_NONE; a free of one that waits
  * is a double free. */
 void   large_quarantine_put(char *ext, size_t len, const void *p);
 bool   large_quarantined(const void *p);
 void   large_quarantine_flush(void);
 #else
-static inline void quarantine_flush(ThreadCache *tc) { }
+static inline void quarantine_flush(ThreadFront *front) { }
 static inline bool large_quarantined(const void *p) { return false; }
 static inline void large_quarantine_flush(void) { }
 #endif

@@ -3,7 +3,7 @@
  * cycle of heaps: a thread takes one (a new one, or one an exited thread
  * gave up), gives it back at exit, trims it; fork.
  *
- * The fast paths (api.c) only pop and push tc.free[cls]; spans are in
+ * The fast paths (api.c) only pop and push front.free[cls]; spans are in
  * span.c, the slow paths of free in free.c.  See types.h for the data
  * structures.
  * SPDX-License-Identifier: MIT */
@@ -18,7 +18,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 
-__thread ThreadCache thread_front __attribute__((tls_model("initial-exec")));
+__thread ThreadFront thread_front __attribute__((tls_model("initial-exec")));
 uintptr_t process_secret;
 uintptr_t free_mark_value;
 
@@ -67,12 +67,12 @@ static void runtime_init(void)
 /* A span whose free list was just taken: all its blocks but the never-used
  * ones are out.  It carves for the class if nobody does, or waits on the
  * partial queue, or is marked FULL until blocks come back. */
-static void span_park(Heap *h, ThreadCache *tc, Span *s)
+static void span_park(Heap *h, ThreadFront *front, Span *s)
 {
     if (s->fresh) {
-        if (!tc->cur[s->cls]) {
+        if (!front->cur[s->cls]) {
             s->state = SPAN_CURRENT;
-            tc->cur[s->cls] = s;
+            front->cur[s->cls] = s;
         } else {
             partial_push(h, s);
         }
@@ -87,11 +87,11 @@ static void span_park(Heap *h, ThreadCache *tc, Span *s)
 
 /* The front of cls is empty: take a whole span's free blocks, preferring
  * blocks that came back (the partial queue) to never-used ones. */
-static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
+static Block *refill(Heap *h, ThreadFront *front, unsigned cls, uint32_t *count)
 {
 #if HAK_DEBUG
     if ((h->refills[cls] & 63) == 0)
-        heap_validate(h, tc);
+        heap_validate(h, front);
 #endif
     for (;;) {
         Span *s = h->partial[cls];
@@ -99,12 +99,12 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
             partial_remove(h, s);
             s->state = 0;
             Block *list = span_take(h, superslab_of(s), s, count);
-            span_park(h, tc, s);
+            span_park(h, front, s);
             if (list)
                 return list;
             continue;
         }
-        if ((s = tc->cur[cls]) != NULL) {
+        if ((s = front->cur[cls]) != NULL) {
             Block *list = span_take(h, superslab_of(s), s, count);
             if (list)
                 return list;
@@ -114,22 +114,22 @@ static Block *refill(Heap *h, ThreadCache *tc, unsigned cls, uint32_t *count)
                 continue;
             HAK_ASSERT(s->used == span_capacity(s) && !s->free && !s->fresh);
             s->state = SPAN_FULL;
-            tc->cur[cls] = NULL;
+            front->cur[cls] = NULL;
             continue;
         }
         if ((s = span_new(h, cls)) == NULL)
             return NULL;
         s->state = SPAN_CURRENT;
-        tc->cur[cls] = s;
+        front->cur[cls] = s;
     }
 }
 
 static void atfork_register(void);
-static void heap_release(ThreadCache *tc);
+static void heap_release(ThreadFront *front);
 
 /* Give the thread a heap: an abandoned one if any, else a new one.  With
  * at_exit, heap_thread_exit runs when the thread exits. */
-Heap *heap_acquire(ThreadCache *tc, bool at_exit)
+Heap *heap_acquire(ThreadFront *front, bool at_exit)
 {
     lock_acquire(&heaps_mutex);
     if (!runtime_ready)
@@ -161,11 +161,11 @@ Heap *heap_acquire(ThreadCache *tc, bool at_exit)
         STAT_INC(heaps_created);
     }
     atomic_store(&h->state, HEAP_ACTIVE);
-    h->front = tc;
+    h->front = front;
     lock_release(&heaps_mutex);
-    tc->heap = h;
+    front->heap = h;
     if (adopted)
-        heap_validate(h, tc); /* what the thread that gave it up left */
+        heap_validate(h, front); /* what the thread that gave it up left */
     if (at_exit)
         pthread_setspecific(exit_key, h);
     atfork_register(); /* may allocate: only now that this thread has a heap */
@@ -200,39 +200,39 @@ __attribute__((constructor)) static void process_start(void)
 void *heap_alloc_slow(size_t size, unsigned cls)
 {
     purger_poll();
-    ThreadCache *tc = &thread_front;
-    Heap *h = tc->heap;
+    ThreadFront *front = &thread_front;
+    Heap *h = front->heap;
     if (unlikely(!h)) {
-        if (!(h = heap_acquire(tc, !tc->exited))) {
+        if (!(h = heap_acquire(front, !front->exited))) {
             errno = ENOMEM;
             return NULL;
         }
         if (size_classes[cls].block_size < size) /* the table was empty until now */
             cls = size_class_compute(size);
-        if (unlikely(tc->exited)) {
+        if (unlikely(front->exited)) {
             /* Called from a thread-exit destructor that ran after ours: the
              * heap serves this one call and is given back at once, since
              * nothing would give it back later. */
             void *b = heap_alloc_slow(size, cls);
-            heap_release(tc);
+            heap_release(front);
             return b;
         }
     }
-    Block *b = tc->free[cls];
+    Block *b = front->free[cls];
     if (!b) {
         if (atomic_load_explicit(&h->delayed, memory_order_relaxed))
             heap_drain_delayed(h);
         uint32_t n;
-        if (!(b = refill(h, tc, cls, &n))) {
+        if (!(b = refill(h, front, cls, &n))) {
             errno = ENOMEM;
             return NULL;
         }
-        tc->count[cls] = n;
+        front->count[cls] = n;
     }
-    tc->free[cls] = block_pop_next(b);
+    front->free[cls] = block_pop_next(b);
     b->free_mark = 0;
-    tc->count[cls]--;
-    tc->allocs[cls]++;
+    front->count[cls]--;
+    front->allocs[cls]++;
     return b;
 }
 
@@ -275,15 +275,15 @@ static void heap_collect(Heap *h)
 /* Everything the thread holds back goes to the heap: the front's blocks to
  * their spans, the carving spans to the partial queues (or away, if
  * empty). */
-static void front_give_back(Heap *h, ThreadCache *tc)
+static void front_give_back(Heap *h, ThreadFront *front)
 {
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++)
-        front_flush(h, tc, cls, 0);
+        front_flush(h, front, cls, 0);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
-        Span *s = tc->cur[cls];
+        Span *s = front->cur[cls];
         if (!s)
             continue;
-        tc->cur[cls] = NULL;
+        front->cur[cls] = NULL;
         partial_push(h, s);
         if (s->used == 0)
             span_release(h, superslab_of(s), s);
@@ -306,17 +306,17 @@ static void superslabs_purge_free(Heap *h)
     }
 }
 
-static void heap_release(ThreadCache *tc)
+static void heap_release(ThreadFront *front)
 {
-    Heap *h = tc->heap;
-    quarantine_flush(tc);
-    front_give_back(h, tc);
+    Heap *h = front->heap;
+    quarantine_flush(front);
+    front_give_back(h, front);
     large_front_flush(&h->large);
-    tc->heap = NULL;
+    front->heap = NULL;
     lock_acquire(&heaps_mutex);
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
-        h->allocs[cls] += tc->allocs[cls];
-        tc->allocs[cls] = 0;
+        h->allocs[cls] += front->allocs[cls];
+        front->allocs[cls] = 0;
     }
     h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
@@ -336,16 +336,16 @@ static void heap_release(ThreadCache *tc)
  * theirs alone: they are given back when those threads exit.) */
 void heap_trim(void)
 {
-    ThreadCache *tc = &thread_front;
-    Heap *h = tc->heap;
+    ThreadFront *front = &thread_front;
+    Heap *h = front->heap;
     if (!h)
         return;
-    quarantine_flush(tc);
-    front_give_back(h, tc);
+    quarantine_flush(front);
+    front_give_back(h, front);
     large_front_flush(&h->large);
     heap_collect(h);
     superslabs_purge_free(h);
-    heap_validate(h, tc);
+    heap_validate(h, front);
 }
 
 /* The exit_key destructor.  Other keys' destructors (and C++ thread_local
@@ -353,21 +353,21 @@ void heap_trim(void)
  * one call (heap_alloc_slow), since nothing would give a heap back later. */
 void heap_thread_exit(void *unused)
 {
-    ThreadCache *tc = &thread_front;
-    if (!tc->heap)
+    ThreadFront *front = &thread_front;
+    if (!front->heap)
         return;
-    tc->exited = true;
-    heap_release(tc);
+    front->exited = true;
+    heap_release(front);
 }
 
 LargeFront *heap_large_front(void)
 {
-    ThreadCache *tc = &thread_front;
-    if (likely(tc->heap != NULL))
-        return &tc->heap->large;
-    if (tc->exited)
+    ThreadFront *front = &thread_front;
+    if (likely(front->heap != NULL))
+        return &front->heap->large;
+    if (front->exited)
         return NULL;
-    Heap *h = heap_acquire(tc, true);
+    Heap *h = heap_acquire(front, true);
     return h ? &h->large : NULL;
 }
 

@@ -27,22 +27,22 @@ bool   span_release(Heap *h, SuperSlab *ss, Span *s);
 void   superslab_to_extents(SuperSlab *ss);
 
 /* free.c */
-void   front_flush(Heap *h, ThreadCache *tc, unsigned cls, uint32_t keep);
+void   front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep);
 void   heap_drain_delayed(Heap *h);
 
 /* validate.c: the debug build's invariant checks (empty otherwise) */
 #if HAK_DEBUG
 void   span_validate(SuperSlab *ss, const Span *s);
-void   heap_validate(Heap *h, const ThreadCache *tc);
+void   heap_validate(Heap *h, const ThreadFront *front);
 #else
 static inline void span_validate(SuperSlab *ss, const Span *s) { }
-static inline void heap_validate(Heap *h, const ThreadCache *tc) { }
+static inline void heap_validate(Heap *h, const ThreadFront *front) { }
 #endif
 
 /* heap.c */
 extern HAK_HIDDEN Lock heaps_mutex;   /* the heap list and the abandoned list */
 extern HAK_HIDDEN Heap   *all_heaps;     /* every heap, linked by all_next */
 extern HAK_HIDDEN Heap   *abandoned_heaps; /* heaps of exited threads, LIFO */
-Heap  *heap_acquire(ThreadCache *tc, bool at_exit);
+Heap  *heap_acquire(ThreadFront *front, bool at_exit);
 
 #endif

@@ -132,7 +132,7 @@ static inline unsigned size_class(size_t size)
 }
 
 /* ---- thread heaps (heap.c, span.c, free.c; heaps_stats in stats.c) ---- */
-extern HAK_HIDDEN __thread ThreadCache thread_front __attribute__((tls_model("initial-exec")));
+extern HAK_HIDDEN __thread ThreadFront thread_front __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);
 void  front_free_slow(SuperSlab *ss, Block *b, unsigned cls);
@@ -196,12 +196,12 @@ static inline bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
 
 /* The owner's free of a checked block: push it on the thread front (with
  * the free mark), flush past the class's cap. */
-static inline void front_push(ThreadCache *tc, unsigned cls, Block *b)
+static inline void front_push(ThreadFront *front, unsigned cls, Block *b)
 {
-    block_set_next(b, tc->free[cls]);
+    block_set_next(b, front->free[cls]);
     b->free_mark = free_mark_value;
-    tc->free[cls] = b;
-    if (unlikely(++tc->count[cls] > size_classes[cls].front_max))
+    front->free[cls] = b;
+    if (unlikely(++front->count[cls] > size_classes[cls].front_max))
         front_overflow(cls);
 }
 
@@ -217,9 +217,9 @@ static inline unsigned page_index(const void *p)
 }
 static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
 {
-    ThreadCache *tc = &thread_front;
+    ThreadFront *front = &thread_front;
     unsigned cls = ss->page_cls[page];
-    if (likely(ss->owner == tc->heap)) {
+    if (likely(ss->owner == front->heap)) {
         uintptr_t addr = (uintptr_t)b;
         unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
         uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
@@ -228,7 +228,7 @@ static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
             front_free_slow(ss, b, cls);
             return;
         }
-        front_push(tc, cls, b);
+        front_push(front, cls, b);
         return;
     }
     span_free_remote(ss, span_of(ss, b), b);

@@ -140,14 +140,14 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
     lock_acquire(&heaps_mutex);
     extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
-        ThreadCache *tc = h->front;
+        ThreadFront *front = h->front;
         for (unsigned c = 0; c < HAK_NCLASS; c++) {
             uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
             uint64_t rf = __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
             uint64_t a = h->allocs[c];
-            if (tc) {
-                a += __atomic_load_n(&tc->allocs[c], __ATOMIC_RELAXED);
-                out[c] -= __atomic_load_n(&tc->count[c], __ATOMIC_RELAXED);
+            if (front) {
+                a += __atomic_load_n(&front->allocs[c], __ATOMIC_RELAXED);
+                out[c] -= __atomic_load_n(&front->count[c], __ATOMIC_RELAXED);
             }
             st->slab_refills += r;
             st->remote_frees += rf;

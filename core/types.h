@@ -32,11 +32,11 @@
  *
  * Life of a tiny/mid block
  * ------------------------
- * malloc pops the thread's list tc.free[class] (ThreadCache), which holds
+ * malloc pops the thread's list front.free[class] (ThreadFront), which holds
  * free blocks of that class from any span of the thread's heap.  When it is
  * empty, the slow path (heap.c) refills it with a whole span's free blocks.
  * free(p) masks p to its SuperSlab, reads owner, page_cls and span_head:
- *   - owner thread:   push on tc.free[class]; past a cap, the newest half
+ *   - owner thread:   push on front.free[class]; past a cap, the newest half
  *                     goes back to the spans (no atomics either way)
  *   - another thread: CAS-push on span->thread_free
  * Large blocks (> 52 KiB) carry a LargeHeader and live in extents.
@@ -83,7 +83,7 @@ typedef struct Block { uintptr_t next_enc; uintptr_t free_mark; } Block;
 
 /* Where a span currently is, from its owner's point of view. */
 enum span_state {
-    SPAN_CURRENT = 1,  /* tc.cur[cls]: the span whose fresh blocks are carved */
+    SPAN_CURRENT = 1,  /* front.cur[cls]: the span whose fresh blocks are carved */
     SPAN_PARTIAL = 2,  /* queued on heap->partial[cls]: has free blocks      */
     SPAN_FULL    = 3   /* no free block; thread_free carries SPAN_NOTIFY      */
 };
@@ -166,7 +166,7 @@ typedef struct Heap {
     _Atomic int state;
     struct Heap *all_next;              /* every heap ever made              */
     struct Heap *abandoned_next;
-    struct ThreadCache *front;          /* its thread's front while it runs  */
+    struct ThreadFront *front;          /* its thread's front while it runs  */
     /* Statistics, written by the owner only, on slow paths. */
     uint64_t  refills[HAK_NCLASS];
     uint64_t  allocs[HAK_NCLASS];       /* mallocs of exited threads         */
@@ -177,13 +177,13 @@ typedef struct Heap {
     LargeFront large;
 } Heap;
 
-/* The thread-local front, like a tcmalloc thread cache.  tc.free[cls] holds
+/* The thread-local front, like a tcmalloc thread cache.  front.free[cls] holds
  * free blocks of class cls from any span of the thread's heap: malloc pops
  * it, the owner's free pushes on it, and neither touches anything else.
  * Past size_classes[cls].front_max blocks, the newest half is flushed back to
  * the spans; when it is empty, a refill takes a whole span's free list.
- * tc.cur[cls] is the span whose never-used blocks are being carved. */
-typedef struct ThreadCache {
+ * front.cur[cls] is the span whose never-used blocks are being carved. */
+typedef struct ThreadFront {
     Block   *free[HAK_NCLASS];
     uint32_t count[HAK_NCLASS];         /* length of free[cls]             */
     uint64_t allocs[HAK_NCLASS];        /* statistics: mallocs served      */
@@ -197,7 +197,7 @@ typedef struct ThreadCache {
     uint64_t quarantine_rng;
     unsigned quarantine_audit;          /* the slot malloc looks at next   */
 #endif
-} ThreadCache;
+} ThreadFront;
 
 /* Header in front of every large block (exactly 64 bytes). */
 typedef struct LargeHeader {

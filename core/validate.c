@@ -56,20 +56,20 @@ static void partial_validate(Heap *h, unsigned cls)
     VALID(h->partial_tail[cls] == prev);
 }
 
-void heap_validate(Heap *h, const ThreadCache *tc)
+void heap_validate(Heap *h, const ThreadFront *front)
 {
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) {
         partial_validate(h, cls);
-        if (tc && tc->cur[cls]) {
-            Span *s = tc->cur[cls];
+        if (front && front->cur[cls]) {
+            Span *s = front->cur[cls];
             VALID(s->state == SPAN_CURRENT && s->cls == cls && superslab_of(s)->owner == h);
             span_validate(superslab_of(s), s);
         }
-        if (tc) { /* the front holds exactly count blocks of the class */
+        if (front) { /* the front holds exactly count blocks of the class */
             uint32_t n = 0;
-            for (const Block *b = tc->free[cls]; b && n <= tc->count[cls]; b = block_next_fast(b))
+            for (const Block *b = front->free[cls]; b && n <= front->count[cls]; b = block_next_fast(b))
                 n++;
-            VALID(n == tc->count[cls]);
+            VALID(n == front->count[cls]);
         }
     }
     uint64_t live = 0;
