@@ -1,4 +1,14 @@
 /* Declarations shared by the files of core/.  Nothing here is exported.
+ *
+ * Atomics, two kinds, one rule.  A field every access to which is atomic
+ * (a span's thread_free, a heap's delayed list and state, the central
+ * cache's stacks) is declared _Atomic and used through C11 atomic_*.  A
+ * plain field that its owner writes with ordinary stores and other
+ * threads only read (statistics, a span's carving point and counts, the
+ * registry bytes, a block's canary) is read and published with the
+ * __atomic_* builtins, since C11 has no atomic access to an object not
+ * declared atomic, and declaring it _Atomic would make every owner store a
+ * full barrier.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_INTERNAL_H
 #define HAK_INTERNAL_H
