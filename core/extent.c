@@ -217,8 +217,9 @@ static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since,
 static bool reserve_and_lock(size_t len, size_t align, size_t offset)
 {
     size_t n = __atomic_load_n(&nreservations, __ATOMIC_RELAXED);
-    size_t want = RESERVE_MIN << (n / 2 < 5 ? n / 2 : 5);
-    if (want > RESERVE_MAX) want = RESERVE_MAX;
+    size_t want = RESERVE_MIN; /* doubling every second reservation */
+    for (size_t i = 0; i < n / 2 && want < RESERVE_MAX; i++)
+        want <<= 1;
     /* The reservation starts 2 MiB-aligned: a larger alignment may cost up
      * to align bytes of slack, a smaller one up to align less a page. */
     size_t slack = align > HAK_PAGE_SIZE ? align : 0;
@@ -251,7 +252,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
     return true;
 }
 
-/* Big extents (ranges.c: 4 MiB and more) are placed at the top of their
+/* Big extents (BIG_EXTENT, tunables.h) are placed at the top of their
  * range and the rest at the bottom, so the two populations grow from
  * opposite ends instead of interleaving: holes left by big buffers then
  * stay big (bench_large: -12% peak RSS). */

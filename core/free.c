@@ -23,10 +23,11 @@ static bool list_has(Heap *h, Block *x, const Block *b, uint64_t max)
 
 /* The owner's free of b found something unusual: b is not a block start of
  * a carved slab, or it carries the free mark.  Either the misuse is
- * reported, or (the mark was the program's own data) b is freed as usual.  A free block is on one of four
- * lists: the thread front, its span's own list, its span's cross-thread
- * list or the heap's delayed list; only the owner removes blocks from
- * the last two, so walking them from a snapshot of their head is safe. */
+ * reported, or (the mark was the program's own data) b is freed as usual.
+ * A free block is on one of four lists: the thread front, its span's own
+ * list, its span's cross-thread list or the heap's delayed list; only the
+ * owner removes blocks from the last two, so walking them from a snapshot
+ * of their head is safe. */
 void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
 {
     Span *s = span_of(ss, b);
@@ -47,7 +48,7 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
     front_push(front, cls, b);
 }
 
-/* Give all but keep blocks of the thread front back to their spans. */
+/* Give all but keep of the front's blocks of cls back to their spans. */
 void front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep)
 {
     /* The list holds exactly count blocks; a block freed twice makes it

@@ -22,7 +22,7 @@ __thread ThreadFront thread_front __attribute__((tls_model("initial-exec")));
 uintptr_t process_secret;
 uintptr_t free_mark_value;
 
-Lock heaps_mutex = LOCK_INIT;
+Lock   heaps_mutex = LOCK_INIT;
 Heap  *all_heaps;          /* every heap, linked by all_next      */
 Heap  *abandoned_heaps;    /* heaps of exited threads, LIFO       */
 static char  *heap_store;         /* storage that new heaps are cut from */
@@ -85,7 +85,7 @@ static void span_park(Heap *h, ThreadFront *front, Span *s)
         partial_push(h, s); /* remote frees arrived meanwhile */
 }
 
-/* The front of cls is empty: take a whole span's free blocks, preferring
+/* The front's list of cls is empty: take a whole span's free blocks, preferring
  * blocks that came back (the partial queue) to never-used ones. */
 static Block *refill(Heap *h, ThreadFront *front, unsigned cls, uint32_t *count)
 {

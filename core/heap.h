@@ -1,8 +1,9 @@
 /* What the files of the slab tiers' slow paths share: size_class.c (the
  * class table), span.c (SuperSlabs and spans), free.c (the slow paths of
- * free) and heap.c (refill, heap life cycle, fork); stats.c walks the
- * heaps.  Each function is owned by one thread at a time: the heap's
- * thread, or whoever holds an abandoned heap (HEAP_BUSY).
+ * free), heap.c (refill, heap life cycle, fork) and validate.c (the debug
+ * build's checks); stats.c walks the heaps.  Each function here runs only
+ * on the heap's owner: its thread, or whoever holds an abandoned heap
+ * (HEAP_BUSY).
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_HEAP_H
 #define HAK_HEAP_H
@@ -40,9 +41,9 @@ static inline void heap_validate(Heap *h, const ThreadFront *front) { }
 #endif
 
 /* heap.c */
-extern HAK_HIDDEN Lock heaps_mutex;   /* the heap list and the abandoned list */
-extern HAK_HIDDEN Heap   *all_heaps;     /* every heap, linked by all_next */
-extern HAK_HIDDEN Heap   *abandoned_heaps; /* heaps of exited threads, LIFO */
+extern HAK_HIDDEN Lock  heaps_mutex;     /* the heap list and the abandoned list */
+extern HAK_HIDDEN Heap *all_heaps;       /* every heap, linked by all_next */
+extern HAK_HIDDEN Heap *abandoned_heaps; /* heaps of exited threads, LIFO */
 Heap  *heap_acquire(ThreadFront *front, bool at_exit);
 
 #endif

@@ -141,7 +141,8 @@ static inline unsigned size_class(size_t size)
     return class_of_size[(size + HAK_MIN_ALIGN - 1) >> HAK_MIN_ALIGN_SHIFT];
 }
 
-/* ---- thread heaps (heap.c, span.c, free.c; heaps_stats in stats.c) ---- */
+/* ---- thread heaps (heap.c, span.c, free.c; heaps_stats and
+ * heaps_report_remote in stats.c) ---- */
 extern HAK_HIDDEN __thread ThreadFront thread_front __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);

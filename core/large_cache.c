@@ -21,7 +21,8 @@
  * Classes (types.h): an allocation takes the smallest class that holds it,
  * and a new extent is made that size, so that it can be reused by any
  * request of the class; a freed extent is filed under the largest class
- * it holds.  The link of a cached extent lives in its own first bytes.
+ * it holds.  The link of a cached extent lives in the extent itself, in
+ * its LargeHeader's padding (LINK_OFFSET).
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 
@@ -228,8 +229,8 @@ static char *central_get(LargeFront *f, unsigned c, size_t *len)
     return NULL;
 }
 
-/* Take every extent of the front's classes from top down to (not
- * including) class stop, until it holds at most keep bytes. */
+/* Take extents from the front, biggest classes first, until it holds at
+ * most keep bytes. */
 static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
 {
     CachedExtent *list = NULL;

@@ -39,10 +39,7 @@ void partial_remove(Heap *h, Span *s)
     s->next = s->prev = NULL;
 }
 
-/* Guard pages (hardened build): everything of a SuperSlab but its header
- * page and the spans in use is PROT_NONE, so that a run off the end of a
- * span, or off the header, faults (os_guard); a failure to make a span
- * accessible again fails the span. */
+/* A SuperSlab nobody uses goes back to the extents. */
 void superslab_to_extents(SuperSlab *ss)
 {
     registry_set(ss, HAK_CHUNK_SIZE, CHUNK_EXTENT);
@@ -61,7 +58,7 @@ static void superslab_release(Heap *h, SuperSlab *ss)
     superslab_to_extents(ss);
 }
 
-static void superslab_link_front(Heap *h, SuperSlab *ss)
+static void superslab_link_head(Heap *h, SuperSlab *ss)
 {
     ss->prev = NULL;
     ss->next = h->superslabs;
@@ -93,14 +90,18 @@ bool span_release(Heap *h, SuperSlab *ss, Span *s)
         return true;
     }
     if (was_full && h->superslabs != ss) {
-        /* it has room again: move it to the front where span_new looks first */
+        /* it has room again: to the head of the list, where span_new looks first */
         ss->prev->next = ss->next;
         if (ss->next) ss->next->prev = ss->prev;
-        superslab_link_front(h, ss);
+        superslab_link_head(h, ss);
     }
     return false;
 }
 
+/* Guard pages (hardened build): everything of a SuperSlab but its header
+ * page and the spans in use is PROT_NONE, so that a run off the end of a
+ * span, or off the header, faults (os_guard); a failure to make a span
+ * accessible again fails the span (span_new). */
 static SuperSlab *superslab_get(Heap *h)
 {
     SuperSlab *ss = h->spare;
@@ -123,7 +124,7 @@ static SuperSlab *superslab_get(Heap *h)
         os_guard((char *)ss + HAK_PAGE_SIZE, HAK_CHUNK_SIZE - HAK_PAGE_SIZE);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
-    superslab_link_front(h, ss);
+    superslab_link_head(h, ss);
     h->superslabs_live++;
     return ss;
 }
@@ -221,7 +222,8 @@ static Block *span_carve(SuperSlab *ss, Span *s, uint32_t want, uint32_t *count)
     static __thread uint64_t rng __attribute__((tls_model("initial-exec")));
     if (!rng)
         rng = process_secret ^ (uintptr_t)&rng;
-    uint16_t shuffled[2 * HAK_PAGE_SIZE / 16];
+    /* a carve ends in the page after CARVE_BYTES at the latest */
+    uint16_t shuffled[(CARVE_BYTES + HAK_PAGE_SIZE) / HAK_MIN_ALIGN];
     for (uint32_t i = 0; i < n; i++)
         shuffled[i] = (uint16_t)i;
     for (uint32_t i = n - 1; i > 0; i--) { /* Fisher-Yates, xorshift64 */

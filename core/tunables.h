@@ -15,10 +15,12 @@
 
 /* ---- thread fronts and spans (size_class.c, span.c, heap.c) ---- */
 /* Fresh blocks carved per refill: one page's worth, so carving touches
- * memory a page at a time (at least 4 blocks). */
+ * memory a page at a time (at least 4 blocks; the hardened build's
+ * shuffle buffer in span.c is sized from it). */
 #define CARVE_BYTES          4096
-/* A span holds at least this many blocks: a refill then finds a useful
- * batch of frees in it. */
+/* A span is made for at least this many blocks, so that a refill finds a
+ * useful batch of frees in it (capped at HAK_MAX_SPAN slabs: the largest
+ * classes get fewer). */
 #define SPAN_MIN_BLOCKS      128
 /* A thread front keeps up to this many bytes of a class (at least 32 and
  * at most 2048 blocks) before flushing half back to the spans. */
@@ -29,7 +31,9 @@
 
 /* ---- extents (extent.c, ranges.c) ---- */
 /* Reservations from the OS: the first is RESERVE_MIN, doubling every
- * second one up to RESERVE_MAX; a request bigger than that gets its own. */
+ * second one up to RESERVE_MAX; a request bigger than that gets its own.
+ * The table of reservations holds MAX_RESERVATIONS (past it, ENOMEM: 4096
+ * of at least 32 MiB is more address space than a process has). */
 #define RESERVE_MIN          ((size_t)32 << 20)
 #define RESERVE_MAX          ((size_t)1 << 30)
 #define MAX_RESERVATIONS     4096
@@ -43,12 +47,14 @@
 #define BIG_EXTENT           ((size_t)4 << 20)
 
 /* ---- the large tier (large.c, large_cache.c) ---- */
-/* realloc of a large block moves its pages (mremap) above this size and
- * copies below it. */
+/* realloc of a large block whose extent is at least this big moves its
+ * pages (mremap); a smaller one is copied. */
 #define MREMAP_MIN           ((size_t)1 << 20)
 /* A heap's front of cached extents holds up to this many bytes. */
 #define LARGE_FRONT_CAP      ((size_t)8 << 20)
-/* Shards of the central cache, and extents taken from one per visit. */
+/* Shards of the central cache (heaps are spread over them, so that no
+ * stack is pushed by every thread), and extents taken from one per visit
+ * (one CAS brings a batch into the front). */
 #define LARGE_NSHARD         8
 #define LARGE_REFILL         16
 /* A request may take a cached extent up to this many classes bigger. */
@@ -62,7 +68,8 @@
 #define LARGE_BIG_EXTENT     ((size_t)1 << 20)
 
 /* ---- the hardened build (harden.c) ---- */
-/* Freed small blocks each thread holds in quarantine (a ring). */
+/* Freed small blocks each thread holds in quarantine (a free replaces a
+ * random slot). */
 #define HAK_QUARANTINE_SLOTS 256
 /* Freed large extents held in quarantine, and the bytes of them kept
  * resident (PROT_NONE) rather than purged. */

@@ -130,7 +130,7 @@ typedef struct SuperSlab {
 
 /* A freed large extent waiting in the large cache (large_cache.c).  It
  * lives in the extent itself, in the padding of the block's LargeHeader
- * (at LARGE_LINK_OFFSET), so a cached extent costs no metadata. */
+ * (at LINK_OFFSET, large_cache.c), so a cached extent costs no metadata. */
 typedef struct CachedExtent {
     struct CachedExtent *next;
     size_t   len;        /* bytes of the extent */
