@@ -60,7 +60,7 @@ HAK_API void hak_free(void *p)
 {
     uintptr_t addr = (uintptr_t)p;
     /* One test rejects NULL-ish, misaligned and non-user addresses alike. */
-    if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | 15)) &&
+    if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | (HAK_MIN_ALIGN - 1))) &&
                chunk_kinds[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
         SuperSlab *ss = superslab_of(p);
 #if HAK_HARDEN_CANARY

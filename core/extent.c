@@ -30,7 +30,6 @@
 #include <time.h>
 #include <string.h>
 
-
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
 static Lock ext_lock = LOCK_INIT;
@@ -277,8 +276,9 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     FreeRange r = *f;
     size_t below = at - r.start, above = r.start + r.len - (at + len);
     size_t d_below = range_part_dirty(&r, below);
-    size_t d_above = range_part_dirty(&r, above) < r.dirty - d_below ? range_part_dirty(&r, above)
-                                                                     : r.dirty - d_below;
+    size_t d_above = range_part_dirty(&r, above);
+    if (d_above > r.dirty - d_below)
+        d_above = r.dirty - d_below;
     if (below) {
         range_trim(f, r.start, below, d_below);
         if (above)

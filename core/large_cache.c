@@ -8,7 +8,7 @@
  * in the extents (extent.c), which purge it after another decay time.
  * Only extents up to 4 MiB are cached: bigger ones vary too much in size
  * to be reused by class, and the extents reuse them by best fit; for the
- * same reason the central cache takes extents of LARGE_BIG_EXTENT and more
+ * same reason the central cache takes extents of LARGE_CENTRAL_BIG_MIN and more
  * only while it holds little (tunables.h).
  * Large blocks have no owner: a block freed by another thread goes into
  * that thread's front.
@@ -160,7 +160,7 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
          * made 1-9 MiB blocks take 1.3x glibc's footprint. */
         CachedExtent **pp = &list, *big = NULL;
         while (*pp)
-            if ((*pp)->len >= LARGE_BIG_EXTENT) {
+            if ((*pp)->len >= LARGE_CENTRAL_BIG_MIN) {
                 CachedExtent *e = *pp;
                 *pp = e->next;
                 bytes -= e->len;

@@ -62,10 +62,10 @@
 /* Misses in a row after which a front gives its extents back. */
 #define LARGE_MISSES_FLUSH   3
 /* Past this many bytes in the central cache, extents go to the extents;
- * extents of LARGE_BIG_EXTENT and more already past LARGE_CENTRAL_BIG_CAP. */
+ * extents of LARGE_CENTRAL_BIG_MIN and more already past LARGE_CENTRAL_BIG_CAP. */
 #define LARGE_CENTRAL_CAP    ((size_t)64 << 20)
 #define LARGE_CENTRAL_BIG_CAP ((size_t)16 << 20)
-#define LARGE_BIG_EXTENT     ((size_t)1 << 20)
+#define LARGE_CENTRAL_BIG_MIN ((size_t)1 << 20)
 
 /* ---- the hardened build (harden.c) ---- */
 /* Freed small blocks each thread holds in quarantine (a free replaces a
