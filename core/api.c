@@ -24,7 +24,7 @@ static inline void *small_alloc(size_t size, unsigned cls)
     if (likely(b != NULL)) {
         front->free[cls] = block_pop_next(b);
         b->free_mark = 0;
-        front->count[cls]--;
+        front->room[cls]++;
         front->allocs[cls]++; /* statistics: per thread, no branch */
         return harden_alloc(b, size, cls);
     }

@@ -39,7 +39,7 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
     Heap *h = front->heap;
     uint32_t cap = span_capacity(s);
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
-    if (list_has(h, front->free[s->cls], b, front->count[s->cls]) || list_has(h, s->free, b, cap) ||
+    if (list_has(h, front->free[s->cls], b, front_count(front, s->cls)) || list_has(h, s->free, b, cap) ||
         (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
         list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
         invalid_free_report("double free", b);
@@ -56,7 +56,7 @@ void front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep)
      * The newest blocks go back: they are the ones still in the cache, so
      * walking them costs no misses (like tcmalloc's release to the central
      * list); the older ones stay for the next mallocs. */
-    uint32_t count = front->count[cls];
+    uint32_t count = front_count(front, cls);
     if (keep >= count)
         return;
     Block *b = front->free[cls];
@@ -76,7 +76,7 @@ void front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep)
         b = next;
     }
     front->free[cls] = b;
-    front->count[cls] = keep;
+    front->room[cls] = (int32_t)(size_classes[cls].front_max - keep);
     if (unlikely(!keep && b != NULL))
         fatal_corruption("thread free list longer than its count (double free?) at", b);
 }

@@ -164,6 +164,8 @@ Heap *heap_acquire(ThreadFront *front, bool at_exit)
     h->front = front;
     lock_release(&heaps_mutex);
     front->heap = h;
+    for (unsigned c = 0; c < HAK_NCLASS; c++) /* the front is empty */
+        front->room[c] = (int32_t)size_classes[c].front_max;
     if (adopted)
         heap_validate(h, front); /* what the thread that gave it up left */
     if (at_exit)
@@ -227,11 +229,11 @@ void *heap_alloc_slow(size_t size, unsigned cls)
             errno = ENOMEM;
             return NULL;
         }
-        front->count[cls] = n;
+        front->room[cls] = (int32_t)(size_classes[cls].front_max - n);
     }
     front->free[cls] = block_pop_next(b);
     b->free_mark = 0;
-    front->count[cls]--;
+    front->room[cls]++;
     front->allocs[cls]++;
     return b;
 }

@@ -205,14 +205,32 @@ static inline bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
            (const char *)p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED);
 }
 
-/* The owner's free of a checked block: push it on the thread front (with
- * the free mark), flush past the class's cap. */
+/* How many blocks the thread front holds of class cls */
+static inline uint32_t front_count(const ThreadFront *front, unsigned cls)
+{
+    return (uint32_t)((int32_t)size_classes[cls].front_max -
+                      __atomic_load_n(&front->room[cls], __ATOMIC_RELAXED));
+}
+
+/* The owner's free of a checked block: onto the thread front (with the
+ * free mark), flush past the class's cap.  The block goes in behind the
+ * head, so the next malloc of its class does not hand back the block just
+ * freed: a use after free cannot count on its block being the next one
+ * reused, and a double free after one malloc still finds the mark.  The
+ * head was freed or refilled just before; reading its link costs no miss
+ * that the next malloc would not take anyway. */
 static inline void front_push(ThreadFront *front, unsigned cls, Block *b)
 {
-    block_set_next(b, front->free[cls]);
+    Block *head = front->free[cls];
     b->free_mark = free_mark_value;
-    front->free[cls] = b;
-    if (unlikely(++front->count[cls] > size_classes[cls].front_max))
+    if (likely(head != NULL)) {
+        b->next_enc = head->next_enc; /* same secret: the link moves as it is */
+        block_set_next(head, b);
+    } else {
+        block_set_next(b, NULL);
+        front->free[cls] = b;
+    }
+    if (unlikely(--front->room[cls] < 0))
         front_overflow(cls);
 }
 

@@ -147,7 +147,7 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
             uint64_t a = h->allocs[c];
             if (front) {
                 a += __atomic_load_n(&front->allocs[c], __ATOMIC_RELAXED);
-                out[c] -= __atomic_load_n(&front->count[c], __ATOMIC_RELAXED);
+                out[c] -= front_count(front, c);
             }
             st->slab_refills += r;
             st->remote_frees += rf;

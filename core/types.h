@@ -180,12 +180,13 @@ typedef struct Heap {
 /* The thread-local front, like a tcmalloc thread cache.  front.free[cls] holds
  * free blocks of class cls from any span of the thread's heap: malloc pops
  * it, the owner's free pushes on it, and neither touches anything else.
- * Past size_classes[cls].front_max blocks, the newest half is flushed back to
- * the spans; when it is empty, a refill takes a whole span's free list.
+ * Past size_classes[cls].front_max blocks (room[cls] below 0: the free path
+ * tests one counter, not a counter against a limit), the newest half is
+ * flushed back to the spans; when it is empty, a refill takes a whole span's free list.
  * front.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadFront {
     Block   *free[HAK_NCLASS];
-    uint32_t count[HAK_NCLASS];         /* length of free[cls]             */
+    int32_t  room[HAK_NCLASS];          /* front_max - length of free[cls] */
     uint64_t allocs[HAK_NCLASS];        /* statistics: mallocs served      */
     Span    *cur[HAK_NCLASS];
     Heap    *heap;

@@ -67,9 +67,9 @@ void heap_validate(Heap *h, const ThreadFront *front)
         }
         if (front) { /* the front holds exactly count blocks of the class */
             uint32_t n = 0;
-            for (const Block *b = front->free[cls]; b && n <= front->count[cls]; b = block_next_fast(b))
+            for (const Block *b = front->free[cls]; b && n <= front_count(front, cls); b = block_next_fast(b))
                 n++;
-            VALID(n == front->count[cls]);
+            VALID(n == front_count(front, cls));
         }
     }
     uint64_t live = 0;
