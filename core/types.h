@@ -182,7 +182,8 @@ typedef struct Heap {
  * it, the owner's free pushes on it, and neither touches anything else.
  * Past size_classes[cls].front_max blocks (room[cls] below 0: the free path
  * tests one counter, not a counter against a limit), the newest half is
- * flushed back to the spans; when it is empty, a refill takes a whole span's free list.
+ * flushed back to the spans; when it is empty, a refill takes a whole
+ * span's free list.
  * front.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadFront {
     Block   *free[HAK_NCLASS];
