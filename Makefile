@@ -48,7 +48,7 @@ TESTFLAGS := -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude -Itests $(WARN)
 TESTHDR   := tests/testutil.h tests/api_table.h
 # Where each variant's test sources are (the first that has the name wins).
 TESTDIRS_release := tests tests/fault
-TESTDIRS_debug   := tests tests/fault
+TESTDIRS_debug   := tests tests/fault tests/debug
 TESTDIRS_secure  := tests tests/secure
 TESTDIRS_fault   := tests/fault
 TESTDIRS_ubsan   := tests/sanitize
@@ -112,6 +112,7 @@ HAVE_SAN := $(shell printf 'int main(void){return 0;}' | \
 # (oom_ulimit allocates until malloc fails: run.sh runs it only under a
 # small ulimit -v.)
 CHECK_BINS := $(SECURE_TESTS:%=out/secure/tests/%) out/fault/tests/test_fault out/release/tests/oom_ulimit out/debug/tests/oom_ulimit \
+              out/debug/tests/test_validate \
               $(if $(HAVE_SAN),$(SAN_BINS))
 
 .PHONY: fault sanitize fuzz fuzz-run

@@ -107,6 +107,10 @@ for t in $(cat tests/secure/tests.list); do
     run_bin "secure/$t" 300 out/secure/tests/$t
 done
 
+# The debug build's validators catch a corruption the release build lets
+# pass (tests/debug).
+run_bin debug/test_validate 300 out/debug/tests/test_validate
+
 # Fault injection build (HAK_FAULT_INJECTION): every tier under failing
 # mmap/madvise/mremap.
 run_bin fault/test_fault 300 out/fault/tests/test_fault
