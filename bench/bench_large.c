@@ -37,11 +37,8 @@ int main(int argc, char **argv)
     for (uint64_t i = 0; i < iters; i++) {
         uint64_t r = rng_next(&s);
         uint64_t k = r % ws;
-        if (slot[k]) {
-            free(slot[k]);
-            slot[k] = NULL;
+        if (slot_free(&slot[k]))
             continue;
-        }
         double u = (double)(rng_next(&s) >> 11) * (1.0 / 9007199254740992.0);
         size_t sz = (size_t)exp2(16.0 + 9.0 * u) & ~(size_t)15;
         unsigned char *p = malloc(sz);

@@ -30,10 +30,7 @@ int main(int argc, char **argv)
     for (uint64_t i = 0; i < cycles; i++) {
         uint64_t r = rng_next(&s);
         uint64_t k = r % ws;
-        if (slot[k]) {
-            free(slot[k]);
-            slot[k] = NULL;
-        } else {
+        if (!slot_free(&slot[k])) {
             size_t sz = 16 + (r & 0x3FF);
             unsigned char *p = malloc(sz);
             if (!p) { fprintf(stderr, "malloc(%zu) failed\n", sz); return 1; }

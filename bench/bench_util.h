@@ -32,6 +32,18 @@ static inline double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The slot benchmarks (bench_random_mixed, bench_large): a table of ws
+ * slots, each empty or holding a block.  slot_free frees the block of an
+ * occupied slot and says so; an empty one is the caller's to fill. */
+static inline int slot_free(void **slot)
+{
+    if (!*slot)
+        return 0;
+    free(*slot);
+    *slot = NULL;
+    return 1;
+}
+
 /* A decimal integer >= min, nothing else; 0 on success, -1 otherwise. */
 static inline int parse_u64(const char *s, uint64_t min, uint64_t *out)
 {
