@@ -2,9 +2,11 @@
 # The misuse matrix (tests/test_misuse_matrix.c) under other allocators:
 # built once without hakmem (-DMATRIX_PEERS), run with glibc and with each
 # allocator found, by LD_PRELOAD: hakmem's two libraries, mimalloc,
-# jemalloc, tcmalloc and LLVM's Scudo.  Prints each one's matrix into
-# out/misuse-peers/NAME.txt and a summary of cells caught or prevented.
+# jemalloc, tcmalloc, LLVM's Scudo and (given its path) GrapheneOS
+# hardened_malloc.  Prints each one's matrix into out/misuse-peers/NAME.txt
+# and a summary of cells caught or prevented.
 #   bash scripts/misuse_peers.sh
+#   HARDENED_MALLOC=/path/to/libhardened_malloc.so bash scripts/misuse_peers.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=out/misuse-peers
@@ -19,6 +21,9 @@ for lib in /usr/lib/x86_64-linux-gnu/libmimalloc.so.2 /usr/lib/x86_64-linux-gnu/
 done
 scudo=$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.scudo_standalone-x86_64.so 2>/dev/null | head -1 || true)
 [ -n "$scudo" ] && peers+=("scudo=$scudo")
+# GrapheneOS hardened_malloc has no package: built from source, its path
+# is given by HARDENED_MALLOC.
+[ -n "${HARDENED_MALLOC:-}" ] && peers+=("hardened_malloc=$HARDENED_MALLOC")
 printf '%-15s %s\n' allocator "caught or prevented"
 for p in "${peers[@]}"; do
     name=${p%%=*} lib=${p#*=}
