@@ -127,6 +127,46 @@ static Block *refill(Heap *h, ThreadFront *front, unsigned cls, uint32_t *count)
 static void atfork_register(void);
 static void heap_release(ThreadFront *front);
 
+/* h becomes front's heap (heaps_mutex held: released here). */
+static void front_attach(ThreadFront *front, Heap *h)
+{
+    atomic_store(&h->state, HEAP_ACTIVE);
+    h->front = front;
+    lock_release(&heaps_mutex);
+    front->heap = h;
+    for (unsigned c = 0; c < HAK_NCLASS; c++) /* the front is empty */
+        front->room[c] = (int32_t)size_classes[c].front_max;
+}
+
+/* The thread frees into h, which its thread gave up: it gives up its own
+ * heap and takes h, if h is still waiting on the abandoned list (another
+ * thread may have adopted it, or be collecting it).  Once a thread: it
+ * then frees its old heap's blocks into a heap nobody runs, and taking
+ * that one back would undo this. */
+bool heap_take_over(ThreadFront *front, Heap *h)
+{
+    lock_acquire(&heaps_mutex);
+    Heap **link = &abandoned_heaps;
+    while (*link && *link != h)
+        link = &(*link)->abandoned_next;
+    if (!*link) {
+        lock_release(&heaps_mutex);
+        return false;
+    }
+    __atomic_store_n(link, h->abandoned_next, __ATOMIC_RELAXED);
+    atomic_store(&h->state, HEAP_BUSY); /* nobody else adopts or collects it */
+    STAT_INC(heaps_taken_over);
+    lock_release(&heaps_mutex);
+    /* first: giving the old heap up frees blocks (the hardened build's
+     * quarantine), and none of those frees may take a heap over */
+    front->reclaim_tries = RECLAIM_WINDOW;
+    heap_release(front);
+    lock_acquire(&heaps_mutex);
+    front_attach(front, h);
+    heap_validate(h, front);
+    return true;
+}
+
 /* Give the thread a heap: an abandoned one if any, else a new one.  With
  * at_exit, heap_thread_exit runs when the thread exits. */
 Heap *heap_acquire(ThreadFront *front, bool at_exit)
@@ -160,12 +200,7 @@ Heap *heap_acquire(ThreadFront *front, bool at_exit)
         large_front_init(&h->large);
         STAT_INC(heaps_created);
     }
-    atomic_store(&h->state, HEAP_ACTIVE);
-    h->front = front;
-    lock_release(&heaps_mutex);
-    front->heap = h;
-    for (unsigned c = 0; c < HAK_NCLASS; c++) /* the front is empty */
-        front->room[c] = (int32_t)size_classes[c].front_max;
+    front_attach(front, h);
     if (adopted)
         heap_validate(h, front); /* what the thread that gave it up left */
     if (at_exit)

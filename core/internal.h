@@ -324,7 +324,7 @@ void  *foreign_realloc(void *p, size_t size);
     X(os_mmap) X(os_munmap) X(os_madvise) X(os_mremap) X(os_mincore)        \
     X(os_mprotect) X(os_failures)                                            \
     X(superslabs_mapped) X(superslabs_reused)                                \
-    X(heaps_created) X(heaps_adopted)                                        \
+    X(heaps_created) X(heaps_adopted) X(heaps_taken_over)                    \
     X(foreign_frees) X(invalid_frees)                                        \
     X(fallbacks) /* a faster way failed, a slower one served */
 typedef struct GlobalStats {

@@ -76,8 +76,9 @@ HAK_API void hak_stats_print(void)
     LINE("  fallbacks %llu, foreign frees passed to glibc %llu, invalid frees %llu\n",
          (unsigned long long)st.fallbacks, (unsigned long long)st.foreign_frees,
          (unsigned long long)st.invalid_frees);
-    LINE("  heaps: %llu created, %llu adopted from exited threads\n",
-         (unsigned long long)st.heaps_created, (unsigned long long)st.heaps_adopted);
+    LINE("  heaps: %llu created, %llu adopted from exited threads, %llu taken over on free\n",
+         (unsigned long long)st.heaps_created, (unsigned long long)st.heaps_adopted,
+         (unsigned long long)st.heaps_taken_over);
     LINE("  locks: heap list taken %llu times (%llu waited), extents taken %llu times (%llu waited)\n",
          (unsigned long long)st.lock_heaps_acquired, (unsigned long long)st.lock_heaps_contended,
          (unsigned long long)st.lock_extents_acquired, (unsigned long long)st.lock_extents_contended);

@@ -25,6 +25,10 @@
 /* A thread front keeps up to this many bytes of a class (at least 32 and
  * at most 2048 blocks) before flushing half back to the spans. */
 #define FRONT_BYTES          ((size_t)256 << 10)
+/* A thread's first RECLAIM_WINDOW cross-thread frees look whether the
+ * heap they free into was given up by its thread, to take it over
+ * (free.c); later ones never read the owner heap. */
+#define RECLAIM_WINDOW       1024
 /* Abandoned heaps are collected at most this often (ms) when a SuperSlab
  * is about to be mapped. */
 #define COLLECT_INTERVAL_MS  50

@@ -192,6 +192,8 @@ typedef struct ThreadFront {
     Span    *cur[HAK_NCLASS];
     Heap    *heap;
     bool     exited;                    /* the heap was given up at exit   */
+    uint32_t reclaim_tries;             /* cross-thread frees that looked
+                                         * for an abandoned owner (free.c) */
 #if HAK_HARDEN_QUARANTINE
     /* Blocks this thread freed, waiting to be really freed: a free puts
      * its block in a random slot and frees the one that was there. */

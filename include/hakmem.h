@@ -107,6 +107,8 @@ struct hak_stats {
     uint64_t large_bytes_cached;  /* freed large extents kept for reuse by
                                      size class (heap fronts and the
                                      central cache; also in bytes_cached) */
+    uint64_t heaps_taken_over;    /* heaps of exited threads taken over by
+                                     a thread freeing into them */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */
