@@ -120,7 +120,7 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
      * larson's successor threads) then frees them as their owner and
      * reuses their memory, instead of filling a heap of its own while
      * theirs waits to be adopted: larson at 16 threads (2 cores) peaks at
-     * 48 MB instead of 72.  Only a thread's first RECLAIM_WINDOW
+     * 39-45 MB instead of 74-91.  Only a thread's first RECLAIM_WINDOW
      * cross-thread frees read the owner's state: after that no
      * cross-thread free reads the owner heap. */
     if (unlikely(front->reclaim_tries < RECLAIM_WINDOW) && mine && !front->exited) {
