@@ -170,7 +170,7 @@ void purger_request(size_t cached)
 }
 
 /* pthread_create allocates: only from purger_poll, where the allocator is
- * between operations and holds no lock. */
+ * between operations and holds no lock (and never from free, internal.h). */
 void purger_start(void)
 {
     if (!atomic_exchange(&purger_wanted, false))

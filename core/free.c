@@ -86,7 +86,6 @@ void front_overflow(unsigned cls)
 {
     ThreadFront *front = &thread_front;
     front_flush(front->heap, front, cls, size_classes[cls].front_max / 2);
-    purger_poll();
 }
 
 static void delayed_push(Heap *h, Block *b)

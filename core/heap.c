@@ -139,12 +139,24 @@ static void front_attach(ThreadFront *front, Heap *h)
 }
 
 /* The thread frees into h, which its thread gave up: it gives up its own
- * heap and takes h, if h is still waiting on the abandoned list (another
- * thread may have adopted it, or be collecting it).  Once a thread: it
- * then frees its old heap's blocks into a heap nobody runs, and taking
- * that one back would undo this. */
+ * heap and takes h, if its own heap is young (it has served fewer than
+ * RECLAIM_MAX_ALLOCS mallocs: a thread with a working set of its own
+ * keeps it) and h is still waiting on the abandoned list (another thread
+ * may have adopted it, or be collecting it).  Once a thread: it then frees
+ * its old heap's blocks into a heap nobody runs, and taking that one back
+ * would undo this.  This runs inside free(), which glibc calls with its
+ * own locks held (pthread_join frees the exited thread's TLS under the
+ * stack cache lock): nothing here may call into glibc's thread functions,
+ * so the purger is not started from here (purger_poll). */
 bool heap_take_over(ThreadFront *front, Heap *h)
 {
+    uint64_t allocs = 0;
+    for (unsigned c = 0; c < HAK_NCLASS; c++)
+        allocs += front->allocs[c];
+    if (allocs >= RECLAIM_MAX_ALLOCS) {
+        front->reclaim_tries = RECLAIM_WINDOW;
+        return false;
+    }
     lock_acquire(&heaps_mutex);
     Heap **link = &abandoned_heaps;
     while (*link && *link != h)
@@ -252,6 +264,7 @@ void *heap_alloc_slow(size_t size, unsigned cls)
              * nothing would give it back later. */
             void *b = heap_alloc_slow(size, cls);
             heap_release(front);
+            purger_poll();
             return b;
         }
     }
@@ -364,7 +377,6 @@ static void heap_release(ThreadFront *front)
     h->abandoned_next = abandoned_heaps;
     __atomic_store_n(&abandoned_heaps, h, __ATOMIC_RELAXED);
     lock_release(&heaps_mutex);
-    purger_poll();
 }
 
 /* malloc_trim, for the calling thread: its front and carving spans, the
@@ -395,6 +407,7 @@ void heap_thread_exit(void *unused)
         return;
     front->exited = true;
     heap_release(front);
+    purger_poll();
 }
 
 LargeFront *heap_large_front(void)

@@ -274,8 +274,10 @@ void  extent_unlock(void);
 void  extent_fork_child(void);
 void  extent_stats(struct hak_stats *st);
 /* The purger thread (extent.c) is wanted once enough freed memory waits
- * for decay; it is started at the end of a malloc or free that reached the
- * extents, never inside one (pthread_create allocates). */
+ * for decay; it is started at the end of a malloc that reached the slow
+ * path or the extents, never inside one (pthread_create allocates), and
+ * never from free(): glibc frees an exited thread's TLS under its stack
+ * cache lock (pthread_join), which pthread_create takes. */
 extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */

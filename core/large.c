@@ -185,6 +185,7 @@ void *large_alloc(size_t size, size_t align, bool zero)
     if (zero && !zeroed)
         memset(p, 0, size);
     large_count(f, true, (int64_t)len);
+    purger_poll();
     return p;
 }
 
@@ -202,7 +203,6 @@ void large_free(void *p)
     large_count(f, false, -(int64_t)h->extent_len);
 #if HAK_HARDEN_QUARANTINE
     large_quarantine_put(h->extent, h->extent_len, p);
-    purger_poll();
     return;
 #endif
     guards_set(h->extent, h->extent_len, false);
@@ -219,7 +219,6 @@ void large_free(void *p)
         large_cache_drop_extent(len);
         extent_free(ext, len);
     }
-    purger_poll();
 }
 
 /* Allocate a new block of size bytes, copy what the program may have

@@ -29,6 +29,10 @@
  * heap they free into was given up by its thread, to take it over
  * (free.c); later ones never read the owner heap. */
 #define RECLAIM_WINDOW       1024
+/* ... and take one over only while their own heap has served fewer
+ * mallocs than this (a young thread: larson's successors, a new worker);
+ * a thread with a working set of its own keeps its heap. */
+#define RECLAIM_MAX_ALLOCS   4096
 /* Abandoned heaps are collected at most this often (ms) when a SuperSlab
  * is about to be mapped. */
 #define COLLECT_INTERVAL_MS  50
