@@ -16,7 +16,46 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <immintrin.h>
 #include <string.h>
+#include <sys/platform/x86.h>
+
+bool harden_wide;
+
+#if HAK_HARDEN_CANARY
+/* glibc's view of the CPU, which GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2
+ * can narrow: that is how tests/run.sh runs the 16-byte loop too. */
+void harden_init(void)
+{
+    harden_wide = CPU_FEATURE_ACTIVE(AVX2);
+}
+
+/* The loads of a zero check are OR-ed as they come; other values are
+ * XOR-ed away first. */
+#define WIDE(i) _mm256_loadu_si256((const __m256i *)(c + (i)))
+__attribute__((target("avx2"))) bool bytes_are_wide(const void *p, size_t n, uint8_t v)
+{
+    const unsigned char *c = p;
+    size_t i = 0;
+    __m256i diff = WIDE(n - 32);
+    if (!v) {
+        for (; i + 128 <= n; i += 128)
+            diff = _mm256_or_si256(_mm256_or_si256(diff, _mm256_or_si256(WIDE(i), WIDE(i + 32))),
+                                   _mm256_or_si256(WIDE(i + 64), WIDE(i + 96)));
+        for (; i + 32 <= n; i += 32)
+            diff = _mm256_or_si256(diff, WIDE(i));
+    } else {
+        __m256i want = _mm256_set1_epi8((char)v);
+        diff = _mm256_xor_si256(diff, want);
+        for (; i + 32 <= n; i += 32)
+            diff = _mm256_or_si256(diff, _mm256_xor_si256(WIDE(i), want));
+    }
+    return _mm256_testz_si256(diff, diff);
+}
+#undef WIDE
+#else
+void harden_init(void) { }
+#endif
 
 #if HAK_HARDEN_CANARY
 
@@ -27,14 +66,36 @@ static bool free_block_intact(const Block *b, size_t bs)
     return !HAK_HARDEN_ZERO_ON_FREE || bytes_are((const char *)b + 16, bs - 16 - HAK_CANARY_SIZE, 0);
 }
 
+/* Set the n bytes at c (at most 2 * TAIL_EDGE) to v: the stores of
+ * bytes_are's loads, not a call to memset for a few bytes at every malloc. */
+static inline void store64(unsigned char *c, uint64_t x) { memcpy(c, &x, 8); }
+static inline void store32(unsigned char *c, uint32_t x) { memcpy(c, &x, 4); }
+static inline void bytes_set_short(unsigned char *c, size_t n, uint8_t v)
+{
+    uint64_t w = v * 0x0101010101010101ull;
+    if (n < 8) {
+        if (n >= 4) {
+            store32(c, (uint32_t)w);
+            store32(c + n - 4, (uint32_t)w);
+        } else if (n) {
+            c[0] = c[n / 2] = c[n - 1] = v;
+        }
+        return;
+    }
+    store64(c + n - 8, w);
+    for (size_t i = 0; i + 8 <= n; i += 8)
+        store64(c + i, w);
+}
+
 static void tail_fill(char *p, size_t size, size_t room)
 {
     size_t tail = room - size;
+    unsigned char *c = (unsigned char *)p;
     if (tail <= 2 * TAIL_EDGE) {
-        memset(p + size, tail_byte(), tail);
+        bytes_set_short(c + size, tail, tail_byte());
     } else {
-        memset(p + size, tail_byte(), TAIL_EDGE);
-        memset(p + room - TAIL_EDGE, tail_byte(), TAIL_EDGE);
+        bytes_set_short(c + size, TAIL_EDGE, tail_byte());
+        bytes_set_short(c + room - TAIL_EDGE, TAIL_EDGE, tail_byte());
     }
 }
 
@@ -176,9 +237,9 @@ static void check_neighbours(SuperSlab *ss, Span *s, const Block *b, size_t bs)
         fatal_corruption("block overflow (the block above was overwritten) at", b);
 }
 
-static uint32_t check_live(SuperSlab *ss, Span *s, Block *b, size_t bs)
+/* b's canary said size (harden_free read it): is b whole? */
+static uint32_t check_live(SuperSlab *ss, Span *s, Block *b, size_t bs, uint32_t size)
 {
-    uint32_t size = canary_get(b, bs);
     if (size == CANARY_CORRUPT || size > bs - HAK_CANARY_SIZE)
         fatal_corruption("block overflow (canary overwritten) at", b);
     if (!tail_intact((char *)b, size, bs - HAK_CANARY_SIZE))
@@ -243,7 +304,7 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
         invalid_free_report("double free", b); /* or being freed       */
         return;
     }
-    if (!scrub(b, bs, check_live(ss, s, b, bs))) { /* another thread freed it */
+    if (!scrub(b, bs, check_live(ss, s, b, bs, c))) { /* another thread freed it */
         invalid_free_report("double free", b);
         return;
     }
