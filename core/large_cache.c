@@ -191,10 +191,11 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
     purger_request(total);
 }
 
-/* Take an extent of class c from the central cache, home shard first: the
+/* Take an extent of class c from the central cache, home shard first (not
+ * skip, the extent its thread freed last, if it spilled there): the
  * whole stack is taken, one extent is the caller's, up to LARGE_REFILL - 1 more
  * go to the front, and the rest is pushed back. */
-static char *central_get(LargeFront *f, unsigned c, size_t *len)
+static char *central_get(LargeFront *f, unsigned c, const char *skip, size_t *len)
 {
     unsigned home = f ? f->shard : 0;
     for (unsigned i = 0; i < LARGE_NSHARD; i++) {
@@ -204,6 +205,16 @@ static char *central_get(LargeFront *f, unsigned c, size_t *len)
         CachedExtent *got = atomic_exchange_explicit(&s->list[c], NULL, memory_order_acquire);
         if (!got)
             continue;
+        if (ext_of(got) == skip) { /* it spilled here from the front */
+            CachedExtent *second = got->next;
+            if (!second) {
+                stack_push(s, c, got, got);
+                continue;
+            }
+            got->next = second->next;
+            second->next = got;
+            got = second;
+        }
         CachedExtent *rest = got->next;
         size_t taken = got->len;
         if (f && c < HAK_LARGE_NCLASS) {
@@ -246,30 +257,45 @@ static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
     return list;
 }
 
-/* ---- the API of large.c ---- */
+/* ---- the API of large.c ----
+ * The extent a thread freed last is never the next one its mallocs get
+ * (LargeFront.last_put), from the front or the central cache: a use
+ * after free cannot count on its block coming straight back, as with the
+ * slab tiers.  A program that frees and mallocs one size in a loop then
+ * takes turns between two extents, which costs one more extent per class
+ * it does so with, and no lock once both are made. */
 char *large_cache_get(LargeFront *f, size_t len, size_t *got)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
     if (pages > MAX_PAGES)
         return NULL;
     unsigned c = class_up(pages);
+    /* the extent freed last is passed over by this malloc only: the next
+     * takes it (and checks its start: large.c's free mark) */
+    char *skip = f ? f->last_put : NULL;
+    if (f)
+        f->last_put = NULL;
     /* the class, or one up to LARGE_UP_CLASSES above (a size within 25% over):
      * a bigger extent is better than fresh memory */
-    for (unsigned k = c; f && k < HAK_LARGE_NCLASS && k <= c + LARGE_UP_CLASSES; k++)
-        if (f->bin[k]) {
-            CachedExtent *e = f->bin[k];
-            f->bin[k] = e->next;
+    for (unsigned k = c; f && k < HAK_LARGE_NCLASS && k <= c + LARGE_UP_CLASSES; k++) {
+        CachedExtent **pe = &f->bin[k];
+        if (*pe && ext_of(*pe) == skip) /* filed last, so at the head */
+            pe = &(*pe)->next;
+        if (*pe) {
+            CachedExtent *e = *pe;
+            *pe = e->next;
             f->bytes -= e->len;
             f->misses = 0;
             *got = e->len;
             return ext_of(e);
         }
+    }
     /* the central cache the same way: looking at the class alone missed
      * four times as often (8 threads, 64-576 KiB: 9,000 trips to the
      * extents' lock in 800,000 operations, 2,500 now) */
     char *ext = NULL;
     for (unsigned k = c; !ext && k < HAK_LARGE_NCLASS && k <= c + LARGE_UP_CLASSES; k++)
-        ext = central_get(f, k, got);
+        ext = central_get(f, k, skip, got);
     if (ext || !f)
         return ext;
     /* A miss.  Many in a row mean sizes that rarely meet their class again:
@@ -299,6 +325,7 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     e->next = f->bin[c];
     f->bin[c] = e;
     f->bytes += len;
+    f->last_put = ext;
     if (unlikely(f->bytes > LARGE_FRONT_CAP)) { /* the biggest go, down to half */
         size_t bytes = 0;
         CachedExtent *list = front_take(f, LARGE_FRONT_CAP / 2, &bytes);

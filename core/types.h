@@ -148,6 +148,8 @@ typedef struct LargeFront {
     size_t   bytes;          /* cached here                                */
     unsigned shard;          /* home shard of the central cache            */
     unsigned misses;         /* allocations it could not serve, in a row   */
+    char    *last_put;       /* the extent freed last: never the next one  */
+                             /* handed out (large_cache.c)                 */
     /* Statistics of the heap's threads, summed over heaps when read. */
     uint64_t allocs, frees;
     int64_t  bytes_out;      /* extent bytes allocated less freed          */

@@ -2,7 +2,8 @@
  * large class are reused with their contents intact and never overlap,
  * across threads (a block freed by another thread goes to that thread's
  * front), when threads exit with cached blocks, after malloc_trim, and in a
- * forked child; blocks of a MiB and more are kept only up to a small cap.
+ * forked child; blocks of a MiB and more are kept only up to a small cap;
+ * the block freed last is not the next one handed out.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
 #include <stdatomic.h>
@@ -95,6 +96,35 @@ static void classes(void)
           (unsigned long long)(s0.bytes_mapped >> 20), (unsigned long long)(s1.bytes_mapped >> 20));
     CHECK(s1.os_mmap == s0.os_mmap, "a stable pattern made %llu mmap calls",
           (unsigned long long)(s1.os_mmap - s0.os_mmap));
+}
+
+/* The extent freed last is passed over by the next malloc only: a loop
+ * that frees and mallocs one size takes turns between two extents, and
+ * maps nothing once both are made.  (Extents of a MiB and more can go
+ * back to the extents at once, which may hand them out again.) */
+static void not_straight_back(void)
+{
+    for (size_t n = 60000; n < (size_t)1 << 20; n *= 3) {
+        char *p = malloc(n);
+        free(p);
+        char *q = malloc(n), *r = malloc(n);
+        CHECK(q != p, "malloc(%zu) got back the block just freed", n);
+        CHECK(r == p, "malloc(%zu): the extent passed over once is not taken next", n);
+        free(q);
+        free(r);
+        struct hak_stats s0 = tu_stats();
+        char *prev = r;
+        for (int i = 0; i < 1000; i++) {
+            char *b = malloc(n);
+            CHECK(b != prev, "malloc(%zu) got back the block just freed (round %d)", n, i);
+            b[0] = b[n - 1] = (char)i;
+            free(b);
+            prev = b;
+        }
+        struct hak_stats s1 = tu_stats();
+        CHECK(s1.os_mmap == s0.os_mmap && s1.bytes_mapped == s0.bytes_mapped,
+              "malloc(%zu) in a loop mapped memory", n);
+    }
 }
 
 /* Threads swapping large blocks through shared slots (a mutex per slot):
@@ -306,6 +336,7 @@ int main(void)
 {
     make_sizes();
     classes();
+    not_straight_back();
     threads();
     thread_exit();
     trim();
