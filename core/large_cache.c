@@ -273,14 +273,17 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
     /* the extent freed last is passed over by this malloc only: the next
      * takes it (and checks its start: large.c's free mark) */
     char *skip = f ? f->last_put : NULL;
+    bool passed = false; /* the front had one, passed over */
     if (f)
         f->last_put = NULL;
     /* the class, or one up to LARGE_UP_CLASSES above (a size within 25% over):
      * a bigger extent is better than fresh memory */
     for (unsigned k = c; f && k < HAK_LARGE_NCLASS && k <= c + LARGE_UP_CLASSES; k++) {
         CachedExtent **pe = &f->bin[k];
-        if (*pe && ext_of(*pe) == skip) /* filed last, so at the head */
+        if (*pe && ext_of(*pe) == skip) { /* filed last, so at the head */
             pe = &(*pe)->next;
+            passed = true;
+        }
         if (*pe) {
             CachedExtent *e = *pe;
             *pe = e->next;
@@ -300,8 +303,10 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
         return ext;
     /* A miss.  Many in a row mean sizes that rarely meet their class again:
      * the extents the front holds go back to the extents, which reuse them
-     * by best fit for any size, rather than fresh memory being taken. */
-    if (++f->misses >= LARGE_MISSES_FLUSH) {
+     * by best fit for any size, rather than fresh memory being taken.  An
+     * extent passed over is no miss (and flushed, it would be handed out
+     * at once). */
+    if (!passed && ++f->misses >= LARGE_MISSES_FLUSH) {
         size_t bytes = 0;
         release(front_take(f, 0, &bytes));
         f->misses = 0;

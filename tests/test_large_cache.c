@@ -112,6 +112,20 @@ static void not_straight_back(void)
         CHECK(r == p, "malloc(%zu): the extent passed over once is not taken next", n);
         free(q);
         free(r);
+        /* A pass is no miss: two misses before it must not make the
+         * front give its extents back, the one passed over among them. */
+        for (int k = 0; k < 3; k++) { /* (one of these ends a run of misses) */
+            malloc_trim(0); /* empty caches: the mallocs below miss */
+            char *a = malloc(n), *m[3];
+            for (int i = 0; i < k; i++)
+                m[i] = malloc(2 * n + (size_t)i * 65536);
+            free(a);
+            char *c = malloc(n); /* passes a over */
+            CHECK(c != a, "malloc(%zu) after %d mallocs that missed got back the block just freed", n, k + 1);
+            for (int i = 0; i < k; i++)
+                free(m[i]);
+            free(c);
+        }
         struct hak_stats s0 = tu_stats();
         char *prev = r;
         for (int i = 0; i < 1000; i++) {
