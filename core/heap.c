@@ -178,7 +178,7 @@ static bool abandoned_remove(Heap *h)
 /* The thread frees into h, which its thread gave up: it gives up its own
  * heap and takes h, if its own heap is young (it has served fewer than
  * RECLAIM_MAX_ALLOCS mallocs: a thread with a working set of its own
- * keeps it) and h is still waiting on the abandoned list (another thread
+ * keeps it) and h is still waiting on the abandoned queue (another thread
  * may have adopted it, or be collecting it).  Once a thread: it then frees
  * its old heap's blocks into a heap nobody runs, and taking that one back
  * would undo this.  This runs inside free(), which glibc calls with its

@@ -41,7 +41,7 @@ static inline void heap_validate(Heap *h, const ThreadFront *front) { }
 #endif
 
 /* heap.c */
-extern HAK_HIDDEN Lock  heaps_mutex;     /* the heap list and the abandoned list */
+extern HAK_HIDDEN Lock  heaps_mutex;     /* the heap list and the abandoned queue */
 extern HAK_HIDDEN Heap *all_heaps;       /* every heap, linked by all_next */
 extern HAK_HIDDEN Heap *abandoned_heaps; /* heaps of exited threads, oldest first */
 Heap  *heap_acquire(ThreadFront *front, bool at_exit);

@@ -155,7 +155,7 @@ typedef struct LargeFront {
     int64_t  bytes_out;      /* extent bytes allocated less freed          */
 } LargeFront;
 
-/* A thread's heap.  Immortal: recycled through the abandoned list. */
+/* A thread's heap.  Immortal: recycled through the abandoned queue. */
 enum heap_state { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_BUSY = 3, HEAP_ORPHAN = 4 };
 
 typedef struct Heap {
