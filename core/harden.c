@@ -16,46 +16,7 @@
 #include "registry.h"
 
 #include <errno.h>
-#include <immintrin.h>
 #include <string.h>
-#include <sys/platform/x86.h>
-
-bool harden_wide;
-
-#if HAK_HARDEN_CANARY
-/* glibc's view of the CPU, which GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2
- * can narrow: that is how tests/run.sh runs the 16-byte loop too. */
-void harden_init(void)
-{
-    harden_wide = CPU_FEATURE_ACTIVE(AVX2);
-}
-
-/* The loads of a zero check are OR-ed as they come; other values are
- * XOR-ed away first. */
-#define WIDE(i) _mm256_loadu_si256((const __m256i *)(c + (i)))
-__attribute__((target("avx2"))) bool bytes_are_wide(const void *p, size_t n, uint8_t v)
-{
-    const unsigned char *c = p;
-    size_t i = 0;
-    __m256i diff = WIDE(n - 32);
-    if (!v) {
-        for (; i + 128 <= n; i += 128)
-            diff = _mm256_or_si256(_mm256_or_si256(diff, _mm256_or_si256(WIDE(i), WIDE(i + 32))),
-                                   _mm256_or_si256(WIDE(i + 64), WIDE(i + 96)));
-        for (; i + 32 <= n; i += 32)
-            diff = _mm256_or_si256(diff, WIDE(i));
-    } else {
-        __m256i want = _mm256_set1_epi8((char)v);
-        diff = _mm256_xor_si256(diff, want);
-        for (; i + 32 <= n; i += 32)
-            diff = _mm256_or_si256(diff, _mm256_xor_si256(WIDE(i), want));
-    }
-    return _mm256_testz_si256(diff, diff);
-}
-#undef WIDE
-#else
-void harden_init(void) { }
-#endif
 
 #if HAK_HARDEN_CANARY
 

@@ -47,14 +47,7 @@ static inline uint8_t tail_byte(void) { return (uint8_t)(process_secret >> 40) |
 /* Are the n bytes at p all v?  Blocks are checked whole at every malloc
  * (ZERO_ON_FREE) and tails at every free: unaligned loads that overlap at
  * the end instead of byte loops, XOR-ed with v and OR-ed together, one
- * test at the end.  Runs longer than 64 bytes take 32-byte loads where the
- * CPU has them (bytes_are_wide, chosen once at start-up): half the
- * instructions of the 16-byte loop, which was a fifth of the hardened
- * malloc's. */
-extern HAK_HIDDEN bool harden_wide;
-bool bytes_are_wide(const void *p, size_t n, uint8_t v);
-/* At start-up: does the CPU have the wide loads? */
-void harden_init(void);
+ * test at the end: 8-byte loads below 16 bytes, 16-byte loads from there. */
 static inline uint64_t load64(const unsigned char *c) { uint64_t x; memcpy(&x, c, 8); return x; }
 static inline uint32_t load32(const unsigned char *c) { uint32_t x; memcpy(&x, c, 4); return x; }
 static inline __m128i load128(const unsigned char *c) { return _mm_loadu_si128((const __m128i *)c); }
@@ -69,8 +62,6 @@ static inline __attribute__((always_inline)) bool bytes_are(const void *p, size_
     }
     if (n < 16)
         return !((load64(c) ^ w) | (load64(c + n - 8) ^ w));
-    if (n > 64 && harden_wide)
-        return bytes_are_wide(p, n, v);
     __m128i want = _mm_set1_epi8((char)v), diff = _mm_xor_si128(load128(c + n - 16), want);
     size_t i = 0;
     for (; i + 64 <= n; i += 64) {

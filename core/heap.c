@@ -56,7 +56,6 @@ static void runtime_init(void)
     free_mark_value = (uintptr_t)mark | 1;
     options_init();
     classes_init();
-    harden_init();
     pthread_key_create(&exit_key, heap_thread_exit);
     __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);
     if (options.verbose)

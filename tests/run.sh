@@ -106,11 +106,6 @@ run_ulimit() {
 for t in $(cat tests/secure/tests.list); do
     run_bin "secure/$t" 300 out/secure/tests/$t
 done
-# Its checks of long runs of bytes take 32-byte loads where the CPU has
-# AVX2 (core/harden.h): the 16-byte loop the others take runs here too.
-for t in test_hardened test_misuse_matrix; do
-    GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2 run_bin "secure/$t (no AVX2)" 300 out/secure/tests/$t
-done
 
 # The debug build's validators catch a corruption the release build lets
 # pass (tests/debug).
