@@ -441,11 +441,8 @@ void heap_thread_exit(void *unused)
     purger_poll();
 }
 
-LargeFront *heap_large_front(void)
+LargeFront *heap_large_front_slow(ThreadFront *front)
 {
-    ThreadFront *front = &thread_front;
-    if (likely(front->heap != NULL))
-        return &front->heap->large;
     if (front->exited)
         return NULL;
     Heap *h = heap_acquire(front, true);

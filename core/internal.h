@@ -298,13 +298,30 @@ size_t large_usable(const LargeHeader *h, const void *p);
 /* ---- the cache of freed large extents (large_cache.c) ---- */
 /* The calling thread's front: its heap's (one made if it has none), NULL
  * in thread-exit destructors after the heap was given up (heap.c). */
-LargeFront *heap_large_front(void);
+LargeFront *heap_large_front_slow(ThreadFront *front);
+static inline LargeFront *heap_large_front(void)
+{
+    ThreadFront *front = &thread_front;
+    return likely(front->heap != NULL) ? &front->heap->large : heap_large_front_slow(front);
+}
 void   large_front_init(LargeFront *f);
 char  *large_cache_get(LargeFront *f, size_t len, size_t *got); /* NULL: none */
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
 void   large_front_flush(LargeFront *f);        /* back to the extents */
 size_t large_cache_round(size_t len);             /* up to a class size   */
-void   large_count(LargeFront *f, bool alloc, int64_t bytes); /* statistics */
+/* Statistics: a large malloc (alloc) or free of an extent of bytes, or a
+ * block grown or shrunk in place by bytes; threads without a heap count
+ * in shared counters. */
+void   large_count_heapless(bool alloc, int64_t bytes);
+static inline void large_count(LargeFront *f, bool alloc, int64_t bytes)
+{
+    if (unlikely(f == NULL)) {
+        large_count_heapless(alloc, bytes);
+        return;
+    }
+    if (alloc) f->allocs++; else f->frees++;
+    f->bytes_out += bytes;
+}
 void   large_resize(LargeFront *f, int64_t bytes);
 void   large_cache_new_extent(size_t len);        /* extent bytes the     */
 void   large_cache_drop_extent(size_t len);       /* large tier holds     */

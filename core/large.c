@@ -1,16 +1,16 @@
 /* The large tier: blocks above 52 KiB, each in its own page-granular
  * extent with a LargeHeader right in front of the user pointer.
  *
- * The header's cookie mixes its own address with the process secret, so a
- * pointer is recognised as a live large block only if it is exactly one
- * (a pointer into the middle of a block, or a block freed twice, is not).
- * Freed extents are kept by size class (large_cache.c), per thread first,
- * which is what makes repeated large allocations lock- and syscall-free;
+ * The header's cookie mixes its own address and fields with the process
+ * secret, so a pointer is recognised as a live large block only if it is
+ * exactly one (a pointer into the middle of a block, a block freed twice,
+ * or one whose header was written over, is not).  Freed extents are kept
+ * by size class (large_cache.c), per thread first, which is what makes
+ * repeated large allocations lock- and syscall-free;
  * the extents (extent.c) get them back after the decay time.  The hardened
  * build does not cache: its guard pages go with each malloc and free, and
  * a freed extent waits PROT_NONE in the quarantine (harden.c).  Its
- * canaries: the header's padding, and the bytes from the requested size
- * to the guard page.
+ * canary: the bytes from the requested size to the guard page.
  * SPDX-License-Identifier: MIT */
 #include "harden.h"
 #include "os.h"
@@ -27,10 +27,18 @@
 _Static_assert(sizeof(LargeHeader) == 64, "LargeHeader is 64 bytes");
 
 
+/* The cookie mixes the header's address, the secret, the block's state
+ * and the header's fields: a header is taken for a live block's only if
+ * none of it was written over (by a run before the block, which lands on
+ * the cookie and the fields first, or a stray write), so free and realloc
+ * never trust an extent or a length that is not the block's.  The
+ * products spread a change of the length or size over the whole word. */
 static inline uintptr_t cookie(const LargeHeader *h, uintptr_t tag)
 {
-    return (uintptr_t)h ^ process_secret ^ tag;
+    return (uintptr_t)h ^ process_secret ^ tag ^ (uintptr_t)h->extent ^
+           h->extent_len * 0x9E3779B97F4A7C15ull ^ h->size * 0xD6E8FEB86659FD93ull;
 }
+static inline void seal(LargeHeader *h) { h->cookie = cookie(h, LARGE_LIVE); }
 
 static LargeHeader *header_at(const void *p)
 {
@@ -70,36 +78,17 @@ size_t large_usable(const LargeHeader *h, const void *p)
     return HAK_HARDEN_CANARY ? h->size : large_room(h, p);
 }
 
-/* Canaries of a large block: the header's padding words, then its tail.
- * Each word is a full 64-bit mix (splitmix64's finaliser) of the cookie
- * and its index: a plain product of the cookie left low bytes that
- * depended on a few bits of the secret, and one byte in twenty had a
- * value a stray write of 1 would not change. */
-static uint64_t pad_canary(const LargeHeader *h, unsigned i)
-{
-    uint64_t x = h->cookie + (i + 1) * 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
+/* The hardened build's canary of a large block: the bytes from the
+ * requested size to the guard page hold a pattern. */
 static void large_arm(LargeHeader *h, char *p)
 {
-    if (!HAK_HARDEN_CANARY)
-        return;
-    for (unsigned i = 0; i < 4; i++)
-        h->_pad[i] = pad_canary(h, i);
-    memset(p + h->size, tail_byte(), large_room(h, p) - h->size);
+    if (HAK_HARDEN_CANARY)
+        memset(p + h->size, tail_byte(), large_room(h, p) - h->size);
 }
 
 static void large_check(const LargeHeader *h, const char *p)
 {
-    if (!HAK_HARDEN_CANARY)
-        return;
-    for (unsigned i = 0; i < 4; i++)
-        if (h->_pad[i] != pad_canary(h, i))
-            fatal_corruption("block underflow (large block header overwritten) at", p);
-    if (!bytes_are(p + h->size, large_room(h, p) - h->size, tail_byte()))
+    if (HAK_HARDEN_CANARY && !bytes_are(p + h->size, large_room(h, p) - h->size, tail_byte()))
         fatal_corruption("block overflow (bytes past the requested size changed) at", p);
 }
 
@@ -137,10 +126,10 @@ static void freed_mark_check(char *ext)
 static void *place(char *ext, size_t len, size_t off, size_t size)
 {
     LargeHeader *h = (LargeHeader *)(ext + off - HDR);
-    h->cookie = cookie(h, LARGE_LIVE);
     h->extent = ext;
     h->extent_len = len;
     h->size = size;
+    seal(h);
     large_arm(h, ext + off);
     return ext + off;
 }
@@ -194,7 +183,7 @@ void large_free(void *p)
     LargeHeader *h = large_header(p);
     if (!h) {
         invalid_free_report(large_was_freed(p) ? "double free" :
-                            "free of a pointer hakmem did not allocate", p);
+                            "free of a pointer hakmem did not allocate, or whose header was overwritten", p);
         return;
     }
     large_check(h, p);
@@ -238,7 +227,8 @@ void *large_realloc(void *p, size_t size)
 {
     LargeHeader *h = large_header(p);
     if (!h) {
-        invalid_free_report("realloc of a pointer hakmem did not allocate", p);
+        invalid_free_report(large_was_freed(p) ? "realloc of a freed block" :
+                            "realloc of a pointer hakmem did not allocate, or whose header was overwritten", p);
         errno = EINVAL;
         return NULL;
     }
@@ -261,6 +251,7 @@ void *large_realloc(void *p, size_t size)
             h->extent_len = need;
         }
         h->size = size;
+        seal(h);
         large_arm(h, p);
         return p;
     }
@@ -268,6 +259,7 @@ void *large_realloc(void *p, size_t size)
     if (extent_grow(h->extent + old_len, need - old_len)) { /* grow in place */
         h->extent_len = need;
         h->size = size;
+        seal(h);
         large_arm(h, p);
         large_cache_new_extent(need - old_len);
         large_resize(heap_large_front(), (int64_t)(need - old_len));

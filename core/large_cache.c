@@ -29,9 +29,9 @@
 #include <string.h>
 
 #define EXACT_PAGES  32
-#define LINK_OFFSET  32                  /* in LargeHeader's padding      */
+#define LINK_OFFSET  offsetof(LargeHeader, _pad)
 #define RELAXED      memory_order_relaxed
-_Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= sizeof(LargeHeader),
+_Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= offsetof(LargeHeader, extent),
                "the link fits in the header's padding");
 
 typedef struct Shard {
@@ -390,13 +390,8 @@ uint64_t large_cache_decay(bool all)
     return next_due;
 }
 
-void large_count(LargeFront *f, bool alloc, int64_t bytes)
+void large_count_heapless(bool alloc, int64_t bytes)
 {
-    if (likely(f != NULL)) {
-        if (alloc) f->allocs++; else f->frees++;
-        f->bytes_out += bytes;
-        return;
-    }
     atomic_fetch_add_explicit(alloc ? &heapless_allocs : &heapless_frees, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&heapless_bytes_out, bytes, memory_order_relaxed);
 }

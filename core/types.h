@@ -205,13 +205,15 @@ typedef struct ThreadFront {
 #endif
 } ThreadFront;
 
-/* Header in front of every large block (exactly 64 bytes). */
+/* Header in front of every large block (exactly 64 bytes).  The fields
+ * sit at its end, where a run before the block lands first, and the word
+ * right before the block is the cookie, which covers them (large.c). */
 typedef struct LargeHeader {
-    uintptr_t cookie;     /* address ^ secret ^ LARGE_LIVE while allocated   */
+    uint64_t  _pad[4];    /* a cached extent's link (large_cache.c)         */
     char     *extent;     /* start of the extent holding the block          */
     size_t    extent_len; /* bytes of the extent                            */
     size_t    size;       /* bytes requested                                */
-    uint64_t  _pad[4];
+    uintptr_t cookie;     /* the fields, address, secret and state, mixed   */
 } LargeHeader;
 
 /* Size class description, filled once at start-up.  size_classes has one

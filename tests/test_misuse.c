@@ -90,6 +90,21 @@ static void free_never_carved_mid(void)
     free(launder(p + 20480 * 5));
 }
 
+/* A large block's header sits right before it: an underflow that changes
+ * the extent's recorded length must be reported, not freed (or grown)
+ * with the length it now says. */
+static char *large_header_overwritten(void)
+{
+    char *p = launder(malloc(300000));
+    size_t len;
+    memcpy(&len, p - 24, sizeof len); /* LargeHeader.extent_len */
+    len += 1 << 20;
+    memcpy(p - 24, &len, sizeof len);
+    return p;
+}
+static void free_large_header(void) { free(launder(large_header_overwritten())); }
+static void realloc_large_header(void) { void *q = realloc(launder(large_header_overwritten()), 400000); (void)q; }
+
 struct misuse { const char *name; void (*fn)(void); bool promised; };
 static const struct misuse cases[] = {
     { "free of a stack address", free_stack, true },
@@ -107,6 +122,8 @@ static const struct misuse cases[] = {
     { "double free by another thread", double_remote, true },
     { "realloc of a stack address", realloc_stack, true },
     { "realloc of a freed large block", realloc_freed_large, true },
+    { "free of a large block, header overwritten", free_large_header, true },
+    { "realloc of a large block, header overwritten", realloc_large_header, true },
     { "double free with frees in between (tiny)", double_tiny_later, true },
     { "double free with frees in between (mid)", double_mid_later, true },
     { "double free after the block was reused", double_after_reuse, true },
