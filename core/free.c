@@ -130,6 +130,17 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
             return;
         }
     }
+    /* The free mark: b was freed and not handed out since.  The owner
+     * confirms it on its lists (front_free_slow), which only it may walk;
+     * here it stands alone: a live block's second word holds it only if
+     * the program copied it there out of a freed block, one in 2^64
+     * otherwise.  Without this, a block freed here twice with other
+     * frees between, the first already taken back by its owner, would be
+     * on two lists at once and handed out twice. */
+    if (unlikely(b->free_mark == free_mark_value)) {
+        invalid_free_report("double free", b);
+        return;
+    }
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
     b->free_mark = free_mark_value;
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);

@@ -3,6 +3,8 @@
  * Prints the matrix; fails if a case that hakmem promises to catch
  * (docs/ARCHITECTURE.md, "Misuse detection") is not caught.
  * SPDX-License-Identifier: MIT */
+#include <malloc.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <pthread.h>
@@ -45,6 +47,52 @@ static void double_remote(void)
     pthread_create(&t, NULL, remote_free_twice, p);
     pthread_join(t, NULL);
 }
+/* Another thread frees p, other blocks, then p again: once before the
+ * owner takes its cross-thread frees back, once after (p is then on the
+ * owner's lists, and a second copy on the span's cross-thread list would
+ * have malloc hand it out twice). */
+static void *remote_free_between(void *arg)
+{
+    void **v = arg;
+    free(v[0]);
+    for (int i = 1; i < 8; i++)
+        free(v[i]);
+    if (v[8]) { /* the owner collects meanwhile */
+        sem_post(v[8]);
+        sem_wait(v[9]);
+    }
+    free(launder(v[0]));
+    return NULL;
+}
+static void double_remote_between(bool collected)
+{
+    sem_t ask, done;
+    sem_init(&ask, 0, 0);
+    sem_init(&done, 0, 0);
+    void *v[10] = { 0 };
+    for (int i = 0; i < 8; i++)
+        v[i] = malloc(48);
+    void *keep = launder(malloc(48)); /* v[0]'s span stays in use */
+    if (collected) {
+        v[8] = &ask;
+        v[9] = &done;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, remote_free_between, v);
+    if (collected) {
+        sem_wait(&ask);
+        malloc_trim(0); /* the owner's trim takes the cross-thread frees */
+        sem_post(&done);
+    }
+    pthread_join(t, NULL);
+    void *got[16];
+    for (int i = 0; i < 16; i++)
+        if ((got[i] = malloc(48)) == v[0] && i && got[0] == v[0])
+            _exit(3);
+    free(keep);
+}
+static void double_remote_later(void) { double_remote_between(false); }
+static void double_remote_collected(void) { double_remote_between(true); }
 /* free(p); free(q); free(p): if missed, the next mallocs hand p out
  * twice, which the case detects itself (exit 3, "missed"). */
 static void double_free_between(size_t size)
@@ -120,6 +168,8 @@ static const struct misuse cases[] = {
     { "double free (mid, immediately)", double_mid, true },
     { "double free (large)", double_large, true },
     { "double free by another thread", double_remote, true },
+    { "double free by another thread, frees between", double_remote_later, true },
+    { "double free by another thread, owner took the first", double_remote_collected, true },
     { "realloc of a stack address", realloc_stack, true },
     { "realloc of a freed large block", realloc_freed_large, true },
     { "free of a large block, header overwritten", free_large_header, true },
