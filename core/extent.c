@@ -45,6 +45,8 @@ void extent_unlock(void) { lock_release(&ext_lock); }
  * entirely free is one range (extent_trim unmaps it). */
 bool extent_reservation_edge(uintptr_t addr)
 {
+    if (addr & (HAK_CHUNK_SIZE - 1)) /* reservations start 2 MiB-aligned */
+        return false;
     size_t lo = 0, hi = nreservations;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;

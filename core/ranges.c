@@ -291,13 +291,17 @@ static bool fits(const FreeRange *r, size_t len, size_t align, size_t offset)
 FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at)
 {
     FreeRange *best = NULL;
+    unsigned own = bin_of(len);
     for (unsigned kind = 0; kind < 2 && !best; kind++)
-        for (unsigned b = bin_next_nonempty(kind, bin_of(len)); b < NBINS && !best;
+        for (unsigned b = bin_next_nonempty(kind, own); b < NBINS && !best;
              b = bin_next_nonempty(kind, b + 1)) {
             unsigned seen = 0;
             for (FreeRange *r = bins[kind][b]; r && seen < RANGE_SCAN_MAX; r = r->bin_next, seen++)
-                if (fits(r, len, align, offset) && (!best || r->len < best->len))
+                if (fits(r, len, align, offset) && (!best || r->len < best->len)) {
                     best = r;
+                    if (b != own) /* a bin above the request's: no range there is */
+                        break;    /* much closer to it than another (19%)        */
+                }
         }
     if (!best)
         return NULL;

@@ -40,8 +40,10 @@ void range_remove(FreeRange *r);
 void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty);
 /* A range that holds len bytes at an address a with (a + offset) a multiple
  * of align, resident ones first, each time the smallest size bin that has
- * one (sizes in a bin are at most 19% apart); *at is where the extent
- * goes in it: big extents at the top, the others at the bottom. */
+ * one (sizes in a bin are at most 19% apart): in the request's own bin the
+ * smallest of the first RANGE_SCAN_MAX that fit, in a bin above the first
+ * that fits; *at is where the extent goes in it: big extents at the top,
+ * the others at the bottom. */
 FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at);
 FreeRange *range_starting_at(uintptr_t start);
 /* madvise a dirty range away; it stays in the index, clean. */
