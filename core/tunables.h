@@ -48,7 +48,8 @@
 /* The purger thread starts only once this much waits for decay, so that
  * small programs never get one. */
 #define PURGER_MIN_DIRTY     ((size_t)16 << 20)
-/* Ranges looked at in one size bin: best fit among them. */
+/* Ranges looked at in the request's own size bin: best fit among them
+ * (a bin above gives its first that fits). */
 #define RANGE_SCAN_MAX       32
 /* Extents this big are placed at the top of their range, the others at
  * the bottom, so that holes left by big buffers stay big. */
