@@ -104,10 +104,28 @@ static void decay(uint64_t now)
  * expires (at most four wake-ups per decay time) or, with nothing dirty,
  * until a free makes something dirty again.  It blocks every signal, so
  * that none of the program's handlers ever runs on it. */
-static pthread_cond_t purger_cond;
+static _Atomic uint32_t purger_wakeups; /* bumped under the lock to wake it */
 static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
 _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
+
+/* Called and returns with the lock held: sleep without it until woken or
+ * until deadline_ms (0: none).  A wake-up between the unlock and the sleep
+ * is not lost: it changed the count the futex sleeps on. */
+static void purger_sleep(uint64_t deadline_ms)
+{
+    uint32_t seen = atomic_load(&purger_wakeups);
+    extent_unlock();
+    os_futex_wait(&purger_wakeups, seen, deadline_ms);
+    extent_lock();
+}
+
+static void purger_wake(void) /* with the lock held */
+{
+    purger_idle = false;
+    atomic_fetch_add(&purger_wakeups, 1);
+    os_futex_wake(&purger_wakeups, 1);
+}
 
 static void *purger_main(void *unused)
 {
@@ -126,7 +144,7 @@ static void *purger_main(void *unused)
              * and this check (after setting idle) cannot both miss. */
             atomic_store(&purger_idle, true);
             if (!large_cache_central_bytes()) {
-                pthread_cond_wait(&purger_cond, &ext_lock.m);
+                purger_sleep(0);
                 continue;
             }
             atomic_store(&purger_idle, false);
@@ -135,8 +153,7 @@ static void *purger_main(void *unused)
         uint64_t min_sleep = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
         if (next < now + min_sleep)
             next = now + min_sleep;
-        struct timespec ts = { (time_t)(next / 1000), (long)(next % 1000) * 1000000L };
-        pthread_cond_timedwait(&purger_cond, &ext_lock.m, &ts);
+        purger_sleep(next);
     }
     return NULL;
 }
@@ -144,7 +161,7 @@ static void *purger_main(void *unused)
 /* The child has no purger: the next big free starts one. */
 void extent_fork_child(void)
 {
-    pthread_mutex_init(&ext_lock.m, NULL);
+    lock_reset(&ext_lock);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store(&purger_idle, false);
     atomic_store_explicit(&purger_wanted, false, memory_order_relaxed);
@@ -160,10 +177,8 @@ void purger_request(size_t cached)
     if (atomic_load_explicit(&purger_started, memory_order_relaxed) && !atomic_load(&purger_idle))
         return;
     extent_lock();
-    if (purger_idle) {
-        purger_idle = false;
-        pthread_cond_signal(&purger_cond);
-    }
+    if (purger_idle)
+        purger_wake();
     if (!atomic_load_explicit(&purger_started, memory_order_relaxed) && cached >= PURGER_MIN_DIRTY) {
         atomic_store_explicit(&purger_started, true, memory_order_relaxed);
         atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
@@ -177,13 +192,6 @@ void purger_start(void)
 {
     if (!atomic_exchange(&purger_wanted, false))
         return; /* another thread got there first */
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    /* deadlines are os_now_ms() times: the coarse clock is the monotonic
-     * clock at a lower resolution, so the same time line */
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&purger_cond, &ca);
-    pthread_condattr_destroy(&ca);
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -312,10 +320,8 @@ void extent_free(void *p, size_t len)
     free_range_locked((uintptr_t)p, len, now ? now : 1, len);
     decay(now);
     if (range_bytes_dirty && options.decay_ms) {
-        if (purger_idle) { /* it sleeps with nothing to do: one wake-up */
-            purger_idle = false;
-            pthread_cond_signal(&purger_cond);
-        }
+        if (purger_idle) /* it sleeps with nothing to do: one wake-up */
+            purger_wake();
         if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
             range_bytes_dirty >= PURGER_MIN_DIRTY && !fork_locks_held) {
             atomic_store_explicit(&purger_started, true, memory_order_relaxed);

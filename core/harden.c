@@ -373,7 +373,7 @@ static void lq_fork(int phase)
 {
     if (phase == 0) lock_acquire(&lq_lock);
     else if (phase == 1) lock_release(&lq_lock);
-    else pthread_mutex_init(&lq_lock.m, NULL);
+    else lock_reset(&lq_lock);
 }
 
 void large_quarantine_flush(void)
@@ -429,7 +429,7 @@ static void zero_fork(int phase)
 {
     if (phase == 0) lock_acquire(&zero_lock);
     else if (phase == 1) lock_release(&zero_lock);
-    else pthread_mutex_init(&zero_lock.m, NULL);
+    else lock_reset(&zero_lock);
 }
 
 void *zero_alloc(void)

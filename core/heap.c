@@ -511,7 +511,7 @@ void heaps_fork_child(void)
 {
     fork_locks_held = false;
     extent_fork_child();
-    pthread_mutex_init(&heaps_mutex.m, NULL);
+    lock_reset(&heaps_mutex);
     harden_fork(2);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         int st = atomic_load(&h->state);

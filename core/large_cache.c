@@ -191,53 +191,76 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
     purger_request(total);
 }
 
-/* Take an extent of class c from the central cache, home shard first (not
- * skip, the extent its thread freed last, if it spilled there): the
- * whole stack is taken, one extent is the caller's, up to LARGE_REFILL - 1 more
- * go to the front, and the rest is pushed back. */
+/* Take an extent of class c from shard s (not skip, the extent its thread
+ * freed last, if it spilled there): the whole stack is taken, one extent
+ * is the caller's, up to LARGE_REFILL - 1 more go to the front, and the
+ * rest is pushed back. */
+static char *shard_get(LargeFront *f, Shard *s, unsigned c, const char *skip, size_t *len)
+{
+    if (!atomic_load_explicit(&s->list[c], RELAXED))
+        return NULL;
+    CachedExtent *got = atomic_exchange_explicit(&s->list[c], NULL, memory_order_acquire);
+    if (!got)
+        return NULL;
+    if (ext_of(got) == skip) { /* it spilled here from the front */
+        CachedExtent *second = got->next;
+        if (!second) {
+            stack_push(s, c, got, got);
+            return NULL;
+        }
+        got->next = second->next;
+        second->next = got;
+        got = second;
+    }
+    CachedExtent *rest = got->next;
+    size_t taken = got->len;
+    if (f && c < HAK_LARGE_NCLASS) {
+        for (unsigned k = 1; k < LARGE_REFILL && rest && f->bytes < LARGE_FRONT_CAP / 2; k++) {
+            CachedExtent *more = rest;
+            rest = more->next;
+            more->next = f->bin[c];
+            f->bin[c] = more;
+            f->bytes += more->len;
+            taken += more->len;
+        }
+    }
+    if (rest) {
+        CachedExtent *last = rest;
+        while (last->next)
+            last = last->next;
+        stack_push(s, c, rest, last);
+    }
+    atomic_fetch_sub_explicit(&s->bytes, taken, RELAXED);
+    *len = got->len;
+    return ext_of(got);
+}
+
+/* Take an extent of class c, or of one up to LARGE_UP_CLASSES above (a
+ * size within 25% over: better than fresh memory), from the central
+ * cache: the home shard first, then the others that hold any (a shard's
+ * bytes count its extents before they are pushed and after they are
+ * taken, so 0 means empty).  Looking at the class alone missed four times
+ * as often (8 threads, 64-576 KiB: 9,000 trips to the extents' lock in
+ * 800,000 operations, 2,500 now). */
 static char *central_get(LargeFront *f, unsigned c, const char *skip, size_t *len)
 {
-    unsigned home = f ? f->shard : 0;
-    for (unsigned i = 0; i < LARGE_NSHARD; i++) {
-        Shard *s = &shards[(home + i) % LARGE_NSHARD];
-        if (!atomic_load_explicit(&s->list[c], RELAXED))
-            continue;
-        CachedExtent *got = atomic_exchange_explicit(&s->list[c], NULL, memory_order_acquire);
-        if (!got)
-            continue;
-        if (ext_of(got) == skip) { /* it spilled here from the front */
-            CachedExtent *second = got->next;
-            if (!second) {
-                stack_push(s, c, got, got);
-                continue;
-            }
-            got->next = second->next;
-            second->next = got;
-            got = second;
-        }
-        CachedExtent *rest = got->next;
-        size_t taken = got->len;
-        if (f && c < HAK_LARGE_NCLASS) {
-            for (unsigned k = 1; k < LARGE_REFILL && rest && f->bytes < LARGE_FRONT_CAP / 2; k++) {
-                CachedExtent *more = rest;
-                rest = more->next;
-                more->next = f->bin[c];
-                f->bin[c] = more;
-                f->bytes += more->len;
-                taken += more->len;
-            }
-        }
-        if (rest) {
-            CachedExtent *last = rest;
-            while (last->next)
-                last = last->next;
-            stack_push(s, c, rest, last);
-        }
-        atomic_fetch_sub_explicit(&s->bytes, taken, RELAXED);
-        *len = got->len;
-        return ext_of(got);
-    }
-    return NULL;
+    unsigned home = f ? f->shard : 0, last = c + LARGE_UP_CLASSES;
+    if (last >= HAK_LARGE_NCLASS)
+        last = HAK_LARGE_NCLASS - 1;
+    char *ext = NULL;
+    for (unsigned k = c; !ext && k <= last; k++)
+        ext = shard_get(f, &shards[home], k, skip, len);
+    if (ext)
+        return ext;
+    unsigned others = 0; /* bit i: shard home + i */
+    for (unsigned i = 1; i < LARGE_NSHARD; i++)
+        others |= (unsigned)(atomic_load_explicit(&shards[(home + i) % LARGE_NSHARD].bytes,
+                                                  RELAXED) != 0) << i;
+    for (unsigned k = c; others && !ext && k <= last; k++)
+        for (unsigned o = others; !ext && o; o &= o - 1)
+            ext = shard_get(f, &shards[(home + (unsigned)__builtin_ctz(o)) % LARGE_NSHARD], k,
+                            skip, len);
+    return ext;
 }
 
 /* Take extents from the front, biggest classes first, until it holds at
@@ -293,12 +316,7 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
             return ext_of(e);
         }
     }
-    /* the central cache the same way: looking at the class alone missed
-     * four times as often (8 threads, 64-576 KiB: 9,000 trips to the
-     * extents' lock in 800,000 operations, 2,500 now) */
-    char *ext = NULL;
-    for (unsigned k = c; !ext && k < HAK_LARGE_NCLASS && k <= c + LARGE_UP_CLASSES; k++)
-        ext = central_get(f, k, skip, got);
+    char *ext = central_get(f, c, skip, got);
     if (ext || !f)
         return ext;
     /* A miss.  Many in a row mean sizes that rarely meet their class again:

@@ -3,7 +3,9 @@
 #include "os.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,3 +129,37 @@ uint64_t os_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+/* ---- futexes: the locks' sleep and the purger's ---- */
+void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms)
+{
+    struct timespec ts = { (time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L };
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time: the coarse
+     * clock's time line, so a deadline from os_now_ms() */
+    syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, expected, deadline_ms ? &ts : NULL, NULL,
+            FUTEX_BITSET_MATCH_ANY);
+}
+
+void os_futex_wake(_Atomic uint32_t *word, int n)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+void lock_wait(Lock *l)
+{
+    for (int i = 0; i < LOCK_SPIN; i++) {
+        __builtin_ia32_pause();
+        uint32_t free_state = 0;
+        if (atomic_load_explicit(&l->state, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_weak_explicit(&l->state, &free_state, 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return;
+    }
+    /* Taken as "held, maybe a sleeper": whoever releases it then wakes
+     * one, whether or not another still sleeps (one wake-up too many at
+     * worst, never one too few). */
+    while (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) != 0)
+        os_futex_wait(&l->state, 2, 0);
+}
+
+void lock_wake(Lock *l) { os_futex_wake(&l->state, 1); }

@@ -2,8 +2,9 @@
  * madvise, mremap, mprotect, mincore), and the clock and random bytes,
  * go through here, so that each memory call is counted (HAKMEM_STATS) and
  * can be failed on purpose in the fault-injection build
- * (HAK_FAULT_INJECTION).  The others are pthreads' (locks, the purger
- * thread), getauxval and getrusage, and error.c's write to stderr.
+ * (HAK_FAULT_INJECTION); the futexes the locks (internal.h) and the purger
+ * sleep on are here too.  The others are pthreads' (the purger thread),
+ * getauxval and getrusage, and error.c's write to stderr.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_OS_H
 #define HAK_OS_H
@@ -33,6 +34,10 @@ static inline void os_guard(void *p, size_t len)
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
 uint64_t os_now_ms(void);
+/* Sleep while *word == expected, until woken or until the os_now_ms()
+ * time deadline_ms (0: no deadline); may return early for no reason. */
+void  os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms);
+void  os_futex_wake(_Atomic uint32_t *word, int n);
 /* Fill buf with len random bytes from the kernel; false if it has none. */
 bool  os_random(void *buf, size_t len);
 
