@@ -287,11 +287,29 @@ static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
  * slab tiers.  A program that frees and mallocs one size in a loop then
  * takes turns between two extents, which costs one more extent per class
  * it does so with, and no lock once both are made. */
+/* A miss (and no extent passed over: flushed, it would be handed out at
+ * once).  Many in a row mean sizes that rarely meet their class again,
+ * and a block of LARGE_MISS_FLUSH_MIN or more is one whose size varies
+ * too much to meet it: the extents the front holds go back to the extents,
+ * which merge them with their neighbours and reuse them by best fit for
+ * any size, rather than fresh memory being taken. */
+static void front_missed(LargeFront *f, size_t len)
+{
+    if (++f->misses < LARGE_MISSES_FLUSH && len < LARGE_MISS_FLUSH_MIN)
+        return;
+    size_t bytes = 0;
+    release(front_take(f, 0, &bytes));
+    f->misses = 0;
+}
+
 char *large_cache_get(LargeFront *f, size_t len, size_t *got)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
-    if (pages > MAX_PAGES)
+    if (pages > MAX_PAGES) {
+        if (f)
+            front_missed(f, len);
         return NULL;
+    }
     unsigned c = class_up(pages);
     /* the extent freed last is passed over by this malloc only: the next
      * takes it (and checks its start: large.c's free mark) */
@@ -319,16 +337,8 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
     char *ext = central_get(f, c, skip, got);
     if (ext || !f)
         return ext;
-    /* A miss.  Many in a row mean sizes that rarely meet their class again:
-     * the extents the front holds go back to the extents, which reuse them
-     * by best fit for any size, rather than fresh memory being taken.  An
-     * extent passed over is no miss (and flushed, it would be handed out
-     * at once). */
-    if (!passed && ++f->misses >= LARGE_MISSES_FLUSH) {
-        size_t bytes = 0;
-        release(front_take(f, 0, &bytes));
-        f->misses = 0;
-    }
+    if (!passed)
+        front_missed(f, len);
     return NULL;
 }
 
