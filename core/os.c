@@ -136,13 +136,17 @@ void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_
     struct timespec ts = { (time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L };
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time: the coarse
      * clock's time line, so a deadline from os_now_ms() */
+    int saved = errno; /* EAGAIN, ETIMEDOUT, EINTR: never the program's errno (free keeps it) */
     syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, expected, deadline_ms ? &ts : NULL, NULL,
             FUTEX_BITSET_MATCH_ANY);
+    errno = saved;
 }
 
 void os_futex_wake(_Atomic uint32_t *word, int n)
 {
+    int saved = errno;
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+    errno = saved;
 }
 
 void lock_wait(Lock *l)
