@@ -280,13 +280,6 @@ static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
     return list;
 }
 
-/* ---- the API of large.c ----
- * The extent a thread freed last is never the next one its mallocs get
- * (LargeFront.last_put), from the front or the central cache: a use
- * after free cannot count on its block coming straight back, as with the
- * slab tiers.  A program that frees and mallocs one size in a loop then
- * takes turns between two extents, which costs one more extent per class
- * it does so with, and no lock once both are made. */
 /* A miss (and no extent passed over: flushed, it would be handed out at
  * once).  Many in a row mean sizes that rarely meet their class again,
  * and a block of LARGE_MISS_FLUSH_MIN or more is one whose size varies
@@ -302,6 +295,13 @@ static void front_missed(LargeFront *f, size_t len)
     f->misses = 0;
 }
 
+/* ---- the API of large.c ----
+ * The extent a thread freed last is never the next one its mallocs get
+ * (LargeFront.last_put), from the front or the central cache: a use
+ * after free cannot count on its block coming straight back, as with the
+ * slab tiers.  A program that frees and mallocs one size in a loop then
+ * takes turns between two extents, which costs one more extent per class
+ * it does so with, and no lock once both are made. */
 char *large_cache_get(LargeFront *f, size_t len, size_t *got)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;

@@ -71,7 +71,7 @@
 /* Misses in a row after which a front gives its extents back, and the
  * request size from which one miss does: cached extents cannot merge
  * with free neighbours, and kept across misses of such sizes they cost
- * peak RSS (bench_large, every page touched, seeds 42..46: 763 -> 609 MB
+ * peak RSS (bench_large, every page touched, seeds 42..46: 763 -> 592 MB
  * summed; no cache at all: 578). */
 #define LARGE_MISSES_FLUSH   3
 #define LARGE_MISS_FLUSH_MIN ((size_t)1 << 20)
