@@ -41,6 +41,19 @@ static uint64_t    last_decay_ms;
 void extent_lock(void) { lock_acquire(&ext_lock); }
 void extent_unlock(void) { lock_release(&ext_lock); }
 
+/* The debug build checks the whole range index every 256th allocation
+ * and free (it is O(free ranges)); with the lock held. */
+#ifdef HAK_DEBUG
+static void ranges_validate_sometimes(void)
+{
+    static unsigned ops;
+    if (++ops % 256 == 0)
+        ranges_validate();
+}
+#else
+static inline void ranges_validate_sometimes(void) { }
+#endif
+
 /* Free ranges never span two reservations, so that a reservation that is
  * entirely free is one range (extent_trim unmaps it). */
 bool extent_reservation_edge(uintptr_t addr)
@@ -267,10 +280,16 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
  * stay big (bench_large: -12% peak RSS). */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
 {
-    HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && is_pow2(align) && align >= HAK_PAGE_SIZE);
+    HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && offset % HAK_PAGE_SIZE == 0 && is_pow2(align) &&
+               align >= HAK_PAGE_SIZE);
     uintptr_t at;
     extent_lock();
-    decay(os_now_ms());
+    /* Once the purger runs, decay by time is its work (it wakes when the
+     * next range is due): an allocation then reads no clock. */
+    if (atomic_load_explicit(&purger_started, memory_order_relaxed))
+        purge_over_cap();
+    else
+        decay(os_now_ms());
     FreeRange *f = range_find_fit(len, align, offset, &at);
     if (!f) {
         extent_unlock();
@@ -298,6 +317,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     } else {
         range_remove(f);
     }
+    ranges_validate_sometimes();
     extent_unlock();
     if (HAK_GUARD_SIZE && !os_protect((void *)at, len, true)) {
         extent_free((void *)at, len);
@@ -319,6 +339,7 @@ void extent_free(void *p, size_t len)
     uint64_t now = os_now_ms();
     free_range_locked((uintptr_t)p, len, now ? now : 1, len);
     decay(now);
+    ranges_validate_sometimes();
     if (range_bytes_dirty && options.decay_ms) {
         if (purger_idle) /* it sleeps with nothing to do: one wake-up */
             purger_wake();

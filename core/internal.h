@@ -311,10 +311,11 @@ static inline LargeFront *heap_large_front(void)
     return likely(front->heap != NULL) ? &front->heap->large : heap_large_front_slow(front);
 }
 void   large_front_init(LargeFront *f);
-char  *large_cache_get(LargeFront *f, size_t len, size_t *got); /* NULL: none */
+/* An extent of at least *len bytes: *len is then its length; NULL on a
+ * miss, *len then the length to make (a class size, to be cached again). */
+char  *large_cache_get(LargeFront *f, size_t *len);
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
 void   large_front_flush(LargeFront *f);        /* back to the extents */
-size_t large_cache_round(size_t len);             /* up to a class size   */
 /* Statistics: a large malloc (alloc) or free of an extent of bytes, or a
  * block grown or shrunk in place by bytes; threads without a heap count
  * in shared counters. */

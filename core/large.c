@@ -151,12 +151,10 @@ void *large_alloc(size_t size, size_t align, bool zero)
     size_t len = align_up(off + room, HAK_PAGE_SIZE) + 2 * HAK_GUARD_SIZE;
     bool zeroed = false, cacheable = !HAK_GUARD_SIZE && align <= HDR;
     LargeFront *f = heap_large_front();
-    char *ext = cacheable ? large_cache_get(f, len, &len) : NULL;
+    char *ext = cacheable ? large_cache_get(f, &len) : NULL;
     if (ext) {
         freed_mark_check(ext);
     } else {
-        if (cacheable)
-            len = large_cache_round(len); /* a class size, to be cached again */
         ext = align <= HAK_PAGE_SIZE
                   ? extent_alloc(len, HAK_PAGE_SIZE, 0, &zeroed)
                   : extent_alloc(len, align, HAK_GUARD_SIZE + HAK_PAGE_SIZE, &zeroed);

@@ -83,12 +83,6 @@ static size_t class_pages(unsigned c)
 static inline CachedExtent *link_of(char *ext) { return (CachedExtent *)(ext + LINK_OFFSET); }
 static inline char *ext_of(CachedExtent *c) { return (char *)c - LINK_OFFSET; }
 
-size_t large_cache_round(size_t len)
-{
-    size_t pages = len >> HAK_PAGE_SHIFT;
-    return pages > MAX_PAGES ? len : class_pages(class_up(pages)) << HAK_PAGE_SHIFT;
-}
-
 void large_front_init(LargeFront *f)
 {
     memset(f, 0, sizeof *f);
@@ -268,7 +262,10 @@ static char *central_get(LargeFront *f, unsigned c, const char *skip, size_t *le
 static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
 {
     CachedExtent *list = NULL;
-    for (unsigned c = HAK_LARGE_NCLASS; c-- > 0 && f->bytes > keep;)
+    /* no extent is longer than all of them: none is of a class above */
+    size_t most = f->bytes >> HAK_PAGE_SHIFT;
+    unsigned top = most > MAX_PAGES ? HAK_LARGE_NCLASS : class_down(most) + 1;
+    for (unsigned c = top; c-- > 0 && f->bytes > keep;)
         while (f->bin[c]) {
             CachedExtent *e = f->bin[c];
             f->bin[c] = e->next;
@@ -302,9 +299,9 @@ static void front_missed(LargeFront *f, size_t len)
  * slab tiers.  A program that frees and mallocs one size in a loop then
  * takes turns between two extents, which costs one more extent per class
  * it does so with, and no lock once both are made. */
-char *large_cache_get(LargeFront *f, size_t len, size_t *got)
+char *large_cache_get(LargeFront *f, size_t *got)
 {
-    size_t pages = len >> HAK_PAGE_SHIFT;
+    size_t len = *got, pages = len >> HAK_PAGE_SHIFT;
     if (pages > MAX_PAGES) {
         if (f)
             front_missed(f, len);
@@ -335,9 +332,10 @@ char *large_cache_get(LargeFront *f, size_t len, size_t *got)
         }
     }
     char *ext = central_get(f, c, skip, got);
-    if (ext || !f)
+    if (ext)
         return ext;
-    if (!passed)
+    *got = class_pages(c) << HAK_PAGE_SHIFT;
+    if (f && !passed)
         front_missed(f, len);
     return NULL;
 }

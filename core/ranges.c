@@ -5,19 +5,20 @@
 
 #include <string.h>
 
-#define NBINS       144          /* 4 per power of two, pages up to 2^35  */
-#define BINWORDS    ((NBINS + 63) / 64)
+#define NBINS       128          /* 4 per power of two; the last one holds */
+                                 /* every range of 2^31 pages and more    */
 #define HASH_BITS0  10
 #define POOL_BYTES  ((size_t)64 << 10)
 
 size_t range_bytes_free, range_bytes_dirty, range_bytes_purged;
 
-static FreeRange *bins[2][NBINS];           /* [0] dirty, [1] purged   */
-static uint64_t   nonempty[2][BINWORDS];
+/* Bin b of kind (0 dirty, 1 purged) is slot kind * NBINS + b. */
+static FreeRange *bins[2 * NBINS];
+static uint64_t   nonempty[2 * NBINS / 64]; /* bit slot: bins[slot] is not empty */
 static FreeRange *dirty_list, *dirty_tail; /* most recently made dirty first */
 static FreeRange *initial_start_tab[1 << HASH_BITS0], *initial_end_tab[1 << HASH_BITS0];
 static FreeRange **start_tab = initial_start_tab, **end_tab = initial_end_tab;
-static unsigned   hash_bits = HASH_BITS0;
+static unsigned   hash_bits = HASH_BITS0, hash_shift = 64 - HASH_BITS0;
 static size_t     nranges;
 static FreeRange  initial_pool[256];
 static FreeRange *pool_free;
@@ -54,30 +55,51 @@ static void node_put(FreeRange *r)
 }
 
 /* ---- hash tables by start and by end ---- */
-static inline size_t hash(uintptr_t a, unsigned bits)
+static inline size_t hash(uintptr_t a, unsigned shift)
 {
-    return (size_t)(((a >> HAK_PAGE_SHIFT) * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+    return (size_t)(((a >> HAK_PAGE_SHIFT) * 0x9E3779B97F4A7C15ull) >> shift);
+}
+
+static void start_add(FreeRange *r)
+{
+    size_t h = hash(r->start, hash_shift);
+    r->start_next = start_tab[h];
+    start_tab[h] = r;
+}
+
+static void end_add(FreeRange *r)
+{
+    size_t h = hash(r->start + r->len, hash_shift);
+    r->end_next = end_tab[h];
+    end_tab[h] = r;
+}
+
+static void start_del(FreeRange *r)
+{
+    FreeRange **pp = &start_tab[hash(r->start, hash_shift)];
+    while (*pp != r)
+        pp = &(*pp)->start_next;
+    *pp = r->start_next;
+}
+
+static void end_del(FreeRange *r)
+{
+    FreeRange **pp = &end_tab[hash(r->start + r->len, hash_shift)];
+    while (*pp != r)
+        pp = &(*pp)->end_next;
+    *pp = r->end_next;
 }
 
 static void hash_add(FreeRange *r)
 {
-    size_t hs = hash(r->start, hash_bits), he = hash(r->start + r->len, hash_bits);
-    r->start_next = start_tab[hs];
-    start_tab[hs] = r;
-    r->end_next = end_tab[he];
-    end_tab[he] = r;
+    start_add(r);
+    end_add(r);
 }
 
 static void hash_del(FreeRange *r)
 {
-    FreeRange **pp = &start_tab[hash(r->start, hash_bits)];
-    while (*pp != r)
-        pp = &(*pp)->start_next;
-    *pp = r->start_next;
-    pp = &end_tab[hash(r->start + r->len, hash_bits)];
-    while (*pp != r)
-        pp = &(*pp)->end_next;
-    *pp = r->end_next;
+    start_del(r);
+    end_del(r);
 }
 
 /* Twice as many buckets as ranges at most: double the tables (memory of
@@ -98,6 +120,7 @@ static void hash_grow(void)
     start_tab = st;
     end_tab = et;
     hash_bits = bits;
+    hash_shift = 64 - bits;
     for (size_t i = 0; i < on; i++)
         for (FreeRange *r = ost[i], *next; r; r = next) {
             next = r->start_next;
@@ -112,7 +135,7 @@ static void hash_grow(void)
 
 static FreeRange *find_by_end(uintptr_t end)
 {
-    for (FreeRange *r = end_tab[hash(end, hash_bits)]; r; r = r->end_next)
+    for (FreeRange *r = end_tab[hash(end, hash_shift)]; r; r = r->end_next)
         if (r->start + r->len == end)
             return r;
     return NULL;
@@ -120,53 +143,61 @@ static FreeRange *find_by_end(uintptr_t end)
 
 FreeRange *range_starting_at(uintptr_t start)
 {
-    for (FreeRange *r = start_tab[hash(start, hash_bits)]; r; r = r->start_next)
+    for (FreeRange *r = start_tab[hash(start, hash_shift)]; r; r = r->start_next)
         if (r->start == start)
             return r;
     return NULL;
 }
 
 /* ---- size bins ---- */
-static unsigned bin_of(size_t len)
+static inline unsigned bin_of(size_t len)
 {
+    /* the power of two, then the next two bits below the top one (for 1,
+     * 2 and 3 pages, zeros shifted in: bins 0, 4 and 6) */
     size_t pages = len >> HAK_PAGE_SHIFT;
     unsigned lg = 63 - (unsigned)__builtin_clzl(pages);
-    unsigned sub = lg >= 2 ? (unsigned)(pages >> (lg - 2)) & 3 : 0;
-    return lg * 4 + sub;
+    unsigned b = lg * 4 + (unsigned)((pages << 2 >> lg) & 3);
+    return b < NBINS ? b : NBINS - 1;
 }
 
-static void bin_add(FreeRange *r)
+static inline unsigned slot_of(const FreeRange *r)
 {
-    unsigned kind = r->dirty_since == 0, b = bin_of(r->len);
-    r->bin = (uint16_t)b;
+    return (r->dirty_since == 0) * NBINS + bin_of(r->len);
+}
+
+static inline void bin_add(FreeRange *r)
+{
+    unsigned slot = slot_of(r);
+    r->bin = (uint16_t)slot;
     r->bin_prev = NULL;
-    r->bin_next = bins[kind][b];
+    r->bin_next = bins[slot];
     if (r->bin_next)
         r->bin_next->bin_prev = r;
-    bins[kind][b] = r;
-    nonempty[kind][b / 64] |= (uint64_t)1 << (b % 64);
+    bins[slot] = r;
+    nonempty[slot / 64] |= (uint64_t)1 << (slot % 64);
 }
 
-static void bin_del(FreeRange *r)
+static inline void bin_del(FreeRange *r)
 {
-    unsigned kind = r->dirty_since == 0, b = r->bin;
-    if (r->bin_prev) r->bin_prev->bin_next = r->bin_next; else bins[kind][b] = r->bin_next;
+    unsigned slot = r->bin;
+    if (r->bin_prev) r->bin_prev->bin_next = r->bin_next; else bins[slot] = r->bin_next;
     if (r->bin_next) r->bin_next->bin_prev = r->bin_prev;
-    if (!bins[kind][b])
-        nonempty[kind][b / 64] &= ~((uint64_t)1 << (b % 64));
+    if (!bins[slot])
+        nonempty[slot / 64] &= ~((uint64_t)1 << (slot % 64));
 }
 
 /* The first non-empty bin of kind at or above b, NBINS if none. */
-static unsigned bin_next_nonempty(unsigned kind, unsigned b)
+static inline unsigned bin_next_nonempty(unsigned kind, unsigned b)
 {
-    for (unsigned w = b / 64; w < BINWORDS; w++) {
-        uint64_t m = nonempty[kind][w];
-        if (w == b / 64)
-            m &= ~(uint64_t)0 << (b % 64);
+    const uint64_t *w = &nonempty[kind * (NBINS / 64)];
+    if (b < 64) {
+        uint64_t m = w[0] >> b;
         if (m)
-            return w * 64 + (unsigned)__builtin_ctzll(m);
+            return b + (unsigned)__builtin_ctzll(m);
+        b = 64;
     }
-    return NBINS;
+    uint64_t m = b < NBINS ? w[1] >> (b - 64) : 0;
+    return m ? b + (unsigned)__builtin_ctzll(m) : NBINS;
 }
 
 /* ---- the dirty list ---- */
@@ -188,9 +219,7 @@ FreeRange *ranges_dirty(void) { return dirty_list; }
 FreeRange *ranges_dirty_oldest(void) { return dirty_tail; }
 
 /* ---- the operations ---- */
-/* Take r out of the bins, the dirty list and the hash tables: for good
- * (range_remove) or to be put back with new bounds (relink). */
-static void unlink_all(FreeRange *r)
+void range_remove(FreeRange *r)
 {
     bin_del(r);
     if (r->dirty_since)
@@ -198,23 +227,34 @@ static void unlink_all(FreeRange *r)
     hash_del(r);
     range_bytes_free -= r->len;
     range_bytes_dirty -= r->dirty;
-}
-
-void range_remove(FreeRange *r)
-{
-    unlink_all(r);
     nranges--;
     node_put(r);
 }
 
-static void relink(FreeRange *r)
+/* r, in the index, now spans [start, start + len) and holds dirty resident
+ * bytes (its dirty_since may have changed too).  Only what changed is
+ * re-indexed: a split or a merge moves one end (one hash chain), and a
+ * long range often stays in its size bin. */
+static void rebound(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
 {
-    bin_add(r);
-    if (r->dirty_since)
-        dirty_add(r);
-    hash_add(r);
-    range_bytes_free += r->len;
-    range_bytes_dirty += r->dirty;
+    bool moved_start = start != r->start, moved_end = start + len != r->start + r->len;
+    if (moved_start)
+        start_del(r);
+    if (moved_end)
+        end_del(r);
+    range_bytes_free += len - r->len;
+    range_bytes_dirty += dirty - r->dirty;
+    r->start = start;
+    r->len = len;
+    r->dirty = dirty;
+    if (moved_start)
+        start_add(r);
+    if (moved_end)
+        end_add(r);
+    if (slot_of(r) != r->bin) {
+        bin_del(r);
+        bin_add(r);
+    }
 }
 
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
@@ -228,43 +268,48 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
         prev = NULL;
     if (next && extent_reservation_edge(start + len))
         next = NULL;
-    /* Merged into a neighbour's record, or a record of its own. */
-    FreeRange *r = prev ? prev : next;
-    if (r) {
-        unlink_all(r);
-    } else {
-        if (!(r = node_get()))
+    if (!prev && !next) { /* a record of its own */
+        FreeRange *r = node_get();
+        if (!r)
             return false;
-        *r = (FreeRange){ .start = start, .len = 0 };
         if (++nranges > ((size_t)1 << hash_bits))
             hash_grow();
+        *r = (FreeRange){ .start = start, .len = len, .dirty_since = dirty_since, .dirty = dirty };
+        bin_add(r);
+        if (dirty_since)
+            dirty_add(r);
+        hash_add(r);
+        range_bytes_free += len;
+        range_bytes_dirty += dirty;
+        return true;
     }
-    FreeRange *other = prev && next ? next : NULL;
-    if (r == next || !prev)
-        r->start = start;
-    r->len += len;
-    r->dirty += dirty;
-    if (dirty_since > r->dirty_since)
-        r->dirty_since = dirty_since;
+    /* Merged into a neighbour's record (the lower one if both). */
+    FreeRange *r = prev ? prev : next, *other = prev && next ? next : NULL;
+    bool was_dirty = r->dirty_since != 0;
+    uintptr_t new_start = prev ? prev->start : start;
+    size_t new_len = r->len + len, new_dirty = r->dirty + dirty;
+    uint64_t since = dirty_since > r->dirty_since ? dirty_since : r->dirty_since;
     if (other) {
-        r->len += other->len;
-        r->dirty += other->dirty;
-        if (other->dirty_since > r->dirty_since)
-            r->dirty_since = other->dirty_since;
+        new_len += other->len;
+        new_dirty += other->dirty;
+        if (other->dirty_since > since)
+            since = other->dirty_since;
         range_remove(other);
     }
-    relink(r);
+    if (was_dirty)
+        dirty_del(r);
+    r->dirty_since = since;
+    rebound(r, new_start, new_len, new_dirty);
+    if (since) /* freed now: the most recently made dirty */
+        dirty_add(r);
     return true;
 }
 
 void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
 {
     HAK_ASSERT(len && start >= r->start && start + len <= r->start + r->len && dirty <= r->dirty);
-    unlink_all(r);
-    r->start = start;
-    r->len = len;
-    r->dirty = r->dirty_since ? dirty : 0;
-    relink(r);
+    /* its age is unchanged: it keeps its place on the dirty list */
+    rebound(r, start, len, r->dirty_since ? dirty : 0);
 }
 
 bool range_purge(FreeRange *r)
@@ -292,17 +337,28 @@ FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at
 {
     FreeRange *best = NULL;
     unsigned own = bin_of(len);
-    for (unsigned kind = 0; kind < 2 && !best; kind++)
-        for (unsigned b = bin_next_nonempty(kind, own); b < NBINS && !best;
-             b = bin_next_nonempty(kind, b + 1)) {
+    for (unsigned kind = 0; kind < 2 && !best; kind++) {
+        unsigned b = bin_next_nonempty(kind, own);
+        if (b == own) { /* best fit among the first RANGE_SCAN_MAX */
             unsigned seen = 0;
-            for (FreeRange *r = bins[kind][b]; r && seen < RANGE_SCAN_MAX; r = r->bin_next, seen++)
-                if (fits(r, len, align, offset) && (!best || r->len < best->len)) {
+            for (FreeRange *r = bins[kind * NBINS + b]; r && seen < RANGE_SCAN_MAX; r = r->bin_next, seen++)
+                if (fits(r, len, align, offset) && (!best || r->len < best->len))
                     best = r;
-                    if (b != own) /* a bin above the request's: no range there is */
-                        break;    /* much closer to it than another (19%)        */
-                }
+            if (best)
+                break;
+            b = bin_next_nonempty(kind, b + 1);
         }
+        /* A bin above the request's: no range there is much closer to it
+         * than another (19%), the first that fits will do.  Every range
+         * there is longer than len, so without an alignment that is the
+         * first one. */
+        for (; b < NBINS && !best; b = bin_next_nonempty(kind, b + 1)) {
+            unsigned seen = 0;
+            for (FreeRange *r = bins[kind * NBINS + b]; r && seen < RANGE_SCAN_MAX && !best; r = r->bin_next, seen++)
+                if (align == HAK_PAGE_SIZE || fits(r, len, align, offset))
+                    best = r;
+        }
+    }
     if (!best)
         return NULL;
     if (len >= BIG_EXTENT) /* big ones from the top: see extent.c */
@@ -311,3 +367,33 @@ FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at
         *at = align_up(best->start + offset, align) - offset;
     return best;
 }
+
+#ifdef HAK_DEBUG
+/* The debug build's check of the whole index (extent.c calls it every
+ * RANGES_VALIDATE_EVERY operations): each record is in the bin its kind
+ * and length say and found by its start and its end, the bitmap and the
+ * byte counts agree, and the dirty list holds exactly the dirty ones. */
+void ranges_validate(void)
+{
+    size_t n = 0, n_dirty = 0, bytes = 0, dirty = 0;
+    for (unsigned slot = 0; slot < 2 * NBINS; slot++) {
+        HAK_ASSERT(!bins[slot] == !(nonempty[slot / 64] >> (slot % 64) & 1));
+        for (FreeRange *r = bins[slot], *prev = NULL; r; prev = r, r = r->bin_next) {
+            HAK_ASSERT(r->bin == slot && slot_of(r) == slot && r->bin_prev == prev);
+            HAK_ASSERT(r->len && r->dirty <= r->len && (r->dirty_since || !r->dirty));
+            HAK_ASSERT(range_starting_at(r->start) == r && find_by_end(r->start + r->len) == r);
+            n++;
+            n_dirty += r->dirty_since != 0;
+            bytes += r->len;
+            dirty += r->dirty;
+        }
+    }
+    HAK_ASSERT(n == nranges && bytes == range_bytes_free && dirty == range_bytes_dirty);
+    FreeRange *prev = NULL;
+    for (FreeRange *r = dirty_list; r; prev = r, r = r->dirty_next) {
+        HAK_ASSERT(r->dirty_since && r->dirty_prev == prev);
+        n_dirty--;
+    }
+    HAK_ASSERT(n_dirty == 0 && dirty_tail == prev);
+}
+#endif

@@ -23,7 +23,7 @@ typedef struct FreeRange {
     struct FreeRange *bin_next, *bin_prev;    /* its size bin              */
     struct FreeRange *dirty_next, *dirty_prev;/* all dirty ranges          */
     struct FreeRange *start_next, *end_next;  /* hash chains               */
-    uint16_t  bin;
+    uint16_t  bin;          /* its bin: kind * NBINS + size bin (ranges.c) */
 } FreeRange;
 
 /* Byte counts of all free ranges (read under the extent lock). */
@@ -48,7 +48,8 @@ FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at
 FreeRange *range_starting_at(uintptr_t start);
 /* madvise a dirty range away; it stays in the index, clean. */
 bool range_purge(FreeRange *r);
-/* The dirty ranges, the most recently made dirty (freed, merged or split)
+/* The dirty ranges, the most recently made dirty (freed, or merged
+ * with a freed range; a split keeps its place)
  * first: ranges_dirty() then ->dirty_next; the least recent is
  * ranges_dirty_oldest(), then ->dirty_prev. */
 FreeRange *ranges_dirty(void);
@@ -60,6 +61,10 @@ static inline size_t range_part_dirty(const FreeRange *r, size_t part_len)
 {
     return r->dirty < part_len ? r->dirty : part_len;
 }
+
+#ifdef HAK_DEBUG
+void ranges_validate(void);
+#endif
 
 /* extent.c: is addr the start of a reservation (no merging across it)? */
 bool extent_reservation_edge(uintptr_t addr);
