@@ -12,7 +12,8 @@ LDLIBS  := -pthread
 
 SRC     := $(wildcard core/*.c)
 HDR     := $(wildcard core/*.h) include/hakmem.h
-BENCHES := bench_random_mixed larson bench_mid_large_mt bench_large bench_large_mt bench_fragment bench_prodcons
+BENCHES := bench_random_mixed larson bench_mid_large_mt bench_large bench_large_mt bench_fragment bench_prodcons \
+           bench_xthread
 TESTSRC := $(wildcard tests/test_*.c)
 
 # ---- Build variants ---------------------------------------------------------
@@ -141,7 +142,8 @@ bench: all
 	bash scripts/bench.sh $(if $(QUICK),--quick,)
 
 # Throughput against threads (1, 2, 4 ... nproc; THREADS="..." to choose)
-# for prodcons, larson and bench_large_mt: out/bench-scale/scale.{csv,svg}.
+# for bench_xthread (prodcons, pairs), larson and bench_large_mt:
+# out/bench-scale/scale.{csv,svg}.
 bench-scale: all
 	bash scripts/bench_scale.sh $(if $(QUICK),--quick,) $(if $(THREADS),--threads "$(THREADS)",)
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Scaling benchmark: throughput and peak RSS against the number of threads,
-# for hakmem and each installed peer, on three multi-threaded workloads:
-#   prodcons   bench_prodcons: threads/2 producers allocate small blocks,
-#              threads/2 consumers free them (cross-thread frees)
+# for hakmem and each installed peer, on four multi-threaded workloads:
+#   prodcons   bench_xthread prodcons: threads/2 producers allocate 64-byte
+#              blocks, threads/2 consumers free them (batches of 64)
+#   pairs      bench_xthread pairs: threads in pairs, each allocating
+#              16-1040 B blocks and freeing the ones its partner sent
 #   larson     larson: threads that free each other's blocks (16-1040 B)
 #   large      bench_large_mt: 64-576 KiB blocks, half freed by another thread
 #
@@ -48,12 +50,13 @@ for pair in mimalloc:libmimalloc.so.2 jemalloc:libjemalloc.so.2 tcmalloc:libtcma
     done
 done
 
-if [ $QUICK = 1 ]; then N_PC=200000 T_LARSON=0.3 N_LARGE=20000; else N_PC=1000000 T_LARSON=1 N_LARGE=100000; fi
+if [ $QUICK = 1 ]; then N_X=500000 T_LARSON=0.3 N_LARGE=20000; else N_X=4000000 T_LARSON=1 N_LARGE=100000; fi
 # args WORKLOAD THREADS: the benchmark command line
 args() {
-    local half=$(( $2 / 2 > 0 ? $2 / 2 : 1 ))
+    local even=$(( $2 > 1 ? $2 / 2 * 2 : 1 )) # bench_xthread pairs threads up
     case $1 in
-        prodcons) echo "$BIN/bench_prodcons $half $N_PC 42" ;;
+        prodcons) echo "$BIN/bench_xthread prodcons $even $N_X 42" ;;
+        pairs)    echo "$BIN/bench_xthread pairs $even $((N_X / 2)) 42" ;;
         larson)   echo "$BIN/larson $T_LARSON 16 1040 1000 10000 42 $2" ;;
         large)    echo "$BIN/bench_large_mt $2 $((N_LARGE / $2 + 1)) 65536 524288 42" ;;
     esac
@@ -61,7 +64,7 @@ args() {
 
 CSV=$OUT/scale.csv
 echo "workload,allocator,threads,ops_per_s,peak_rss_kib" > "$CSV"
-for w in prodcons larson large; do
+for w in prodcons pairs larson large; do
     for t in $THREADS; do
         declare -A TP=() RS=()
         for rep in 1 2 3; do

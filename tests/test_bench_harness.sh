@@ -101,11 +101,11 @@ def fail(msg):
 rows = list(csv.DictReader(open(os.path.join(d, "scale.csv"))))
 got = {(r["workload"], r["allocator"], r["threads"]) for r in rows
        if float(r["ops_per_s"]) > 0 and int(r["peak_rss_kib"]) > 0}
-want = {(w, a, t) for w in ("prodcons", "larson", "large") for a in ("glibc", "hakmem") for t in ("1", "2")}
+want = {(w, a, t) for w in ("prodcons", "pairs", "larson", "large") for a in ("glibc", "hakmem") for t in ("1", "2")}
 if not want <= got:
     fail("missing or empty points: %r" % sorted(want - got))
 root = ET.parse(os.path.join(d, "scale.svg")).getroot()
-if len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) < 6:
+if len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) < 8:
     fail("scale.svg has too few lines")
 PY
 echo "PASS test_bench_harness"
