@@ -97,7 +97,12 @@ static void delayed_push(Heap *h, Block *b)
                                                     memory_order_release, memory_order_relaxed));
 }
 
-void span_free_remote(SuperSlab *ss, Span *s, Block *b)
+static void span_free_remote_push(SuperSlab *ss, Span *s, Block *b);
+
+/* A cross-thread free other than the common one below: the first
+ * RECLAIM_WINDOW of a thread, one without a heap, a block that is not a
+ * carved block start or carries the mark, a FULL span, a lost CAS. */
+static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span *s, Block *b)
 {
     /* Read everything we need before publishing the block: once it is on
      * thread_free the owner may empty and release the span. */
@@ -143,6 +148,36 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
     }
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
     b->free_mark = free_mark_value;
+    span_free_remote_push(ss, s, b);
+}
+
+/* The common cross-thread free, in as few instructions (and registers) as
+ * it takes: a thread with a heap, past its reclaim window, frees a carved
+ * block start without the mark into a span that is not FULL: one CAS. */
+void span_free_remote(SuperSlab *ss, Span *s, Block *b)
+{
+    ThreadFront *front = &thread_front;
+    Heap *mine = front->heap;
+    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
+    if (likely(mine && front->reclaim_tries >= RECLAIM_WINDOW && block_is_valid(ss, s, b) &&
+               b->free_mark != free_mark_value && tf != SPAN_NOTIFY && (Block *)tf != b)) {
+        mine->remote[s->cls]++;
+        b->free_mark = free_mark_value;
+        block_set_next(b, (Block *)tf);
+        if (likely(atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
+                                                         memory_order_release, memory_order_relaxed)))
+            return;
+        span_free_remote_push(ss, s, b);
+        return;
+    }
+    span_free_remote_slow(ss, s, b);
+}
+
+/* b (checked, counted, with the mark) goes on its span's cross-thread
+ * list, or to the owner heap's delayed list if the span is FULL. */
+static void span_free_remote_push(SuperSlab *ss, Span *s, Block *b)
+{
+    Heap *owner = ss->owner; /* read before b is published (see above) */
     uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
     for (;;) {
         if (tf == SPAN_NOTIFY) {

@@ -92,6 +92,38 @@ static void double_remote_between(bool collected)
         _exit(3);
     free(keep);
 }
+/* The same misuses from a thread past its first cross-thread frees
+ * (RECLAIM_WINDOW, 1024), whose frees take the short path (free.c). */
+enum { WARM = 2048 };
+struct remote_misuse { void **warm; char *p; int kind; };
+static void *remote_misuse_run(void *arg)
+{
+    struct remote_misuse *m = arg;
+    for (int i = 0; i < WARM; i++)
+        free(m->warm[i]);
+    if (m->kind == 0) {
+        free(m->p);
+        free(launder(m->p));          /* double free */
+    } else if (m->kind == 1) {
+        free(launder(m->p + 16));     /* interior */
+    } else {
+        free(launder(m->p + 64 * 200)); /* a block start not carved yet */
+    }
+    return NULL;
+}
+static void remote_misuse(int kind)
+{
+    static void *warm[WARM];
+    for (int i = 0; i < WARM; i++)
+        warm[i] = malloc(48);
+    struct remote_misuse m = { warm, malloc(64), kind };
+    pthread_t t;
+    pthread_create(&t, NULL, remote_misuse_run, &m);
+    pthread_join(t, NULL);
+}
+static void double_remote_warm(void) { remote_misuse(0); }
+static void interior_remote_warm(void) { remote_misuse(1); }
+static void never_carved_remote_warm(void) { remote_misuse(2); }
 static void double_remote_later(void) { double_remote_between(false); }
 static void double_remote_collected(void) { double_remote_between(true); }
 /* free(p); free(q); free(p): if missed, the next mallocs hand p out
@@ -171,6 +203,9 @@ static const struct misuse cases[] = {
     { "double free by another thread", double_remote, true },
     { "double free by another thread, frees between", double_remote_later, true },
     { "double free by another thread, owner took the first", double_remote_collected, true },
+    { "double free by a thread after 2048 remote", double_remote_warm, true },
+    { "interior free by a thread after 2048 remote", interior_remote_warm, true },
+    { "uncarved free by a thread after 2048 remote", never_carved_remote_warm, true },
     { "realloc of a stack address", realloc_stack, true },
     { "realloc of a freed large block", realloc_freed_large, true },
     { "free of a large block, header overwritten", free_large_header, true },
