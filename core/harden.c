@@ -198,6 +198,19 @@ static void check_neighbours(SuperSlab *ss, Span *s, const Block *b, size_t bs)
         fatal_corruption("block overflow (the block above was overwritten) at", b);
 }
 
+/* A block checked and scrubbed (canary free) goes where slab_free would
+ * send it, without slab_free's checks: they were made, more strictly. */
+static void release_checked(SuperSlab *ss, Block *b, unsigned cls)
+{
+    ThreadFront *front = &thread_front;
+    if (ss->owner == front->heap) {
+        front_push(front, cls, b);
+    } else {
+        b->free_mark = 0; /* (a quarantined block carries the mark) */
+        span_free_remote(ss, span_of(ss, b), b);
+    }
+}
+
 /* b's canary said size (harden_free read it): is b whole? */
 static uint32_t check_live(SuperSlab *ss, Span *s, Block *b, size_t bs, uint32_t size)
 {
@@ -222,8 +235,8 @@ static void quarantine_release(Block *b)
      * of it is checked by the malloc that takes it. */
     if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != free_mark_value)))
         fatal_corruption("write after free (a block in quarantine was changed) at", b);
-    b->free_mark = 0;
-    slab_free(superslab_of(b), b, page_index(b));
+    SuperSlab *ss = superslab_of(b);
+    release_checked(ss, b, ss->page_cls[page_index(b)]);
 }
 
 /* Blocks can wait in the quarantine for long, or for ever if the program
@@ -288,8 +301,7 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
         return;
     }
 #endif
-    b->free_mark = 0;
-    slab_free(ss, b, page_index(b));
+    release_checked(ss, b, cls);
 }
 #endif /* HAK_HARDEN_CANARY */
 

@@ -50,7 +50,7 @@ for pair in mimalloc:libmimalloc.so.2 jemalloc:libjemalloc.so.2 tcmalloc:libtcma
     done
 done
 
-if [ $QUICK = 1 ]; then N_X=500000 T_LARSON=0.3 N_LARGE=20000; else N_X=4000000 T_LARSON=1 N_LARGE=100000; fi
+if [ $QUICK = 1 ]; then N_X=2000000 T_LARSON=0.3 N_LARGE=20000; else N_X=8000000 T_LARSON=1 N_LARGE=100000; fi
 # args WORKLOAD THREADS: the benchmark command line
 args() {
     local even=$(( $2 > 1 ? $2 / 2 * 2 : 1 )) # bench_xthread pairs threads up
