@@ -14,8 +14,9 @@
  * at once when dirty bytes exceed HAKMEM_CACHE_MAX_MB.  extent_trim()
  * (malloc_trim) purges everything and unmaps wholly free reservations.
  *
- * All of this runs under one mutex, taken only when a SuperSlab or a large
- * extent changes hands outside the caches (large_cache.c).
+ * All of this runs under one lock, taken only when a SuperSlab or a large
+ * extent changes hands outside the caches (large_cache.c); mapping a new
+ * reservation takes the growth lock instead (grow_lock).
  *
  * With guard pages (the hardened build), free ranges are PROT_NONE: a run
  * off the end of any block into memory nobody holds faults.  extent_alloc
@@ -33,6 +34,12 @@
 typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
 
 static Lock ext_lock = LOCK_INIT;
+/* Taken (before ext_lock) by a thread that found no fit, for as long as it
+ * maps a new reservation: threads that miss at the same time then wait for
+ * that one instead of each mapping their own (16 threads of 64-576 KiB
+ * blocks reserved 0.6-1.9 GiB for 40 MB in use), while every other extent
+ * operation goes on under ext_lock. */
+static Lock grow_lock = LOCK_INIT;
 static Reservation reservations[MAX_RESERVATIONS]; /* sorted by start */
 static size_t      nreservations;
 static size_t      bytes_mapped;
@@ -172,9 +179,22 @@ static void *purger_main(void *unused)
 }
 
 /* The child has no purger: the next big free starts one. */
+void extent_fork_prepare(void)
+{
+    lock_acquire(&grow_lock);
+    lock_acquire(&ext_lock);
+}
+
+void extent_fork_parent(void)
+{
+    lock_release(&ext_lock);
+    lock_release(&grow_lock);
+}
+
 void extent_fork_child(void)
 {
     lock_reset(&ext_lock);
+    lock_reset(&grow_lock);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store(&purger_idle, false);
     atomic_store_explicit(&purger_wanted, false, memory_order_relaxed);
@@ -293,12 +313,20 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     FreeRange *f = range_find_fit(len, align, offset, &at);
     if (!f) {
         extent_unlock();
-        /* A new reservation always fits the request: one is enough. */
-        if (!reserve_and_lock(len, align, offset) ||
-            !(f = range_find_fit(len, align, offset, &at))) {
+        lock_acquire(&grow_lock);
+        extent_lock();
+        f = range_find_fit(len, align, offset, &at); /* another thread grew? */
+        if (!f) {
             extent_unlock();
-            return NULL;
+            /* A new reservation always fits the request: one is enough. */
+            if (!reserve_and_lock(len, align, offset) ||
+                !(f = range_find_fit(len, align, offset, &at))) {
+                extent_unlock();
+                lock_release(&grow_lock);
+                return NULL;
+            }
         }
+        lock_release(&grow_lock);
     }
     /* The parts left below and above keep the record (the lower one if
      * there are two) and never carry more resident bytes than the whole. */

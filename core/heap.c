@@ -492,14 +492,14 @@ void heaps_fork_prepare(void)
 {
     harden_fork(0);
     lock_acquire(&heaps_mutex);
-    extent_lock();
+    extent_fork_prepare();
     fork_locks_held = true;
 }
 
 void heaps_fork_parent(void)
 {
     fork_locks_held = false;
-    extent_unlock();
+    extent_fork_parent();
     lock_release(&heaps_mutex);
     harden_fork(1);
 }

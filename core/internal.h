@@ -277,6 +277,8 @@ void  extent_free_purged(void *p, size_t len); /* range already reads as zero */
 size_t extent_trim(void);
 void  extent_lock(void);
 void  extent_unlock(void);
+void  extent_fork_prepare(void);              /* grow_lock, then ext_lock */
+void  extent_fork_parent(void);
 void  extent_fork_child(void);
 void  extent_stats(struct hak_stats *st);
 /* The purger thread (extent.c) is wanted once enough freed memory waits
