@@ -445,6 +445,8 @@ void extent_stats(struct hak_stats *st)
     extent_lock();
     st->lock_extents_acquired = ext_lock.acquired;
     st->lock_extents_contended = ext_lock.contended;
+    st->lock_growth_acquired = grow_lock.acquired;
+    st->lock_growth_contended = grow_lock.contended;
     st->bytes_mapped += bytes_mapped;
     st->bytes_cached += range_bytes_free;
     st->bytes_dirty += range_bytes_dirty;

@@ -79,9 +79,11 @@ HAK_API void hak_stats_print(void)
     LINE("  heaps: %llu created, %llu adopted from exited threads, %llu taken over on free\n",
          (unsigned long long)st.heaps_created, (unsigned long long)st.heaps_adopted,
          (unsigned long long)st.heaps_taken_over);
-    LINE("  locks: heap list taken %llu times (%llu waited), extents taken %llu times (%llu waited)\n",
+    LINE("  locks: heap list taken %llu times (%llu waited), extents taken %llu times (%llu waited), "
+         "growth taken %llu times (%llu waited)\n",
          (unsigned long long)st.lock_heaps_acquired, (unsigned long long)st.lock_heaps_contended,
-         (unsigned long long)st.lock_extents_acquired, (unsigned long long)st.lock_extents_contended);
+         (unsigned long long)st.lock_extents_acquired, (unsigned long long)st.lock_extents_contended,
+         (unsigned long long)st.lock_growth_acquired, (unsigned long long)st.lock_growth_contended);
     heaps_report_remote();
     LINE("  peak RSS %.2f MiB\n", mib(st.peak_rss));
 }

@@ -109,6 +109,7 @@ struct hak_stats {
                                      central cache; also in bytes_cached) */
     uint64_t heaps_taken_over;    /* heaps of exited threads taken over by
                                      a thread freeing into them */
+    uint64_t lock_growth_acquired, lock_growth_contended;   /* new reservations */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */

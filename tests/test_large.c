@@ -225,6 +225,7 @@ static void reservation_race(void)
 {
     pthread_barrier_init(&race_start, NULL, RACE_THREADS);
     pthread_barrier_init(&race_held, NULL, RACE_THREADS);
+    uint64_t grown = tu_stats().lock_growth_acquired;
     for (int round = 0; round < 8; round++) {
         malloc_trim(0);
         tu_run_threads(RACE_THREADS, reserve_racer, NULL);
@@ -233,6 +234,7 @@ static void reservation_race(void)
     CHECK(atomic_load(&race_mapped_max) <= 2 * in_use + 64 * MiB,
           "%d threads holding %llu MiB had %llu MiB reserved", RACE_THREADS,
           (unsigned long long)(in_use / MiB), (unsigned long long)(atomic_load(&race_mapped_max) / MiB));
+    CHECK(tu_stats().lock_growth_acquired > grown, "the growth lock was never counted");
     pthread_barrier_destroy(&race_start);
     pthread_barrier_destroy(&race_held);
     malloc_trim(0);
