@@ -163,7 +163,7 @@ bool harden_live(SuperSlab *ss, Span *s, const void *p, size_t *size)
  * live block's start is the program's data).  n may be freed or handed
  * out by another thread meanwhile (see arm): its canary is read again
  * after its bytes, and a change means they were not the ones checked. */
-static bool neighbour_intact(const char *n, size_t bs, bool above)
+static inline __attribute__((always_inline)) bool neighbour_intact(const char *n, size_t bs, bool above)
 {
     size_t room = bs - HAK_CANARY_SIZE;
     uint32_t c = canary_get(n, bs);
