@@ -8,11 +8,11 @@
 #include <string.h>
 #include <unistd.h>
 
-void write_stderr(const char *msg)
+void write_fd(int fd, const char *msg)
 {
     size_t len = strlen(msg);
     while (len) {
-        ssize_t n = write(STDERR_FILENO, msg, len);
+        ssize_t n = write(fd, msg, len);
         if (n <= 0)
             return;
         msg += n;

@@ -55,6 +55,7 @@ static void runtime_init(void)
         mark = (os_now_ms() ^ (uintptr_t)&mark) * 0xD6E8FEB86659FD93ull;
     free_mark_value = (uintptr_t)mark | 1;
     options_init();
+    stats_init();
     classes_init();
     pthread_key_create(&exit_key, heap_thread_exit);
     __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);

@@ -86,7 +86,9 @@ __attribute__((noreturn)) void fatal_corruption(const char *what, const void *ad
 /* Invalid free/realloc: abort, or count and ignore (HAKMEM_INVALID_FREE). */
 void invalid_free_report(const char *what, const void *addr);
 /* Write a message to stderr without allocating. */
-void write_stderr(const char *msg);
+void write_fd(int fd, const char *msg); /* all of it, or until write fails */
+static inline void write_stderr(const char *msg) { write_fd(2, msg); }
+void stats_init(void); /* after options_init: HAKMEM_STATS's exit report */
 
 /* ---- options (options.c) ---- */
 typedef struct Options {

@@ -3,10 +3,12 @@
 #include "os.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -121,6 +123,27 @@ bool os_page_mapped(const void *p)
 bool os_random(void *buf, size_t len)
 {
     return getrandom(buf, len, GRND_NONBLOCK) == (ssize_t)len;
+}
+
+int os_dup_fd(int fd)
+{
+    int saved = errno;
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    errno = saved;
+    return copy;
+}
+
+bool os_fd_file(int fd, uint64_t file[2])
+{
+    int saved = errno;
+    struct stat st;
+    bool ok = fstat(fd, &st) == 0;
+    errno = saved;
+    if (ok) {
+        file[0] = (uint64_t)st.st_dev;
+        file[1] = (uint64_t)st.st_ino;
+    }
+    return ok;
 }
 
 uint64_t os_now_ms(void)

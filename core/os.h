@@ -40,6 +40,10 @@ void  os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline
 void  os_futex_wake(_Atomic uint32_t *word, int n);
 /* Fill buf with len random bytes from the kernel; false if it has none. */
 bool  os_random(void *buf, size_t len);
+/* A close-on-exec copy of fd, numbered 3 or above; -1 if none. */
+int   os_dup_fd(int fd);
+/* What file fd is open on (device and inode); false if it is not open. */
+bool  os_fd_file(int fd, uint64_t file[2]);
 
 #ifdef HAK_FAULT_INJECTION
 /* Test hook: the next n calls that would map or purge memory fail. */

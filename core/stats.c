@@ -6,6 +6,7 @@
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 #include "heap.h"
+#include "os.h"
 #include "registry.h"
 
 #include <stdio.h>
@@ -28,7 +29,21 @@ HAK_API void hak_stats_get(struct hak_stats *st)
         st->peak_rss = (uint64_t)ru.ru_maxrss * 1024;
 }
 
-#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); write_stderr(buf); } while (0)
+/* Where the report goes: stderr, or for the report at exit a copy of
+ * stderr made at start-up (exit_fd), since programs may close stderr
+ * before they exit (coreutils' close_stdout closes both): HAKMEM_STATS=1
+ * printed nothing for ls and cat.  The copy is used only if it is still
+ * open on the same file: a program that closed it may have opened one of
+ * its own under that number, which the report must not write into. */
+static int out_fd = 2, exit_fd = -1;
+static uint64_t exit_file[2];
+#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); write_fd(out_fd, buf); } while (0)
+
+void stats_init(void)
+{
+    if (options.stats && exit_fd < 0 && (exit_fd = os_dup_fd(2)) >= 0 && !os_fd_file(exit_fd, exit_file))
+        exit_fd = -1;
+}
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 
@@ -91,8 +106,12 @@ HAK_API void hak_stats_print(void)
 /* HAKMEM_STATS=1: the report at exit. */
 __attribute__((destructor)) static void stats_at_exit(void)
 {
-    if (options.stats)
+    if (options.stats) {
+        uint64_t file[2];
+        if (exit_fd >= 0 && os_fd_file(exit_fd, file) && file[0] == exit_file[0] && file[1] == exit_file[1])
+            out_fd = exit_fd;
         hak_stats_print();
+    }
 }
 
 /* ------------------------------------------------------------------ */
