@@ -43,15 +43,7 @@ static int run(const char *self, const char *mode, const char *path, char *out, 
         _exit(127);
     }
     close(fds[1]);
-    size_t got = 0;
-    ssize_t n;
-    while (got + 1 < outlen && (n = read(fds[0], out + got, outlen - 1 - got)) > 0)
-        got += (size_t)n;
-    out[got] = 0;
-    close(fds[0]);
-    int st = -1;
-    waitpid(pid, &st, 0);
-    return st;
+    return tu_collect(fds[0], pid, out, outlen);
 }
 
 int main(int argc, char **argv)

@@ -234,6 +234,21 @@ static inline size_t tu_opaque(size_t v)
 /* Run fn(arg) in a child process (alarm after 20 s) and return its wait
  * status; err gets what it wrote to stderr.  For cases that misuse the
  * heap on purpose and are expected to die. */
+/* Read fd (a child's stderr) into buf until end of file, close it, wait for
+ * the child pid; its wait status. */
+static inline int tu_collect(int fd, pid_t pid, char *buf, size_t len)
+{
+    size_t got = 0;
+    ssize_t n;
+    while (got + 1 < len && (n = read(fd, buf + got, len - 1 - got)) > 0)
+        got += (size_t)n;
+    buf[got] = 0;
+    close(fd);
+    int st = -1;
+    waitpid(pid, &st, 0);
+    return st;
+}
+
 static inline int tu_in_child(void (*fn)(size_t), size_t arg, char *err, size_t errlen)
 {
     int fds[2];
@@ -249,15 +264,7 @@ static inline int tu_in_child(void (*fn)(size_t), size_t arg, char *err, size_t 
         _exit(0);
     }
     close(fds[1]);
-    size_t got = 0;
-    ssize_t n;
-    while (got + 1 < errlen && (n = read(fds[0], err + got, errlen - 1 - got)) > 0)
-        got += (size_t)n;
-    err[got] = 0;
-    close(fds[0]);
-    int st = -1;
-    waitpid(pid, &st, 0);
-    return st;
+    return tu_collect(fds[0], pid, err, errlen);
 }
 
 static inline struct hak_stats tu_stats(void)
