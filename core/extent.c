@@ -178,7 +178,7 @@ static void *purger_main(void *unused)
     return NULL;
 }
 
-/* The child has no purger: the next big free starts one. */
+/* fork: the growth lock is taken before the extents' lock, as everywhere. */
 void extent_fork_prepare(void)
 {
     lock_acquire(&grow_lock);
@@ -191,6 +191,7 @@ void extent_fork_parent(void)
     lock_release(&grow_lock);
 }
 
+/* The child has no purger: the next big free starts one. */
 void extent_fork_child(void)
 {
     lock_reset(&ext_lock);

@@ -97,15 +97,42 @@ static void delayed_push(Heap *h, Block *b)
                                                     memory_order_release, memory_order_relaxed));
 }
 
-static void span_free_remote_push(SuperSlab *ss, Span *s, Block *b);
+/* b (checked, counted, with the mark) goes on its span's cross-thread
+ * list, or to the owner heap's delayed list if the span is FULL. */
+static inline __attribute__((always_inline)) void span_free_remote_push(SuperSlab *ss, Span *s, Block *b)
+{
+    /* Read before b is published: once it is on thread_free the owner may
+     * empty and release the span. */
+    Heap *owner = ss->owner;
+    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
+    for (;;) {
+        if (tf == SPAN_NOTIFY) {
+            /* The span is FULL and its owner is not watching: claim the
+             * notification and give the block to the heap, which puts the
+             * span back on its partial list. */
+            if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, 0,
+                                                      memory_order_acq_rel, memory_order_relaxed)) {
+                delayed_push(owner, b);
+                return;
+            }
+            continue;
+        }
+        if (unlikely((Block *)tf == b)) {
+            invalid_free_report("double free", b);
+            return;
+        }
+        block_set_next(b, (Block *)tf);
+        if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
+    }
+}
 
 /* A cross-thread free other than the common one below: the first
  * RECLAIM_WINDOW of a thread, one without a heap, a block that is not a
- * carved block start or carries the mark, a FULL span, a lost CAS. */
+ * carved block start or carries the mark. */
 static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span *s, Block *b)
 {
-    /* Read everything we need before publishing the block: once it is on
-     * thread_free the owner may empty and release the span. */
     Heap *owner = ss->owner;
     if (unlikely(!block_is_valid(ss, s, b))) {
         invalid_free_report("free of a pointer that is not an allocated block", b);
@@ -153,53 +180,19 @@ static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span 
 
 /* The common cross-thread free, in as few instructions (and registers) as
  * it takes: a thread with a heap, past its reclaim window, frees a carved
- * block start without the mark into a span that is not FULL: one CAS. */
+ * block start without the mark: counted, marked, pushed. */
 void span_free_remote(SuperSlab *ss, Span *s, Block *b)
 {
     ThreadFront *front = &thread_front;
     Heap *mine = front->heap;
-    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
     if (likely(mine && front->reclaim_tries >= RECLAIM_WINDOW && block_is_valid(ss, s, b) &&
-               b->free_mark != free_mark_value && tf != SPAN_NOTIFY && (Block *)tf != b)) {
+               b->free_mark != free_mark_value)) {
         mine->remote[s->cls]++;
         b->free_mark = free_mark_value;
-        block_set_next(b, (Block *)tf);
-        if (likely(atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
-                                                         memory_order_release, memory_order_relaxed)))
-            return;
         span_free_remote_push(ss, s, b);
         return;
     }
     span_free_remote_slow(ss, s, b);
-}
-
-/* b (checked, counted, with the mark) goes on its span's cross-thread
- * list, or to the owner heap's delayed list if the span is FULL. */
-static void span_free_remote_push(SuperSlab *ss, Span *s, Block *b)
-{
-    Heap *owner = ss->owner; /* read before b is published (see above) */
-    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_relaxed);
-    for (;;) {
-        if (tf == SPAN_NOTIFY) {
-            /* The span is FULL and its owner is not watching: claim the
-             * notification and give the block to the heap, which puts the
-             * span back on its partial list. */
-            if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, 0,
-                                                      memory_order_acq_rel, memory_order_relaxed)) {
-                delayed_push(owner, b);
-                return;
-            }
-            continue;
-        }
-        if (unlikely((Block *)tf == b)) {
-            invalid_free_report("double free", b);
-            return;
-        }
-        block_set_next(b, (Block *)tf);
-        if (atomic_compare_exchange_weak_explicit(&s->thread_free, &tf, (uintptr_t)b,
-                                                  memory_order_release, memory_order_relaxed))
-            return;
-    }
 }
 
 /* Blocks on the delayed list come from many SuperSlabs: decode the links

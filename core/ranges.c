@@ -18,7 +18,8 @@ static uint64_t   nonempty[2 * NBINS / 64]; /* bit slot: bins[slot] is not empty
 static FreeRange *dirty_list, *dirty_tail; /* most recently made dirty first */
 static FreeRange *initial_start_tab[1 << HASH_BITS0], *initial_end_tab[1 << HASH_BITS0];
 static FreeRange **start_tab = initial_start_tab, **end_tab = initial_end_tab;
-static unsigned   hash_bits = HASH_BITS0, hash_shift = 64 - HASH_BITS0;
+static unsigned   hash_shift = 64 - HASH_BITS0; /* the tables hold 2^(64 - shift) heads */
+static inline size_t hash_size(void) { return (size_t)1 << (64 - hash_shift); }
 static size_t     nranges;
 static FreeRange  initial_pool[256];
 static FreeRange *pool_free;
@@ -55,28 +56,28 @@ static void node_put(FreeRange *r)
 }
 
 /* ---- hash tables by start and by end ---- */
-static inline size_t hash(uintptr_t a, unsigned shift)
+static inline size_t hash(uintptr_t a)
 {
-    return (size_t)(((a >> HAK_PAGE_SHIFT) * 0x9E3779B97F4A7C15ull) >> shift);
+    return (size_t)(((a >> HAK_PAGE_SHIFT) * 0x9E3779B97F4A7C15ull) >> hash_shift);
 }
 
 static void start_add(FreeRange *r)
 {
-    size_t h = hash(r->start, hash_shift);
+    size_t h = hash(r->start);
     r->start_next = start_tab[h];
     start_tab[h] = r;
 }
 
 static void end_add(FreeRange *r)
 {
-    size_t h = hash(r->start + r->len, hash_shift);
+    size_t h = hash(r->start + r->len);
     r->end_next = end_tab[h];
     end_tab[h] = r;
 }
 
 static void start_del(FreeRange *r)
 {
-    FreeRange **pp = &start_tab[hash(r->start, hash_shift)];
+    FreeRange **pp = &start_tab[hash(r->start)];
     while (*pp != r)
         pp = &(*pp)->start_next;
     *pp = r->start_next;
@@ -84,7 +85,7 @@ static void start_del(FreeRange *r)
 
 static void end_del(FreeRange *r)
 {
-    FreeRange **pp = &end_tab[hash(r->start + r->len, hash_shift)];
+    FreeRange **pp = &end_tab[hash(r->start + r->len)];
     while (*pp != r)
         pp = &(*pp)->end_next;
     *pp = r->end_next;
@@ -106,8 +107,7 @@ static void hash_del(FreeRange *r)
  * their own from the OS); keep the old ones if that fails. */
 static void hash_grow(void)
 {
-    unsigned bits = hash_bits + 1;
-    size_t n = (size_t)1 << bits, bytes = align_up(n * sizeof(FreeRange *), HAK_PAGE_SIZE);
+    size_t on = hash_size(), n = 2 * on, bytes = align_up(n * sizeof(FreeRange *), HAK_PAGE_SIZE);
     FreeRange **st = os_map_aligned(bytes, HAK_PAGE_SIZE);
     FreeRange **et = st ? os_map_aligned(bytes, HAK_PAGE_SIZE) : NULL;
     if (!et) {
@@ -116,11 +116,9 @@ static void hash_grow(void)
         return;
     }
     FreeRange **ost = start_tab, **oet = end_tab;
-    size_t on = (size_t)1 << hash_bits;
     start_tab = st;
     end_tab = et;
-    hash_bits = bits;
-    hash_shift = 64 - bits;
+    hash_shift--;
     for (size_t i = 0; i < on; i++)
         for (FreeRange *r = ost[i], *next; r; r = next) {
             next = r->start_next;
@@ -135,7 +133,7 @@ static void hash_grow(void)
 
 static FreeRange *find_by_end(uintptr_t end)
 {
-    for (FreeRange *r = end_tab[hash(end, hash_shift)]; r; r = r->end_next)
+    for (FreeRange *r = end_tab[hash(end)]; r; r = r->end_next)
         if (r->start + r->len == end)
             return r;
     return NULL;
@@ -143,7 +141,7 @@ static FreeRange *find_by_end(uintptr_t end)
 
 FreeRange *range_starting_at(uintptr_t start)
 {
-    for (FreeRange *r = start_tab[hash(start, hash_shift)]; r; r = r->start_next)
+    for (FreeRange *r = start_tab[hash(start)]; r; r = r->start_next)
         if (r->start == start)
             return r;
     return NULL;
@@ -272,7 +270,7 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
         FreeRange *r = node_get();
         if (!r)
             return false;
-        if (++nranges > ((size_t)1 << hash_bits))
+        if (++nranges > hash_size())
             hash_grow();
         *r = (FreeRange){ .start = start, .len = len, .dirty_since = dirty_since, .dirty = dirty };
         bin_add(r);
