@@ -42,7 +42,7 @@ static inline uint32_t canary_get(const void *b, size_t block_size)
     /* the four lanes agree when a 16-bit rotation leaves v as it is */
     return v == (v << 16 | v >> 48) ? (uint32_t)(v & 0xFFFF) : CANARY_CORRUPT;
 }
-static inline uint8_t tail_byte(void) { return (uint8_t)(process_secret >> 40) | 0x81; }
+static inline uint8_t tail_byte(void) { return (uint8_t)tail_pattern; }
 
 /* Are the n bytes at p all v?  Blocks are checked whole at every malloc
  * (ZERO_ON_FREE) and tails at every free: unaligned loads that overlap at

@@ -21,6 +21,7 @@
 __thread ThreadFront thread_front __attribute__((tls_model("initial-exec")));
 uintptr_t process_secret;
 uintptr_t free_mark_value;
+uint64_t tail_pattern;
 
 Lock   heaps_mutex = LOCK_INIT;
 Heap  *all_heaps;          /* every heap, linked by all_next      */
@@ -29,7 +30,7 @@ static Heap *abandoned_tail; /* (heaps_mutex: the queue below)       */
 static char  *heap_store;         /* storage that new heaps are cut from */
 static size_t heap_store_left;
 static pthread_key_t exit_key;
-static bool   runtime_ready;
+bool          runtime_ready;
 static _Atomic bool atfork_registered;
 __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
@@ -47,6 +48,7 @@ static void runtime_init(void)
     uintptr_t s = (uintptr_t)r;
     s ^= (uintptr_t)&s * 0x9E3779B97F4A7C15ull;
     process_secret = s | 1;
+    tail_pattern = (uint64_t)((uint8_t)(process_secret >> 40) | 0x81) * 0x0101010101010101ull;
     /* The free mark sits in every free block, where a program with a
      * use-after-free can read it: it is drawn on its own, not derived from
      * AT_RANDOM (glibc's stack-protector and pointer-guard bytes). */
@@ -265,10 +267,9 @@ static void atfork_register(void)
         pthread_atfork(heaps_fork_prepare, heaps_fork_parent, heaps_fork_child);
 }
 
-void runtime_ensure(void)
+void runtime_start(void)
 {
-    if (!__atomic_load_n(&runtime_ready, __ATOMIC_ACQUIRE))
-        hak_free(hak_malloc(1)); /* the first heap sets up the runtime */
+    hak_free(hak_malloc(1)); /* the first heap sets up the runtime */
 }
 
 /* Set up before main when hakmem is preloaded or linked, so that

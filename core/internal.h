@@ -105,6 +105,7 @@ void options_print(void);
 /* ---- free-list link encoding ---- */
 extern HAK_HIDDEN uintptr_t process_secret;
 extern HAK_HIDDEN uintptr_t free_mark_value; /* see Block in types.h; never 0 */
+extern HAK_HIDDEN uint64_t tail_pattern;      /* canaries' byte, in every lane */
 /* Links are stored XOR-ed with a per-process secret, so a stray or hostile
  * write into a freed block cannot aim a later malloc at a chosen address.
  * block_next() also checks that a link stays inside its SuperSlab; it is
@@ -173,7 +174,13 @@ void  heaps_stats(struct hak_stats *st, ClassStats *by_class);
 void  heaps_report_remote(void); /* HAKMEM_STATS lines, busiest heaps */
 /* Secret, options and class tables are set up by the first thread heap;
  * paths that may run before any heap exists call this first. */
-void  runtime_ensure(void);
+extern HAK_HIDDEN bool runtime_ready;
+void  runtime_start(void);
+static inline void runtime_ensure(void)
+{
+    if (unlikely(!__atomic_load_n(&runtime_ready, __ATOMIC_ACQUIRE)))
+        runtime_start();
+}
 static inline SuperSlab *superslab_of(const void *p)
 {
     return (SuperSlab *)align_down((uintptr_t)p, HAK_CHUNK_SIZE);

@@ -9,8 +9,8 @@
  * repeated large allocations lock- and syscall-free;
  * the extents (extent.c) get them back after the decay time.  The hardened
  * build does not cache: its guard pages go with each malloc and free, and
- * a freed extent waits PROT_NONE in the quarantine (harden.c).  Its
- * canary: the bytes from the requested size to the guard page.
+ * a freed extent waits PROT_NONE in the quarantine (harden.c).  Every
+ * build keeps a canary past the requested size (tail_len).
  * SPDX-License-Identifier: MIT */
 #include "harden.h"
 #include "os.h"
@@ -66,29 +66,58 @@ bool large_was_freed(const void *p)
     return h && h->cookie == cookie(h, LARGE_FREED);
 }
 
-/* Up to the guard page, or the end of the extent; with canaries, what
- * the program asked for (the rest is checked on free). */
+/* Up to the guard page, or the end of the extent. */
 static size_t large_room(const LargeHeader *h, const void *p)
 {
     return (size_t)(h->extent + h->extent_len - HAK_GUARD_SIZE - (const char *)p);
 }
 
-size_t large_usable(const LargeHeader *h, const void *p)
+/* What the program asked for, in every build: the bytes after it are the
+ * tail canary's. */
+size_t large_usable(const LargeHeader *h, const void *p) { return h->size; }
+
+/* The tail canary: bytes past the requested size hold tail_byte(), and
+ * free and realloc check them ("block overflow").  The hardened build's
+ * runs up to the guard page; the default build's is LARGE_TAIL_CANARY
+ * bytes (or the slack to the extent's end, if shorter), which catches the
+ * common runs of a few bytes past the end for a store and a load of two
+ * cache lines on paths of a few hundred instructions. */
+static inline size_t tail_len(const LargeHeader *h, const void *p)
 {
-    return HAK_HARDEN_CANARY ? h->size : large_room(h, p);
+    size_t slack = large_room(h, p) - h->size;
+    return HAK_HARDEN_CANARY || slack < LARGE_TAIL_CANARY ? slack : LARGE_TAIL_CANARY;
 }
 
-/* The hardened build's canary of a large block: the bytes from the
- * requested size to the guard page hold a pattern. */
-static void large_arm(LargeHeader *h, char *p)
+static inline void large_arm(LargeHeader *h, char *p)
 {
-    if (HAK_HARDEN_CANARY)
-        memset(p + h->size, tail_byte(), large_room(h, p) - h->size);
+    char *t = p + h->size;
+    size_t n = tail_len(h, p);
+    if (likely(n == LARGE_TAIL_CANARY)) {
+#pragma GCC unroll 8
+        for (size_t i = 0; i < LARGE_TAIL_CANARY; i += 8)
+            memcpy(t + i, &tail_pattern, 8);
+    } else {
+        memset(t, tail_byte(), n);
+    }
 }
 
-static void large_check(const LargeHeader *h, const char *p)
+static inline __attribute__((always_inline)) void large_check(const LargeHeader *h, const char *p)
 {
-    if (HAK_HARDEN_CANARY && !bytes_are(p + h->size, large_room(h, p) - h->size, tail_byte()))
+    const char *t = p + h->size;
+    size_t n = tail_len(h, p);
+    bool intact;
+    if (likely(n == LARGE_TAIL_CANARY)) {
+        uint64_t diff = 0, w;
+#pragma GCC unroll 8
+        for (size_t i = 0; i < LARGE_TAIL_CANARY; i += 8) {
+            memcpy(&w, t + i, 8);
+            diff |= w ^ tail_pattern;
+        }
+        intact = !diff;
+    } else {
+        intact = bytes_are(t, n, tail_byte());
+    }
+    if (unlikely(!intact))
         fatal_corruption("block overflow (bytes past the requested size changed) at", p);
 }
 
@@ -185,7 +214,7 @@ void large_free(void *p)
         return;
     }
     large_check(h, p);
-    h->cookie = cookie(h, LARGE_FREED);
+    h->cookie ^= LARGE_LIVE ^ LARGE_FREED; /* cookie(h, LARGE_FREED): h is live */
     LargeFront *f = heap_large_front();
     large_count(f, false, -(int64_t)h->extent_len);
 #if HAK_HARDEN_QUARANTINE
@@ -230,6 +259,7 @@ void *large_realloc(void *p, size_t size)
         errno = EINVAL;
         return NULL;
     }
+    large_check(h, p);
     size_t off = (size_t)((char *)p - h->extent);
     size_t usable = large_usable(h, p);
     if (size <= HAK_SMALL_MAX) /* small enough for the slab tiers */

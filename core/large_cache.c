@@ -49,19 +49,6 @@ static _Atomic uint64_t heapless_allocs, heapless_frees;
 static _Atomic int64_t  heapless_bytes_out;
 
 /* ---- classes ---- */
-static unsigned class_up(size_t pages)
-{
-    if (pages < EXACT_PAGES)
-        return (unsigned)pages;
-    unsigned lg = 63 - (unsigned)__builtin_clzl(pages);
-    size_t step = (size_t)1 << (lg - 3), up = align_up(pages, step);
-    if (up >> lg >= 2) { /* rounded up to the next power of two */
-        lg++;
-        step <<= 1;
-    }
-    return EXACT_PAGES + (lg - 5) * 8 + (unsigned)(up / step - 8);
-}
-
 static unsigned class_down(size_t pages)
 {
     if (pages < EXACT_PAGES)
@@ -69,6 +56,10 @@ static unsigned class_down(size_t pages)
     unsigned lg = 63 - (unsigned)__builtin_clzl(pages);
     return EXACT_PAGES + (lg - 5) * 8 + (unsigned)((pages >> (lg - 3)) - 8);
 }
+
+/* The smallest class of at least pages (>= 1): the one after the largest
+ * class below pages. */
+static unsigned class_up(size_t pages) { return class_down(pages - 1) + 1; }
 
 static size_t class_pages(unsigned c)
 {
@@ -236,7 +227,7 @@ static char *shard_get(LargeFront *f, Shard *s, unsigned c, const char *skip, si
  * taken, so 0 means empty).  Looking at the class alone missed four times
  * as often (8 threads, 64-576 KiB: 9,000 trips to the extents' lock in
  * 800,000 operations, 2,500 now). */
-static char *central_get(LargeFront *f, unsigned c, const char *skip, size_t *len)
+static __attribute__((noinline)) char *central_get(LargeFront *f, unsigned c, const char *skip, size_t *len)
 {
     unsigned home = f ? f->shard : 0, last = c + LARGE_UP_CLASSES;
     if (last >= HAK_LARGE_NCLASS)

@@ -7,8 +7,8 @@
  * delete) costs nothing measurable and is always on.
  *
  *   CANARY          a small block's bytes from the requested size to its
- *                   end, and a large block's up to its guard page, hold a
- *                   pattern; the block's last word holds a canary that
+ *                   end, and a large block's up to its guard page (the
+ *                   default build checks its first 32), hold a pattern; the block's last word holds a canary that
  *                   encodes the requested size.  free() checks the pattern,
  *                   the canary, and the canary of the block just before
  *                   (an underflow writes there): "block overflow" or

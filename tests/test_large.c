@@ -2,7 +2,9 @@
  * alloc/free pattern, realloc grow/shrink, malloc_trim returns memory.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <sys/wait.h>
 #include "testutil.h"
 
 
@@ -111,6 +113,38 @@ static void realloc_large(void)
         have = n;
     }
     free(p);
+}
+
+/* The tail canary: a large block is usable up to its requested size,
+ * exactly, through malloc and each kind of realloc (shrink in place, grow
+ * in place, move); the byte after it is checked on free. */
+static const size_t tail_path[] = { 300000, 200001, 250007, 3 * MiB + 5, 1000003 };
+static void overflow_after(size_t steps)
+{
+    char *p = malloc(tail_path[0]);
+    for (size_t i = 1; i <= steps; i++)
+        p = realloc(p, tail_path[i]);
+    ((volatile char *)tu_launder(p))[tail_path[steps]] ^= 0x5a; /* one byte past the end */
+    free(tu_launder(p));
+}
+static void tail_canary(void)
+{
+    size_t steps = sizeof tail_path / sizeof *tail_path - 1;
+    char *p = malloc(tail_path[0]);
+    for (size_t i = 0; i <= steps; i++) {
+        size_t n = tail_path[i];
+        if (i)
+            p = realloc(p, n);
+        CHECK(p && malloc_usable_size(p) == n, "usable size %zu of a %zu-byte block", p ? malloc_usable_size(p) : 0, n);
+        memset(p, (int)i, n); /* up to the last byte is the program's */
+    }
+    free(p);
+    for (size_t i = 0; i <= steps; i++) {
+        char err[512];
+        int st = tu_in_child(overflow_after, i, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "block overflow"),
+              "a byte past a %zu-byte block (after %zu reallocs): status %#x, '%s'", tail_path[i], i, st, err);
+    }
 }
 
 static void trim_rss(void)
@@ -246,6 +280,7 @@ int main(void)
     sizes();
     no_syscalls_steady();
     realloc_large();
+    tail_canary();
     aligned_huge();
     errno_kept();
     reservation_race();
