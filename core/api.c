@@ -16,31 +16,81 @@
 /* ------------------------------------------------------------------ */
 /* Fast paths                                                           */
 
-/* A block of class cls for a request of size bytes: pop the thread front. */
-static inline void *small_alloc(size_t size, unsigned cls)
+/* The thread front's next block of class cls, or NULL. */
+static inline Block *front_pop(ThreadFront *front, unsigned cls)
 {
-    ThreadFront *front = &thread_front;
     Block *b = front->free[cls];
     if (likely(b != NULL)) {
         front->free[cls] = block_pop_next(b);
         b->free_mark = 0;
         front->room[cls]++;
         front->allocs[cls]++; /* statistics: per thread, no branch */
-        return harden_alloc(b, size, cls);
     }
+    return b;
+}
+
+/* A block of class cls for a request of size bytes. */
+static inline void *small_alloc(size_t size, unsigned cls)
+{
+    Block *b = front_pop(&thread_front, cls);
+    if (likely(b != NULL))
+        return harden_alloc(b, size, cls);
     /* (the slow path's first call in a process may pick another class) */
     return harden_alloc(heap_alloc_slow(slab_request(size), cls), size, HAK_NO_CLASS);
 }
 
+/* A block of class cls, armed with its tail canary if it is a mid one. */
+static inline void *class_alloc(size_t size, unsigned cls)
+{
+    void *p = small_alloc(size, cls);
+    return cls >= HAK_NCLASS_TINY ? mid_arm(p, size, size_classes[cls].block_size) : p;
+}
+
+/* A mid request that mid_alloc does not serve with a store of the size
+ * and four of the canary.  The class table is set up first: the canary
+ * needs the block size of the class the block really has. */
+static HAK_NOINLINE __attribute__((unused)) void *mid_alloc_slow(size_t size, Block *b)
+{
+    runtime_ensure();
+    unsigned cls = size_class(slab_request(size));
+    return b ? mid_arm(b, size, size_classes[cls].block_size) : class_alloc(size, cls);
+}
+
+/* A mid request: out of line, so that the tiny path's registers need no
+ * saving (hak_malloc tail-calls it), and with no call of its own when the
+ * front has a block (before the class table is set up, every size maps to
+ * class 0, and the front is empty). */
+static HAK_NOINLINE void *mid_alloc(size_t size)
+{
+#if MID_CANARY
+    unsigned cls = size_class(size);
+    Block *b = cls >= HAK_NCLASS_TINY ? front_pop(&thread_front, cls) : NULL;
+    size_t block_size = size_classes[cls].block_size;
+    if (likely(b != NULL && block_size - size >= TAIL_CANARY)) {
+        *mid_size_slot(b) = (uint16_t)size;
+        tail_canary_arm((char *)b + size, TAIL_CANARY);
+        return b;
+    }
+    return mid_alloc_slow(size, b);
+#else
+    return small_alloc(size, size_class(slab_request(size)));
+#endif
+}
+
+/* Tiny requests take the path with no canary, mid ones the one that arms
+ * it: the test that splits them is the one that sends the rest on to the
+ * large tier. */
 HAK_API void *hak_malloc(size_t size)
 {
-    if (likely(size <= HAK_SLAB_REQUEST_MAX)) {
+    if (likely(size <= HAK_TINY_MAX)) {
 #if HAK_HARDEN_ZERO_SIZE_GUARD
         if (size == 0)
             return zero_alloc();
 #endif
         return small_alloc(size, size_class(slab_request(size)));
     }
+    if (likely(size <= HAK_SLAB_REQUEST_MAX))
+        return mid_alloc(size);
     return large_alloc(size, 0, false);
 }
 
@@ -102,7 +152,7 @@ static bool small_live(const void *p, size_t *usable)
 #if HAK_HARDEN_CANARY
     return harden_live(ss, s, p, usable);
 #else
-    *usable = span_block_size(s);
+    *usable = s->cls >= HAK_NCLASS_TINY ? mid_usable(p, span_block_size(s)) : span_block_size(s);
     return true;
 #endif
 }
@@ -140,6 +190,12 @@ HAK_API void *hak_realloc(void *p, size_t size)
         if (small_keeps(p, size)) {
 #if HAK_HARDEN_CANARY
             harden_resize(p, size);
+#else
+            Span *s = span_of(superslab_of(p), p);
+            if (s->cls >= HAK_NCLASS_TINY) {
+                mid_check(p, span_block_size(s));
+                mid_arm(p, size, span_block_size(s));
+            }
 #endif
             return p;
         }
@@ -210,7 +266,7 @@ static void *alloc_aligned(size_t align, size_t size)
         runtime_ensure(); /* the class table */
         for (unsigned c = size_class(slab_request(size)); c < HAK_NCLASS; c++)
             if (size_classes[c].block_size % align == 0)
-                return small_alloc(size, c);
+                return class_alloc(size, c);
     }
     return large_alloc(size, align, false);
 }

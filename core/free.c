@@ -22,13 +22,14 @@ static bool list_has(Heap *h, Block *x, const Block *b, uint64_t max)
 }
 
 /* The owner's free of b found something unusual: b is not a block start of
- * a carved slab, or it carries the free mark.  Either the misuse is
+ * a carved slab, or it carries the free mark, or it is a mid block of the
+ * default build (its tail canary is checked here).  Either the misuse is
  * reported, or (the mark was the program's own data) b is freed as usual.
  * A free block is on one of four lists: the thread front, its span's own
  * list, its span's cross-thread list or the heap's delayed list; only the
  * owner removes blocks from the last two, so walking them from a snapshot
  * of their head is safe. */
-void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
+static HAK_NOINLINE void front_free_odd(SuperSlab *ss, Block *b, unsigned cls)
 {
     Span *s = span_of(ss, b);
     if (!block_is_valid(ss, s, b)) {
@@ -36,16 +37,33 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls)
         return;
     }
     ThreadFront *front = &thread_front;
-    Heap *h = front->heap;
-    uint32_t cap = span_capacity(s);
-    uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
-    if (list_has(h, front->free[s->cls], b, front_count(front, s->cls)) || list_has(h, s->free, b, cap) ||
-        (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
-        list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
-        invalid_free_report("double free", b);
+    if (b->free_mark == free_mark_value) {
+        Heap *h = front->heap;
+        uint32_t cap = span_capacity(s);
+        uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
+        if (list_has(h, front->free[s->cls], b, front_count(front, s->cls)) ||
+            list_has(h, s->free, b, cap) || (tf > SPAN_NOTIFY && list_has(h, (Block *)tf, b, cap)) ||
+            list_has(h, atomic_load_explicit(&h->delayed, memory_order_acquire), b, (uint64_t)1 << 32)) {
+            invalid_free_report("double free", b);
+            return;
+        }
+    }
+    if (s->cls >= HAK_NCLASS_TINY)
+        mid_check(b, span_block_size(s));
+    front_push(front, cls, b);
+}
+
+void front_free_slow(SuperSlab *ss, Block *b, unsigned cls, uint32_t off)
+{
+    /* A mid block as slab_free would have taken it (page_cls says its
+     * page is carved, off is a block start, no mark): its canary, then
+     * the front, with no register saved (the rest is front_free_odd). */
+    if (MID_CANARY && cls >= HAK_NCLASS_TINY && offset_is_block(cls, off) &&
+        b->free_mark != free_mark_value && mid_check_common(b, size_classes[cls].block_size)) {
+        front_push(&thread_front, cls, b);
         return;
     }
-    front_push(front, cls, b);
+    front_free_odd(ss, b, cls);
 }
 
 /* Give all but keep of the front's blocks of cls back to their spans. */
@@ -130,7 +148,8 @@ static inline __attribute__((always_inline)) void span_free_remote_push(SuperSla
 
 /* A cross-thread free other than the common one below: the first
  * RECLAIM_WINDOW of a thread, one without a heap, a block that is not a
- * carved block start or carries the mark. */
+ * carved block start or carries the mark, a mid block of the default
+ * build (its tail canary). */
 static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span *s, Block *b)
 {
     Heap *owner = ss->owner;
@@ -173,6 +192,8 @@ static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span 
         invalid_free_report("double free", b);
         return;
     }
+    if (s->cls >= HAK_NCLASS_TINY)
+        mid_check(b, span_block_size(s));
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
     b->free_mark = free_mark_value;
     span_free_remote_push(ss, s, b);
@@ -180,12 +201,13 @@ static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span 
 
 /* The common cross-thread free, in as few instructions (and registers) as
  * it takes: a thread with a heap, past its reclaim window, frees a carved
- * block start without the mark: counted, marked, pushed. */
+ * block start without the mark (of a tiny class, in the default build:
+ * block_is_valid_fast): counted, marked, pushed. */
 void span_free_remote(SuperSlab *ss, Span *s, Block *b)
 {
     ThreadFront *front = &thread_front;
     Heap *mine = front->heap;
-    if (likely(mine && front->reclaim_tries >= RECLAIM_WINDOW && block_is_valid(ss, s, b) &&
+    if (likely(mine && front->reclaim_tries >= RECLAIM_WINDOW && block_is_valid_fast(ss, s, b) &&
                b->free_mark != free_mark_value)) {
         mine->remote[s->cls]++;
         b->free_mark = free_mark_value;

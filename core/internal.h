@@ -144,6 +144,11 @@ static inline size_t slab_request(size_t size)
 /* the class of each size, by (size + 15) / 16 */
 extern HAK_HIDDEN uint8_t class_of_size[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
 extern HAK_HIDDEN ClassInfo size_classes[HAK_NCLASS + 1];
+/* What the fast paths of free test instead of div_magic: the same, or 0
+ * (no offset passes) for the mid classes of the default build, whose
+ * frees check their tail canary on the slow paths (free.c).  An array of
+ * its own: one load indexed by the class, no multiply. */
+extern HAK_HIDDEN uint64_t class_fast_magic[HAK_NCLASS + 1];
 unsigned size_class_compute(size_t size);
 static inline unsigned size_class(size_t size)
 {
@@ -155,7 +160,7 @@ static inline unsigned size_class(size_t size)
 extern HAK_HIDDEN __thread ThreadFront thread_front __attribute__((tls_model("initial-exec")));
 void *heap_alloc_slow(size_t size, unsigned cls);
 void  front_overflow(unsigned cls);
-void  front_free_slow(SuperSlab *ss, Block *b, unsigned cls);
+void  front_free_slow(SuperSlab *ss, Block *b, unsigned cls, uint32_t off);
 void  heap_trim(void);
 
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
@@ -200,24 +205,59 @@ static inline char *span_start(SuperSlab *ss, Span *s)
  * class cls?  An exact divisibility test by the block size with one
  * multiply (Lemire et al., "Faster remainder by direct computation", 2019),
  * valid for offsets below 2^32.  HAK_NO_CLASS (magic 0) rejects all. */
+static inline bool offset_passes(uint64_t magic, uint32_t off) { return (uint64_t)off * magic < magic; }
 static inline bool offset_is_block(unsigned cls, uint32_t off)
 {
-    uint64_t magic = size_classes[cls].div_magic;
-    return (uint64_t)off * magic < magic;
+    return offset_passes(size_classes[cls].div_magic, off);
 }
-static inline bool span_is_block_start(SuperSlab *ss, Span *s, const void *p)
+/* The same test with the fast paths' magic: false for every offset of a
+ * class whose frees take the slow path (the default build's mid classes). */
+static inline bool offset_is_block_fast(unsigned cls, uint32_t off)
 {
-    return offset_is_block(s->cls, (uint32_t)((const char *)p - span_start(ss, s)));
+    return offset_passes(class_fast_magic[cls], off);
+}
+static inline uint32_t span_offset(SuperSlab *ss, Span *s, const void *p)
+{
+    return (uint32_t)((const char *)p - span_start(ss, s));
 }
 static inline uint32_t span_block_size(const Span *s) { return size_classes[s->cls].block_size; }
 static inline uint32_t span_capacity(const Span *s) { return size_classes[s->cls].capacity; }
 
-/* A block of a carved slab, at a block start below the carving point. */
+/* A block of a carved slab, at a block start below the carving point (the
+ * owner may be carving meanwhile: bump is read like remote frees do).
+ * The _fast form is the cross-thread free's: see offset_is_block_fast. */
 static inline bool block_is_valid(SuperSlab *ss, Span *s, const void *p)
 {
-    /* the owner may be carving meanwhile: bump is read like remote frees do */
-    return s->nslabs != 0 && span_is_block_start(ss, s, p) &&
+    return s->nslabs != 0 && offset_is_block(s->cls, span_offset(ss, s, p)) &&
            (const char *)p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED);
+}
+static inline bool block_is_valid_fast(SuperSlab *ss, Span *s, const void *p)
+{
+    return s->nslabs != 0 && offset_is_block_fast(s->cls, span_offset(ss, s, p)) &&
+           (const char *)p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED);
+}
+
+/* ---- the mid tier's tail canary (default build) ----
+ * The hardened build's canaries cover every slab block (harden.h); the
+ * default build gives blocks of the mid classes (above 1 KiB) a tail
+ * canary like large blocks': the TAIL_CANARY bytes after the requested
+ * size (fewer where the block ends sooner) hold tail_byte(), and free and
+ * realloc check them.  The requested size is kept out of the block, in
+ * the page after the SuperSlab header: one 16-bit slot per KiB of the
+ * SuperSlab, as no two mid blocks start in the same KiB.  A slot is 0
+ * while its block is free (and for a block nobody armed), so the slots
+ * of a span that goes back to its SuperSlab are all 0 again.  Tiny blocks
+ * have none: their slack is a few bytes and their size nowhere. */
+#define MID_CANARY      (!HAK_HARDEN_CANARY)
+#define MID_SLOT_SHIFT  10
+#define MID_SIZES_BYTES ((HAK_CHUNK_SIZE >> MID_SLOT_SHIFT) * sizeof(uint16_t))
+_Static_assert(MID_SIZES_BYTES == HAK_PAGE_SIZE, "the mid sizes fill the page after the header");
+_Static_assert(HAK_TINY_MAX == (size_t)1 << MID_SLOT_SHIFT && HAK_SMALL_MAX <= UINT16_MAX,
+               "mid blocks are bigger than a slot's KiB, and their sizes fit a slot");
+static inline uint16_t *mid_size_slot(const void *p)
+{
+    uint16_t *sizes = (uint16_t *)((char *)superslab_of(p) + HAK_PAGE_SIZE);
+    return sizes + (((uintptr_t)p & (HAK_CHUNK_SIZE - 1)) >> MID_SLOT_SHIFT);
 }
 
 /* How many blocks the thread front holds of class cls */
@@ -253,7 +293,8 @@ static inline void front_push(ThreadFront *front, unsigned cls, Block *b)
  * owner pushes on its thread front, nothing else; a pointer into the
  * middle of a block, into a free slab, a page not carved yet or the
  * header, and a block that carries the free mark, take the slow path that
- * sorts misuse from coincidence.  Any other thread sends the block back
+ * sorts misuse from coincidence (as do the default build's mid blocks,
+ * to have their tail canary checked: fast_magic).  Any other thread sends the block back
  * to its span with one CAS. */
 static inline unsigned page_index(const void *p)
 {
@@ -268,8 +309,8 @@ static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
         unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
         uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
                                   (HAK_CHUNK_SIZE - 1));
-        if (unlikely(!offset_is_block(cls, off) || b->free_mark == free_mark_value)) {
-            front_free_slow(ss, b, cls);
+        if (unlikely(!offset_is_block_fast(cls, off) || b->free_mark == free_mark_value)) {
+            front_free_slow(ss, b, cls, off);
             return;
         }
         front_push(front, cls, b);

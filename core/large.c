@@ -76,48 +76,20 @@ static size_t large_room(const LargeHeader *h, const void *p)
  * tail canary's. */
 size_t large_usable(const LargeHeader *h, const void *p) { return h->size; }
 
-/* The tail canary: bytes past the requested size hold tail_byte(), and
- * free and realloc check them ("block overflow").  The hardened build's
- * runs up to the guard page; the default build's is LARGE_TAIL_CANARY
- * bytes (or the slack to the extent's end, if shorter), which catches the
- * common runs of a few bytes past the end for a store and a load of two
- * cache lines on paths of a few hundred instructions. */
+/* The tail canary (harden.h): the hardened build's runs up to the guard
+ * page, the default build's is TAIL_CANARY bytes (or the slack to the
+ * extent's end, if shorter), which catches the common runs of a few bytes
+ * past the end for a store and a load of two cache lines on paths of a few
+ * hundred instructions. */
 static inline size_t tail_len(const LargeHeader *h, const void *p)
 {
     size_t slack = large_room(h, p) - h->size;
-    return HAK_HARDEN_CANARY || slack < LARGE_TAIL_CANARY ? slack : LARGE_TAIL_CANARY;
+    return HAK_HARDEN_CANARY || slack < TAIL_CANARY ? slack : TAIL_CANARY;
 }
-
-static inline void large_arm(LargeHeader *h, char *p)
-{
-    char *t = p + h->size;
-    size_t n = tail_len(h, p);
-    if (likely(n == LARGE_TAIL_CANARY)) {
-#pragma GCC unroll 8
-        for (size_t i = 0; i < LARGE_TAIL_CANARY; i += 8)
-            memcpy(t + i, &tail_pattern, 8);
-    } else {
-        memset(t, tail_byte(), n);
-    }
-}
-
+static inline void large_arm(LargeHeader *h, char *p) { tail_canary_arm(p + h->size, tail_len(h, p)); }
 static inline __attribute__((always_inline)) void large_check(const LargeHeader *h, const char *p)
 {
-    const char *t = p + h->size;
-    size_t n = tail_len(h, p);
-    bool intact;
-    if (likely(n == LARGE_TAIL_CANARY)) {
-        uint64_t diff = 0, w;
-#pragma GCC unroll 8
-        for (size_t i = 0; i < LARGE_TAIL_CANARY; i += 8) {
-            memcpy(&w, t + i, 8);
-            diff |= w ^ tail_pattern;
-        }
-        intact = !diff;
-    } else {
-        intact = bytes_are(t, n, tail_byte());
-    }
-    if (unlikely(!intact))
+    if (unlikely(!tail_canary_intact(p + h->size, tail_len(h, p))))
         fatal_corruption("block overflow (bytes past the requested size changed) at", p);
 }
 

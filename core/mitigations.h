@@ -4,7 +4,8 @@
  * all on; any one can be set on its own with -DHAK_HARDEN_<NAME>=0 or 1
  * to build the set a program needs.  The default build has them all off:
  * what it checks (interior and double frees, foreign pointers, sized
- * delete) costs nothing measurable and is always on.
+ * delete, the 32 bytes past a mid or large block's requested size) costs
+ * nothing measurable on tiny blocks and is always on.
  *
  *   CANARY          a small block's bytes from the requested size to its
  *                   end, and a large block's up to its guard page (the

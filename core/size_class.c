@@ -5,6 +5,7 @@
 
 uint8_t   class_of_size[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
 ClassInfo size_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
+uint64_t  class_fast_magic[HAK_NCLASS + 1];
 
 /* Size classes: 16..128 by 16, then four classes per power of two up to
  * 52 KiB (at most 25% apart, so internal waste stays low).              */
@@ -61,7 +62,9 @@ void classes_init(void)
         size_t front = FRONT_BYTES / size;
         front = front < 32 ? 32 : front > 2048 ? 2048 : front;
         /* (the hardened build keeps each span's last page as a guard) */
-        size_classes[c] = (ClassInfo){ UINT64_MAX / size + 1, (uint32_t)size,
+        uint64_t magic = UINT64_MAX / size + 1;
+        class_fast_magic[c] = MID_CANARY && c >= HAK_NCLASS_TINY ? 0 : magic;
+        size_classes[c] = (ClassInfo){ magic, (uint32_t)size,
                                       (uint32_t)((best * HAK_SLAB_SIZE - HAK_GUARD_SIZE) / size),
                                       (uint32_t)front, (uint8_t)best };
     }

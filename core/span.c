@@ -120,8 +120,13 @@ static SuperSlab *superslab_get(Heap *h)
         ss->free_mask = FULL_MASK;
         /* slab 0 is this header: like free slabs, it has no class */
         memset(ss->page_cls, HAK_NO_CLASS, sizeof ss->page_cls);
+        /* the mid sizes' page: all 0 (no block armed), touched only by a
+         * mid block's malloc */
+        size_t meta = HAK_PAGE_SIZE + (MID_CANARY ? MID_SIZES_BYTES : 0);
+        if (MID_CANARY && !zeroed)
+            memset((char *)ss + HAK_PAGE_SIZE, 0, MID_SIZES_BYTES);
         _Static_assert(sizeof(SuperSlab) <= HAK_PAGE_SIZE, "the header fits its guarded page");
-        os_guard((char *)ss + HAK_PAGE_SIZE, HAK_CHUNK_SIZE - HAK_PAGE_SIZE);
+        os_guard((char *)ss + meta, HAK_CHUNK_SIZE - meta);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
     }
     superslab_link_head(h, ss);

@@ -81,10 +81,11 @@
 #define LARGE_CENTRAL_BIG_CAP ((size_t)16 << 20)
 #define LARGE_CENTRAL_BIG_MIN ((size_t)1 << 20)
 
-/* Bytes past a large block's requested size that the default build
- * checks on free and realloc (large.c: a run of up to this many bytes
- * past the end is reported; the hardened build checks all of them). */
-#define LARGE_TAIL_CANARY    32
+/* Bytes past a mid or large block's requested size that the default
+ * build checks on free and realloc (the tail canary, harden.h: a run of up
+ * to this many bytes past the end is reported; the hardened build checks
+ * every byte to the block's end). */
+#define TAIL_CANARY          32
 
 /* ---- the hardened build (harden.c) ---- */
 /* Freed small blocks each thread holds in quarantine (a free replaces a

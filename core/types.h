@@ -114,7 +114,9 @@ typedef struct Span {
     uint8_t    _pad;
 } Span;
 
-/* SuperSlab header, at the start of its own slab 0. */
+/* SuperSlab header, at the start of its own slab 0.  In the default build
+ * the page after it holds the mid tier's requested sizes (mid_size_slot,
+ * internal.h); the rest of slab 0 is never touched. */
 typedef struct SuperSlab {
     /* What free() reads. */
     struct Heap *owner;                 /* never NULL while in use          */

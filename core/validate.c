@@ -36,7 +36,8 @@ void span_validate(SuperSlab *ss, const Span *s)
     uint32_t k = 0;
     for (const Block *b = s->free; b; b = block_next_fast(b)) {
         VALID(k <= cap && (const char *)b >= start && (const char *)b < s->bump);
-        VALID(span_is_block_start(ss, (Span *)s, b));
+        VALID(offset_is_block(s->cls, span_offset(ss, (Span *)s, b)));
+        VALID(!MID_CANARY || s->cls < HAK_NCLASS_TINY || *mid_size_slot(b) == 0); /* disarmed */
         k++;
     }
     VALID(k == cap - s->fresh - s->used);
@@ -67,8 +68,10 @@ void heap_validate(Heap *h, const ThreadFront *front)
         }
         if (front) { /* the front holds exactly count blocks of the class */
             uint32_t n = 0;
-            for (const Block *b = front->free[cls]; b && n <= front_count(front, cls); b = block_next_fast(b))
+            for (const Block *b = front->free[cls]; b && n <= front_count(front, cls); b = block_next_fast(b)) {
+                VALID(!MID_CANARY || cls < HAK_NCLASS_TINY || *mid_size_slot(b) == 0);
                 n++;
+            }
             VALID(n == front_count(front, cls));
         }
     }

@@ -180,9 +180,87 @@ static void reuse(void)
     free(v);
 }
 
+/* The tail canary: a mid block is usable up to its requested size,
+ * exactly, through malloc, calloc, memalign and realloc in place; the
+ * bytes after it are checked on free, by the owner or another thread.
+ * Blocks that fill their class (4096, 53248) or leave it a few bytes have
+ * a shorter canary or none, and are never reported. */
+enum { MADE_MALLOC, MADE_CALLOC, MADE_MEMALIGN, MADE_SHRUNK, MADE_GROWN, MADE_KINDS };
+static const size_t canary_sizes[] = { 1025, 1270, 1279, 1280, 4000, 4090, 4096, 20000, 30001,
+                                       HAK_MID_MAX - 7, HAK_MID_MAX };
+static char *canary_block(unsigned how, size_t n)
+{
+    switch (how) {
+    case MADE_CALLOC: return calloc(1, n);
+    case MADE_MEMALIGN: return memalign(256, n);
+    case MADE_SHRUNK: return realloc(malloc(n + n / 8), n); /* kept in place */
+    case MADE_GROWN: return realloc(malloc(n - n / 64), n);
+    default: return malloc(n);
+    }
+}
+static void *free_in_thread(void *p)
+{
+    free(tu_launder(p));
+    return NULL;
+}
+/* arg: size index, how the block was made, whether another thread frees it */
+static void overflow_by_one(size_t arg)
+{
+    size_t n = canary_sizes[arg % 16];
+    char *p = canary_block((unsigned)(arg / 16 % 8), n);
+    memset(p, 1, n);
+    ((volatile char *)tu_launder(p))[n] ^= 0x5a; /* one byte past the end */
+    if (arg / 128) {
+        pthread_t t;
+        pthread_create(&t, NULL, free_in_thread, p);
+        pthread_join(t, NULL);
+    } else {
+        free(tu_launder(p));
+    }
+}
+static void tail_canary(void)
+{
+    const size_t nsizes = sizeof canary_sizes / sizeof *canary_sizes;
+    for (size_t i = 0; i < nsizes; i++) {
+        size_t n = canary_sizes[i];
+        for (unsigned how = 0; how < MADE_KINDS; how++) {
+            char *p = canary_block(how, n);
+            CHECK(p && malloc_usable_size(p) == n, "usable size %zu of a %zu-byte block (made %u)",
+                  p ? malloc_usable_size(p) : 0, n, how);
+            if (!p)
+                continue;
+            memset(p, (int)how, n); /* up to the last byte is the program's */
+            if (how == MADE_GROWN) { /* another thread frees it: no report */
+                pthread_t t;
+                pthread_create(&t, NULL, free_in_thread, p);
+                pthread_join(t, NULL);
+            } else {
+                free(p);
+            }
+        }
+    }
+    /* The byte past the end is reported wherever the class leaves room
+     * for it (not 4096, not 53248). */
+    for (size_t i = 0; i < nsizes; i++) {
+        size_t n = canary_sizes[i];
+        if (n == 1280 || n == 4096 || n == HAK_MID_MAX)
+            continue;
+        for (size_t how = 0; how < MADE_KINDS; how++) {
+            for (size_t remote = 0; remote < 2; remote++) {
+                char err[512];
+                int st = tu_in_child(overflow_by_one, i + 16 * how + 128 * remote, err, sizeof err);
+                CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "block overflow"),
+                      "a byte past a %zu-byte block (made %zu, freed by %s): status %#x, '%s'", n,
+                      how, remote ? "another thread" : "its thread", st, err);
+            }
+        }
+    }
+}
+
 int main(void)
 {
     sizes();
+    tail_canary();
     cross_thread();
     orphans();
     reuse();

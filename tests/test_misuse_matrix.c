@@ -224,8 +224,8 @@ struct mcase {
     { category, before "1 MiB" after, fn, true, e1M, MiB }
 static const struct mcase cases[] = {
     { "control", "correct use", correct_use, true, "MMM MMM" },
-    STRAYS("overflow", "", " past the end", over_at, "MMC CCC", "MMC CCC", "MMM CCC"),
-    STRAYS("overflow", "memcpy ", " too many", over_copy, "MMC CCC", "MMC CCC", "MMC CCC"),
+    STRAYS("overflow", "", " past the end", over_at, "MCC CCC", "MCC CCC", "MMM CCC"),
+    STRAYS("overflow", "memcpy ", " too many", over_copy, "MCC CCC", "MCC CCC", "MCC CCC"),
     STRAYS("underflow", "", " before", under_at, "MMC CCC", "MMC CCC", "MMC CCC"),
     STRAYS("underflow", "memcpy over ", " before", under_copy, "MMC CCC", "MMC CCC", "CCC CCC"),
     { "double free", "immediate", df_immediate, true, "CCC CCC" },
