@@ -141,8 +141,11 @@ HAK_API void *hak_calloc(size_t count, size_t size)
     return p;
 }
 
-/* Is p a block of the slab tiers (the hardened build: a live one), and
- * how many bytes may the program use? */
+/* Is p a live block of the slab tiers, and how many bytes may the program
+ * use?  The default build takes a block with the free mark for a freed
+ * one (like a cross-thread free, unconfirmed: a live block holds the mark
+ * only if the program copied it there), so that a realloc of a freed
+ * block is reported instead of handing it out a second time. */
 static bool small_live(const void *p, size_t *usable)
 {
     SuperSlab *ss = superslab_of(p);
@@ -153,7 +156,7 @@ static bool small_live(const void *p, size_t *usable)
     return harden_live(ss, s, p, usable);
 #else
     *usable = s->cls >= HAK_NCLASS_TINY ? mid_usable(p, span_block_size(s)) : span_block_size(s);
-    return true;
+    return ((const Block *)p)->free_mark != free_mark_value;
 #endif
 }
 

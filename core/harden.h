@@ -1,5 +1,6 @@
 /* The hardened build's checks (mitigations.h), as the tiers call them,
- * and the tail canary that mid and large blocks carry in every build.
+ * and the tail canary of large blocks (every build) and of mid blocks
+ * (the default build; the hardened build's canaries cover them).
  * In the default build every other function here is an empty inline or
  * absent, and the fast paths compile as if this file did not exist.
  * SPDX-License-Identifier: MIT */
@@ -75,11 +76,11 @@ static inline __attribute__((always_inline)) bool bytes_are(const void *p, size_
     return _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xFFFF;
 }
 
-/* The tail canary of every build: the n bytes past a block's requested
- * size hold tail_byte(); free and realloc check them.  n is TAIL_CANARY
- * but where the block ends sooner (the hardened build's large blocks:
- * all the bytes to the guard page), so that case is stores and loads of
- * whole words. */
+/* The tail canary: the n bytes past a block's requested size hold
+ * tail_byte(); free and realloc check them.  n is TAIL_CANARY in the
+ * common case, four stores and loads of whole words; it differs where the
+ * block ends sooner and for the hardened build's large blocks (all the
+ * bytes to the guard page), out of line. */
 bool tail_canary_short_intact(const char *t, size_t n); /* n != TAIL_CANARY */
 static inline void tail_canary_arm(char *t, size_t n)
 {
@@ -117,7 +118,7 @@ static inline size_t mid_tail_len(size_t block_size, size_t size)
 }
 static inline void *mid_arm(void *p, size_t size, size_t block_size)
 {
-    if (p) {
+    if (p && size) { /* (an aligned request of 0 bytes: nothing to guard) */
         *mid_size_slot(p) = (uint16_t)size;
         tail_canary_arm((char *)p + size, mid_tail_len(block_size, size));
     }
@@ -128,6 +129,8 @@ static inline __attribute__((always_inline)) void mid_check(const void *b, size_
     uint16_t *slot = mid_size_slot(b);
     size_t size = *slot;
     if (size) {
+        if (unlikely(size > block_size)) /* a stray write into the sizes' page */
+            fatal_corruption("block overflow (the block's size slot was overwritten) at", b);
         if (unlikely(!tail_canary_intact((const char *)b + size, mid_tail_len(block_size, size))))
             fatal_corruption("block overflow (bytes past the requested size changed) at", b);
         *slot = 0;
@@ -140,7 +143,7 @@ static inline __attribute__((always_inline)) bool mid_check_common(const void *b
     uint16_t *slot = mid_size_slot(b);
     size_t size = *slot;
     if (size) {
-        if (unlikely(block_size - size < TAIL_CANARY))
+        if (unlikely(size + TAIL_CANARY > block_size)) /* (or a bad slot) */
             return false;
         if (unlikely(!tail_canary_intact((const char *)b + size, TAIL_CANARY)))
             fatal_corruption("block overflow (bytes past the requested size changed) at", b);

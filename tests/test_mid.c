@@ -2,6 +2,7 @@
  * cross-thread frees, blocks outliving their thread, slab reuse.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
+#include <stdbool.h>
 #include "testutil.h"
 
 static int check_block(void *p, size_t n)
@@ -203,17 +204,28 @@ static void *free_in_thread(void *p)
     free(tu_launder(p));
     return NULL;
 }
-/* arg: size index, how the block was made, whether another thread frees it */
+/* Does a block of n bytes made that way fill its class (no canary)?
+ * Shrunk ones come from the class above (53248: from a large block). */
+static bool fills_class(size_t n, unsigned how)
+{
+    return n == HAK_MID_MAX || ((n == 1280 || n == 4096) && how != MADE_SHRUNK);
+}
+/* How the overflowed block is given back */
+enum { BY_FREE, BY_REMOTE_FREE, BY_REALLOC_IN_PLACE, BY_KINDS };
+/* arg: size index + 16 * how the block was made + 128 * how it goes back */
 static void overflow_by_one(size_t arg)
 {
     size_t n = canary_sizes[arg % 16];
     char *p = canary_block((unsigned)(arg / 16 % 8), n);
     memset(p, 1, n);
     ((volatile char *)tu_launder(p))[n] ^= 0x5a; /* one byte past the end */
-    if (arg / 128) {
+    if (arg / 128 == BY_REMOTE_FREE) {
         pthread_t t;
         pthread_create(&t, NULL, free_in_thread, p);
         pthread_join(t, NULL);
+    } else if (arg / 128 == BY_REALLOC_IN_PLACE) {
+        p = realloc(tu_launder(p), n - 8); /* same class: kept in place */
+        printf("realloc kept %p\n", (void *)p);
     } else {
         free(tu_launder(p));
     }
@@ -240,18 +252,19 @@ static void tail_canary(void)
         }
     }
     /* The byte past the end is reported wherever the class leaves room
-     * for it (not 4096, not 53248). */
+     * for it, by free, another thread's free and realloc in place. */
+    static const char *const by[BY_KINDS] = { "free", "another thread's free", "realloc in place" };
     for (size_t i = 0; i < nsizes; i++) {
         size_t n = canary_sizes[i];
-        if (n == 1280 || n == 4096 || n == HAK_MID_MAX)
-            continue;
-        for (size_t how = 0; how < MADE_KINDS; how++) {
-            for (size_t remote = 0; remote < 2; remote++) {
+        for (unsigned how = 0; how < MADE_KINDS; how++) {
+            if (fills_class(n, how))
+                continue;
+            for (size_t back = 0; back < BY_KINDS; back++) {
                 char err[512];
-                int st = tu_in_child(overflow_by_one, i + 16 * how + 128 * remote, err, sizeof err);
+                int st = tu_in_child(overflow_by_one, i + 16 * how + 128 * back, err, sizeof err);
                 CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "block overflow"),
-                      "a byte past a %zu-byte block (made %zu, freed by %s): status %#x, '%s'", n,
-                      how, remote ? "another thread" : "its thread", st, err);
+                      "a byte past a %zu-byte block (made %u, given back by %s): status %#x, '%s'",
+                      n, how, by[back], st, err);
             }
         }
     }

@@ -33,6 +33,10 @@ static void double_mid(void) { void *p = malloc(9000); free(p); free(launder(p))
 static void double_large(void) { void *p = malloc(1 << 20); free(p); free(launder(p)); }
 static void realloc_stack(void) { char b[64]; void *q = realloc(launder(b + 16), 100); (void)q; }
 static void realloc_freed_large(void) { void *p = malloc(200000); free(p); void *q = realloc(launder(p), 10); (void)q; }
+/* a realloc that would keep the freed block in place (the same class) */
+static void realloc_freed_slab(size_t n) { void *p = malloc(n); free(p); void *q = realloc(launder(p), n - 16); (void)q; }
+static void realloc_freed_tiny(void) { realloc_freed_slab(200); }
+static void realloc_freed_mid(void) { realloc_freed_slab(1400); }
 static void usable_then_free_header(void)
 {
     /* a pointer to the start of a SuperSlab (its header slab) */
@@ -208,6 +212,8 @@ static const struct misuse cases[] = {
     { "uncarved free by a thread after 2048 remote", never_carved_remote_warm, true },
     { "realloc of a stack address", realloc_stack, true },
     { "realloc of a freed large block", realloc_freed_large, true },
+    { "realloc of a freed tiny block", realloc_freed_tiny, true },
+    { "realloc of a freed mid block", realloc_freed_mid, true },
     { "free of a large block, header overwritten", free_large_header, true },
     { "realloc of a large block, header overwritten", realloc_large_header, true },
     { "double free with frees in between (tiny)", double_tiny_later, true },
