@@ -65,11 +65,15 @@ static HAK_NOINLINE void *mid_alloc(size_t size)
 #if MID_CANARY
     unsigned cls = size_class(size);
     Block *b = cls >= HAK_NCLASS_TINY ? front_pop(&thread_front, cls) : NULL;
-    size_t block_size = size_classes[cls].block_size;
-    if (likely(b != NULL && block_size - size >= TAIL_CANARY)) {
-        *mid_size_slot(b) = (uint16_t)size;
-        tail_canary_arm((char *)b + size, TAIL_CANARY);
-        return b;
+    size_t slack = size_classes[cls].block_size - size;
+    if (likely(b != NULL)) {
+        if (likely(slack >= TAIL_CANARY)) {
+            *mid_size_slot(b) = (uint16_t)size;
+            tail_canary_arm((char *)b + size, TAIL_CANARY);
+            return b;
+        }
+        if (slack == 0) /* 4096, 8192 ...: no canary, the slot stays 0 */
+            return b;
     }
     return mid_alloc_slow(size, b);
 #else

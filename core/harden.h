@@ -1,8 +1,7 @@
-/* The hardened build's checks (mitigations.h), as the tiers call them,
- * and the tail canary of large blocks (every build) and of mid blocks
- * (the default build; the hardened build's canaries cover them).
- * In the default build every other function here is an empty inline or
- * absent, and the fast paths compile as if this file did not exist.
+/* The hardened build's checks (mitigations.h), as the tiers call them.
+ * In the default build every function here is an empty inline or absent
+ * (the tail canary that every build has is in internal.h), and the fast
+ * paths compile as if this file did not exist.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_HARDEN_H
 #define HAK_HARDEN_H
@@ -44,7 +43,6 @@ static inline uint32_t canary_get(const void *b, size_t block_size)
     /* the four lanes agree when a 16-bit rotation leaves v as it is */
     return v == (v << 16 | v >> 48) ? (uint32_t)(v & 0xFFFF) : CANARY_CORRUPT;
 }
-static inline uint8_t tail_byte(void) { return (uint8_t)tail_pattern; }
 
 /* Are the n bytes at p all v?  Blocks are checked whole at every malloc
  * (ZERO_ON_FREE) and tails at every free: unaligned loads that overlap at
@@ -75,93 +73,6 @@ static inline __attribute__((always_inline)) bool bytes_are(const void *p, size_
         diff = _mm_or_si128(diff, _mm_xor_si128(load128(c + i), want));
     return _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xFFFF;
 }
-
-/* The tail canary: the n bytes past a block's requested size hold
- * tail_byte(); free and realloc check them.  n is TAIL_CANARY in the
- * common case, four stores and loads of whole words; it differs where the
- * block ends sooner and for the hardened build's large blocks (all the
- * bytes to the guard page), out of line. */
-bool tail_canary_short_intact(const char *t, size_t n); /* n != TAIL_CANARY */
-static inline void tail_canary_arm(char *t, size_t n)
-{
-    if (likely(n == TAIL_CANARY)) {
-        uint64_t w = tail_pattern; /* loaded once: the stores may alias it */
-#pragma GCC unroll 8
-        for (size_t i = 0; i < TAIL_CANARY; i += 8)
-            memcpy(t + i, &w, 8);
-    } else {
-        memset(t, tail_byte(), n);
-    }
-}
-static inline __attribute__((always_inline)) bool tail_canary_intact(const char *t, size_t n)
-{
-    if (likely(n == TAIL_CANARY)) {
-        uint64_t diff = 0, w;
-#pragma GCC unroll 8
-        for (size_t i = 0; i < TAIL_CANARY; i += 8) {
-            memcpy(&w, t + i, 8);
-            diff |= w ^ tail_pattern;
-        }
-        return !diff;
-    }
-    return tail_canary_short_intact(t, n);
-}
-
-/* The default build's mid blocks (internal.h, MID_CANARY): malloc arms a
- * block it hands out for size bytes, free and realloc check and disarm it
- * (a slot of 0: nothing to check). */
-#if MID_CANARY
-static inline size_t mid_tail_len(size_t block_size, size_t size)
-{
-    size_t slack = block_size - size;
-    return slack < TAIL_CANARY ? slack : TAIL_CANARY;
-}
-static inline void *mid_arm(void *p, size_t size, size_t block_size)
-{
-    if (p && size) { /* (an aligned request of 0 bytes: nothing to guard) */
-        *mid_size_slot(p) = (uint16_t)size;
-        tail_canary_arm((char *)p + size, mid_tail_len(block_size, size));
-    }
-    return p;
-}
-static inline __attribute__((always_inline)) void mid_check(const void *b, size_t block_size)
-{
-    uint16_t *slot = mid_size_slot(b);
-    size_t size = *slot;
-    if (size) {
-        if (unlikely(size > block_size)) /* a stray write into the sizes' page */
-            fatal_corruption("block overflow (the block's size slot was overwritten) at", b);
-        if (unlikely(!tail_canary_intact((const char *)b + size, mid_tail_len(block_size, size))))
-            fatal_corruption("block overflow (bytes past the requested size changed) at", b);
-        *slot = 0;
-    }
-}
-/* mid_check where the canary is TAIL_CANARY bytes or there is none (the
- * common case, with no call); false, with nothing done, otherwise. */
-static inline __attribute__((always_inline)) bool mid_check_common(const void *b, size_t block_size)
-{
-    uint16_t *slot = mid_size_slot(b);
-    size_t size = *slot;
-    if (size) {
-        if (unlikely(size + TAIL_CANARY > block_size)) /* (or a bad slot) */
-            return false;
-        if (unlikely(!tail_canary_intact((const char *)b + size, TAIL_CANARY)))
-            fatal_corruption("block overflow (bytes past the requested size changed) at", b);
-        *slot = 0;
-    }
-    return true;
-}
-/* The bytes of a live mid block the program may use: what it asked for. */
-static inline size_t mid_usable(const void *b, size_t block_size)
-{
-    size_t size = *mid_size_slot(b);
-    return size ? size : block_size;
-}
-#else
-static inline void *mid_arm(void *p, size_t size, size_t block_size) { return p; }
-static inline void mid_check(const void *b, size_t block_size) { }
-static inline bool mid_check_common(const void *b, size_t block_size) { return true; }
-#endif
 
 /* The tail of a live block: its first and its last TAIL_EDGE bytes (all of
  * it if shorter) hold tail_byte(), where a run off the block's end or

@@ -16,6 +16,8 @@
 #include "types.h"
 #include "hakmem.h"
 
+#include <string.h>
+
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define HAK_API     __attribute__((visibility("default")))
@@ -245,7 +247,8 @@ static inline bool block_is_valid_fast(SuperSlab *ss, Span *s, const void *p)
  * realloc check them.  The requested size is kept out of the block, in
  * the page after the SuperSlab header: one 16-bit slot per KiB of the
  * SuperSlab, as no two mid blocks start in the same KiB.  A slot is 0
- * while its block is free (and for a block nobody armed), so the slots
+ * while its block is free, and for a live block that fills its class
+ * (4096, 8192 ...: no canary, nothing to read at free), so the slots
  * of a span that goes back to its SuperSlab are all 0 again.  Tiny blocks
  * have none: their slack is a few bytes and their size nowhere. */
 #define MID_CANARY      (!HAK_HARDEN_CANARY)
@@ -259,6 +262,98 @@ static inline uint16_t *mid_size_slot(const void *p)
     uint16_t *sizes = (uint16_t *)((char *)superslab_of(p) + HAK_PAGE_SIZE);
     return sizes + (((uintptr_t)p & (HAK_CHUNK_SIZE - 1)) >> MID_SLOT_SHIFT);
 }
+
+static inline uint8_t tail_byte(void) { return (uint8_t)tail_pattern; }
+
+/* The tail canary: the n bytes past a block's requested size hold
+ * tail_byte(); free and realloc check them.  n is TAIL_CANARY in the
+ * common case, four stores and loads of whole words; it differs where the
+ * block ends sooner and for the hardened build's large blocks (all the
+ * bytes to the guard page), out of line. */
+bool tail_canary_short_intact(const char *t, size_t n); /* n != TAIL_CANARY */
+static inline void tail_canary_arm(char *t, size_t n)
+{
+    if (likely(n == TAIL_CANARY)) {
+        uint64_t w = tail_pattern; /* loaded once: the stores may alias it */
+#pragma GCC unroll 8
+        for (size_t i = 0; i < TAIL_CANARY; i += 8)
+            memcpy(t + i, &w, 8);
+    } else {
+        memset(t, tail_byte(), n);
+    }
+}
+static inline __attribute__((always_inline)) bool tail_canary_intact(const char *t, size_t n)
+{
+    if (likely(n == TAIL_CANARY)) {
+        uint64_t diff = 0, w;
+#pragma GCC unroll 8
+        for (size_t i = 0; i < TAIL_CANARY; i += 8) {
+            memcpy(&w, t + i, 8);
+            diff |= w ^ tail_pattern;
+        }
+        return !diff;
+    }
+    return tail_canary_short_intact(t, n);
+}
+
+/* The default build's mid blocks (MID_CANARY): malloc arms a
+ * block it hands out for size bytes, free and realloc check and disarm it
+ * (a slot of 0: nothing to check). */
+#if MID_CANARY
+static inline size_t mid_tail_len(size_t block_size, size_t size)
+{
+    size_t slack = block_size - size;
+    return slack < TAIL_CANARY ? slack : TAIL_CANARY;
+}
+static inline void *mid_arm(void *p, size_t size, size_t block_size)
+{
+    /* Nothing to guard for a request of 0 bytes (aligned) or one that
+     * fills its class: the slot stays 0, and free reads nothing more. */
+    if (p && size && size < block_size) {
+        *mid_size_slot(p) = (uint16_t)size;
+        tail_canary_arm((char *)p + size, mid_tail_len(block_size, size));
+    }
+    return p;
+}
+static inline __attribute__((always_inline)) void mid_check(const void *b, size_t block_size)
+{
+    uint16_t *slot = mid_size_slot(b);
+    size_t size = *slot;
+    if (size) {
+        if (unlikely(size > block_size)) /* a stray write into the sizes' page */
+            fatal_corruption("block overflow (the block's size slot was overwritten) at", b);
+        if (unlikely(!tail_canary_intact((const char *)b + size, mid_tail_len(block_size, size))))
+            fatal_corruption("block overflow (bytes past the requested size changed) at", b);
+        *slot = 0;
+    }
+}
+/* mid_check where the canary is TAIL_CANARY bytes or there is none (the
+ * common case, with no call); false, with nothing done, otherwise. */
+static inline __attribute__((always_inline)) bool mid_check_common(const void *b, size_t block_size)
+{
+    uint16_t *slot = mid_size_slot(b);
+    size_t size = *slot;
+    if (size) {
+        if (unlikely(size + TAIL_CANARY > block_size)) /* (or a bad slot) */
+            return false;
+        if (unlikely(!tail_canary_intact((const char *)b + size, TAIL_CANARY)))
+            fatal_corruption("block overflow (bytes past the requested size changed) at", b);
+        *slot = 0;
+    }
+    return true;
+}
+/* The bytes of a live mid block the program may use: what it asked for. */
+static inline size_t mid_usable(const void *b, size_t block_size)
+{
+    size_t size = *mid_size_slot(b);
+    return size ? size : block_size;
+}
+#else
+static inline void *mid_arm(void *p, size_t size, size_t block_size) { return p; }
+static inline void mid_check(const void *b, size_t block_size) { }
+static inline bool mid_check_common(const void *b, size_t block_size) { return true; }
+#endif
+
 
 /* How many blocks the thread front holds of class cls */
 static inline uint32_t front_count(const ThreadFront *front, unsigned cls)
