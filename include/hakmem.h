@@ -37,7 +37,7 @@ int    hak_trim(void);
 /* Which part of hakmem owns a pointer (decided without a syscall for
  * hakmem's own memory). */
 enum hak_kind {
-    HAK_KIND_FOREIGN = 0, /* not handed out by hakmem */
+    HAK_KIND_FOREIGN = 0, /* not handed out by hakmem, or freed since */
     HAK_KIND_TINY    = 1, /* small block, up to 1 KiB */
     HAK_KIND_MID     = 2, /* 1 KiB < size <= 52 KiB */
     HAK_KIND_LARGE   = 3  /* header-based large block */
