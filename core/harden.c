@@ -122,7 +122,12 @@ void *harden_alloc_block(Block *b, size_t size, unsigned cls)
 
 void harden_resize(void *b, size_t size)
 {
-    arm(b, span_block_size(span_of(superslab_of(b), b)), size);
+    /* The old tail first: arming the new one would write over the bytes
+     * an overflow changed (realloc checked the canary: harden_live). */
+    size_t bs = span_block_size(span_of(superslab_of(b), b));
+    if (!tail_intact(b, canary_get(b, bs), bs - HAK_CANARY_SIZE))
+        fatal_corruption("block overflow (bytes past the requested size changed) at", b);
+    arm(b, bs, size);
 }
 
 /* Past the carving point, up to the span's guard page, the memory holds

@@ -83,9 +83,8 @@ static void tiers(void)
             size_t bad = tu_verify_idx(p, keep, seed);
             CHECK(bad == TU_OK, "tier path %zu: %zu -> %zu lost content at %zu", t, have, n, bad);
             CHECK(malloc_usable_size(p) >= n, "usable %zu < %zu", malloc_usable_size(p), n);
-            enum hak_kind want = n <= HAK_TINY_MAX ? HAK_KIND_TINY
-                               : n <= HAK_MID_MAX ? HAK_KIND_MID : HAK_KIND_LARGE;
-            enum hak_kind k = hak_ptr_kind(p);
+            int want = tu_tier_of(n);
+            int k = hak_ptr_kind(p);
             /* a shrink may stay in place in the bigger tier; a grow must
              * land in a tier that can hold the size */
             CHECK(n < have ? k >= want : k == want, "realloc %zu -> %zu: kind %d, want %d",

@@ -108,7 +108,7 @@ static void many(void)
                   (unsigned long long)(s.tiny_bytes_in_use - s0.tiny_bytes_in_use),
                   (unsigned long long)requested);
             for (size_t i = 0; i < N; i += 97)
-                CHECK(hak_ptr_kind(p[i]) == HAK_KIND_TINY, "kind of %zu-byte block %d", sz[i],
+                CHECK((int)hak_ptr_kind(p[i]) == tu_tier_of(sz[i]), "kind of %zu-byte block %d", sz[i],
                       hak_ptr_kind(p[i]));
         }
         size_t badv = 0;

@@ -71,12 +71,24 @@ tu_fail_(const char *file, int line, const char *cond, const char *fmt, ...)
             tu_fail_(__FILE__, __LINE__, #cond, __VA_ARGS__);              \
     } while (0)
 
+/* The tier malloc(n) lands in.  A build with the hardened canary adds its
+ * 8 bytes to every slab request, which moves the sizes within 8 bytes
+ * below a tier's end up to the next tier. */
+static inline __attribute__((unused)) int tu_tier_of(size_t n)
+{
+    size_t r = n + ((hak_mitigations() & HAK_MIT_CANARY) ? 8 : 0);
+    return r <= HAK_TINY_MAX ? HAK_KIND_TINY : r <= HAK_MID_MAX ? HAK_KIND_MID : HAK_KIND_LARGE;
+}
+
 /* What an allocation call (what) returned for n bytes: not NULL, aligned
- * to align, at least n usable bytes, and hakmem's block of the given kind
- * (any of hakmem's if kind is -1).  False if p is NULL. */
+ * to align, at least n usable bytes, and hakmem's block of the given kind,
+ * or of the tier above if the canary moved n there (any of hakmem's if
+ * kind is -1).  False if p is NULL. */
 static inline __attribute__((unused)) int tu_check_block(void *p, size_t n, size_t align, int kind,
                                                          const char *what)
 {
+    if (kind > 0 && tu_tier_of(n) > kind)
+        kind = tu_tier_of(n);
     CHECK(p != NULL, "%s(%zu) = NULL", what, n);
     if (!p)
         return 0;
