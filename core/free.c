@@ -58,10 +58,12 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls, uint32_t off)
     /* A mid block as slab_free would have taken it (page_cls says its
      * page is carved, off is a block start, no mark): its canary, then
      * the front, with no register saved (the rest is front_free_odd).
-     * HAK_NO_CLASS (the header, free slabs, pages not carved) passes the
-     * class test but no offset: its div_magic is 0. */
-    if (MID_CANARY && cls >= HAK_NCLASS_TINY && offset_is_block(cls, off) &&
-        b->free_mark != free_mark_value && mid_check_common(b, size_classes[cls].block_size)) {
+     * No class test: a tiny class's magic is its fast magic, so a tiny
+     * block here failed the offset or the mark test already, and
+     * HAK_NO_CLASS (the header, free slabs, pages not carved) passes no
+     * offset (its div_magic is 0). */
+    if (MID_CANARY && offset_is_block(cls, off) && b->free_mark != free_mark_value &&
+        mid_check_common(b, size_classes[cls].block_size)) {
         front_push(&thread_front, cls, b);
         return;
     }
