@@ -270,7 +270,7 @@ static inline uint8_t tail_byte(void) { return (uint8_t)tail_pattern; }
  * common case, four stores and loads of whole words; it differs where the
  * block ends sooner and for the hardened build's large blocks (all the
  * bytes to the guard page), out of line. */
-bool tail_canary_short_intact(const char *t, size_t n); /* n != TAIL_CANARY */
+bool tail_canary_short_intact(const char *t, size_t n); /* any n; harden.c */
 static inline void tail_canary_arm(char *t, size_t n)
 {
     if (likely(n == TAIL_CANARY)) {
@@ -315,20 +315,9 @@ static inline void *mid_arm(void *p, size_t size, size_t block_size)
     }
     return p;
 }
-static inline __attribute__((always_inline)) void mid_check(const void *b, size_t block_size)
-{
-    uint16_t *slot = mid_size_slot(b);
-    size_t size = *slot;
-    if (size) {
-        if (unlikely(size > block_size)) /* a stray write into the sizes' page */
-            fatal_corruption("block overflow (the block's size slot was overwritten) at", b);
-        if (unlikely(!tail_canary_intact((const char *)b + size, mid_tail_len(block_size, size))))
-            fatal_corruption("block overflow (bytes past the requested size changed) at", b);
-        *slot = 0;
-    }
-}
-/* mid_check where the canary is TAIL_CANARY bytes or there is none (the
- * common case, with no call); false, with nothing done, otherwise. */
+/* The check of free and realloc where the canary is TAIL_CANARY bytes or
+ * there is none (the common case, with no call); false, with nothing
+ * done, otherwise (mid_check does the rest). */
 static inline __attribute__((always_inline)) bool mid_check_common(const void *b, size_t block_size)
 {
     uint16_t *slot = mid_size_slot(b);
@@ -341,6 +330,18 @@ static inline __attribute__((always_inline)) bool mid_check_common(const void *b
         *slot = 0;
     }
     return true;
+}
+static inline __attribute__((always_inline)) void mid_check(const void *b, size_t block_size)
+{
+    if (mid_check_common(b, block_size))
+        return;
+    uint16_t *slot = mid_size_slot(b);
+    size_t size = *slot;
+    if (unlikely(size > block_size)) /* a stray write into the sizes' page */
+        fatal_corruption("block overflow (the block's size slot was overwritten) at", b);
+    if (unlikely(!tail_canary_short_intact((const char *)b + size, block_size - size)))
+        fatal_corruption("block overflow (bytes past the requested size changed) at", b);
+    *slot = 0;
 }
 /* The bytes of a live mid block the program may use: what it asked for. */
 static inline size_t mid_usable(const void *b, size_t block_size)

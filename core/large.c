@@ -76,7 +76,7 @@ static size_t large_room(const LargeHeader *h, const void *p)
  * tail canary's. */
 size_t large_usable(const LargeHeader *h, const void *p) { return h->size; }
 
-/* The tail canary (harden.h): the hardened build's runs up to the guard
+/* The tail canary (internal.h): the hardened build's runs up to the guard
  * page, the default build's is TAIL_CANARY bytes (or the slack to the
  * extent's end, if shorter), which catches the common runs of a few bytes
  * past the end for a store and a load of two cache lines on paths of a few

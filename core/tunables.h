@@ -82,7 +82,7 @@
 #define LARGE_CENTRAL_BIG_MIN ((size_t)1 << 20)
 
 /* Bytes past a mid or large block's requested size that the default
- * build checks on free and realloc (the tail canary, harden.h: a run of up
+ * build checks on free and realloc (the tail canary, internal.h: a run of up
  * to this many bytes past the end is reported; the hardened build checks
  * every byte to the block's end). */
 #define TAIL_CANARY          32

@@ -204,6 +204,12 @@ static void *free_in_thread(void *p)
     free(tu_launder(p));
     return NULL;
 }
+static void free_by_another_thread(void *p)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, free_in_thread, p);
+    pthread_join(t, NULL);
+}
 /* Does a block of n bytes made that way fill its class (no canary)?
  * Shrunk ones come from the class above (53248: from a large block). */
 static bool fills_class(size_t n, unsigned how)
@@ -220,9 +226,7 @@ static void overflow_by_one(size_t arg)
     memset(p, 1, n);
     ((volatile char *)tu_launder(p))[n] ^= 0x5a; /* one byte past the end */
     if (arg / 128 == BY_REMOTE_FREE) {
-        pthread_t t;
-        pthread_create(&t, NULL, free_in_thread, p);
-        pthread_join(t, NULL);
+        free_by_another_thread(p);
     } else if (arg / 128 == BY_REALLOC_IN_PLACE) {
         p = realloc(tu_launder(p), n - 8); /* same class: kept in place */
         printf("realloc kept %p\n", (void *)p);
@@ -242,13 +246,10 @@ static void tail_canary(void)
             if (!p)
                 continue;
             memset(p, (int)how, n); /* up to the last byte is the program's */
-            if (how == MADE_GROWN) { /* another thread frees it: no report */
-                pthread_t t;
-                pthread_create(&t, NULL, free_in_thread, p);
-                pthread_join(t, NULL);
-            } else {
+            if (how == MADE_GROWN) /* another thread frees it: no report */
+                free_by_another_thread(p);
+            else
                 free(p);
-            }
         }
     }
     /* The byte past the end is reported wherever the class leaves room
