@@ -70,7 +70,7 @@ $(foreach v,$(VARIANTS),$(eval $(call variant,$(v))))
 
 .SECONDEXPANSION:
 .SECONDARY:
-.PHONY: all release debug test stress bench bench-scale bench-hardening print-release-cflags bench-deps install uninstall clean
+.PHONY: all release debug test stress bench bench-scale bench-programs bench-hardening print-release-cflags bench-deps install uninstall clean
 all release: out/release/libhakmem.so out/release/libhakmem.a out/secure/libhakmem.so \
              $(BENCHES:%=out/release/%) $(TESTSRC:tests/%.c=out/release/tests/%)
 debug: out/debug/libhakmem.so out/debug/libhakmem.a $(TESTSRC:tests/%.c=out/debug/tests/%)
@@ -146,6 +146,11 @@ bench: all
 # out/bench-scale/scale.{csv,svg}.
 bench-scale: all
 	bash scripts/bench_scale.sh $(if $(QUICK),--quick,) $(if $(THREADS),--threads "$(THREADS)",)
+
+# Real programs (python3, perl, sqlite3, gcc, git, redis) under each
+# allocator: out/bench-programs/programs.csv.
+bench-programs: all
+	bash scripts/bench_programs.sh $(if $(QUICK),--runs 1,)
 
 # The cost of each hardening mitigation: out/harden/cost.md.
 bench-hardening: all

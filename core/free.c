@@ -77,25 +77,37 @@ void front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep)
      * longer (a cycle), which must end in a report, not an endless walk.
      * The newest blocks go back: they are the ones still in the cache, so
      * walking them costs no misses (like tcmalloc's release to the central
-     * list); the older ones stay for the next mallocs. */
+     * list); the older ones stay for the next mallocs.
+     * Blocks freed one after another mostly come from one slab (a program
+     * tearing down what it built): such a run is already linked, with the
+     * links span lists use, so it goes onto its span's list whole, and only
+     * its first block pays for the checks and the span lookup. */
     uint32_t count = front_count(front, cls);
     if (keep >= count)
         return;
     Block *b = front->free[cls];
-    for (uint32_t left = count - keep; left; left--) {
+    for (uint32_t left = count - keep; left;) {
         SuperSlab *ss = superslab_of(b);
         /* The blocks were checked when they were freed; a link that leads
-         * out of this heap's SuperSlabs means the list was overwritten. */
+         * out of this heap's SuperSlabs means the list was overwritten.
+         * The rest of a run is in the slab of a block that passed. */
         if (unlikely(!b || registry_kind(b) != CHUNK_SUPERSLAB || ss->owner != h))
             fatal_corruption("corrupted thread free list (use after free?) at", b);
-        Block *next = block_next_fast(b);
         Span *s = span_of(ss, b);
-        HAK_ASSERT(s->used > 0 && block_is_valid(ss, s, b));
-        block_set_next(b, s->free);
-        s->free = b;
-        if (unlikely(--s->used == 0 || s->state == SPAN_FULL))
+        Block *first = b, *last;
+        uint32_t run = 0;
+        do {
+            HAK_ASSERT(block_is_valid(ss, s, b));
+            last = b;
+            b = block_next_fast(b);
+            run++;
+        } while (--left && b && (((uintptr_t)b ^ (uintptr_t)last) >> HAK_SLAB_SHIFT) == 0);
+        HAK_ASSERT(s->used >= run);
+        block_set_next(last, s->free);
+        s->free = first;
+        s->used -= run;
+        if (unlikely(s->used == 0 || s->state == SPAN_FULL))
             span_after_put(h, ss, s);
-        b = next;
     }
     front->free[cls] = b;
     front->room[cls] = (int32_t)(size_classes[cls].front_max - keep);
