@@ -63,7 +63,7 @@
 #define HAK_PAGES_PER_SS  (HAK_CHUNK_SIZE / HAK_PAGE_SIZE)             /* 512 */
 #define HAK_MAX_SPAN      8          /* slabs in the longest span */
 
-#define HAK_NCLASS        43         /* size classes of tiny + mid */
+#define HAK_NCLASS        47         /* size classes of tiny + mid */
 #define HAK_NCLASS_TINY   20         /* classes 0..19 are <= 1 KiB */
 #define HAK_SMALL_MAX     ((size_t)53248)                       /* 52 KiB */
 /* Every block's alignment (what malloc guarantees on x86-64), and the

@@ -48,7 +48,8 @@
 enum { THREADS = 10000, CONC = 4, HANDOFF = 3, PER_THREAD = 100, SAMPLE = 500 };
 
 /* Sizes cycling through every class boundary of the slab tiers (16-byte
- * steps up to 128, then four classes per power of two up to 52 KiB), and
+ * steps up to 128, then four classes per power of two up to 52 KiB, and
+ * from 4 KiB up one more at 9/8 of the power of two), and
  * random sizes in between. */
 static size_t spike_size(tu_rng *r, unsigned i)
 {
@@ -59,8 +60,8 @@ static size_t spike_size(tu_rng *r, unsigned i)
         if (!nt) {
             for (size_t s = 16; s <= 128; s += 16) table[nt++] = s;
             for (size_t p = 128; p < HAK_MID_MAX; p *= 2)
-                for (size_t q = 1; q <= 4; q++) {
-                    size_t s = p + q * (p / 4);
+                for (size_t q = p < 4096 ? 2 : 1; q <= 8; q += 1 + (q > 1)) {
+                    size_t s = p + q * (p / 8); /* 9/8 (from 4 KiB), 10/8, 12/8 ... */
                     if (s > HAK_MID_MAX) s = HAK_MID_MAX;
                     if (table[nt - 1] != s) table[nt++] = s;
                 }

@@ -22,7 +22,7 @@ enum {
     EPOCH_OPS = 64,    /* ops a worker still does after any other's exit     */
     WILL      = 4,     /* blocks a worker allocates last, for main to post   */
     MAX_GID   = NSLOTS * (WAVES + 3),
-    NCLASS    = 43,    /* HAK_NCLASS (core/types.h)                          */
+    NCLASS    = 47,    /* HAK_NCLASS (core/types.h)                          */
     LARGE_ONE_IN = 64, /* one block in 64 is large                           */
 };
 
@@ -49,7 +49,8 @@ static void add_size(size_t n, unsigned c)
 }
 
 /* Each class's largest size and its neighbours: 16..128 by 16, then 5/4,
- * 6/4, 7/4 and 8/4 of each power of two (the last class ends at 52 KiB). */
+ * 6/4, 7/4 and 8/4 of each power of two, and from 4 KiB up 9/8 before
+ * 5/4 (the last class ends at 52 KiB). */
 static void add_boundary(size_t size, unsigned c)
 {
     if (size > HAK_MID_MAX) size = HAK_MID_MAX;
@@ -64,9 +65,12 @@ static void sizes_init(void)
     unsigned c = 0;
     for (size_t size = 16; size <= 128; size += 16)
         add_boundary(size, c++);
-    for (size_t pow2 = 128; c < NCLASS; pow2 *= 2)
+    for (size_t pow2 = 128; c < NCLASS; pow2 *= 2) {
+        if (pow2 >= 4096)
+            add_boundary(pow2 * 9 / 8, c++);
         for (size_t quarters = 5; quarters <= 8 && c < NCLASS; quarters++)
             add_boundary(pow2 * quarters / 4, c++);
+    }
 }
 
 /* ---- pattern ---------------------------------------------------------- */
