@@ -86,13 +86,8 @@ static HAK_NOINLINE void *mid_alloc(size_t size)
  * large tier. */
 HAK_API void *hak_malloc(size_t size)
 {
-    if (likely(size <= HAK_TINY_MAX)) {
-#if HAK_HARDEN_ZERO_SIZE_GUARD
-        if (size == 0)
-            return zero_alloc();
-#endif
+    if (likely(size <= HAK_TINY_MAX))
         return small_alloc(size, size_class(slab_request(size)));
-    }
     if (likely(size <= HAK_SLAB_REQUEST_MAX))
         return mid_alloc(size);
     return large_alloc(size, 0, false);
@@ -217,6 +212,11 @@ HAK_API void *hak_realloc(void *p, size_t size)
         return large_realloc(p, size);
 #if HAK_HARDEN_ZERO_SIZE_GUARD
     if (kind == CHUNK_ZERO) {
+        if (!zero_live(p)) {
+            invalid_free_report("realloc of a pointer that is not an allocated block", p);
+            errno = EINVAL;
+            return NULL;
+        }
         void *q = hak_malloc(size); /* nothing to copy */
         if (q)
             zero_free(p);
@@ -238,11 +238,13 @@ HAK_API void hak_free_sized(void *p, size_t size)
         /* the class of the size, or one realloc kept the block at */
         match = HAK_HARDEN_CANARY ? usable == size /* the canary knows the size */
                                   : size <= HAK_SLAB_REQUEST_MAX &&
-                                    (size_class(slab_request(size)) == span_of(ss, p)->cls ||
+                                    (size_class(slab_request(size ? size : 1)) == span_of(ss, p)->cls ||
                                      small_keeps(p, size));
     } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
         match = !h || h->size == size;
+    } else if (kind == CHUNK_ZERO) {
+        match = size == 0;
     }
     if (unlikely(!match))
         invalid_free_report("free or delete with the wrong size", p);
@@ -271,7 +273,8 @@ static void *alloc_aligned(size_t align, size_t size)
         return hak_malloc(size);
     if (size <= HAK_SLAB_REQUEST_MAX && align <= HAK_SMALL_MAX) {
         runtime_ensure(); /* the class table */
-        for (unsigned c = size_class(slab_request(size)); c < HAK_NCLASS; c++)
+        /* (size 0 takes the smallest class that is aligned enough) */
+        for (unsigned c = size_class(slab_request(size ? size : 1)); c < HAK_NCLASS; c++)
             if (size_classes[c].block_size % align == 0)
                 return class_alloc(size, c);
     }

@@ -1,4 +1,4 @@
-/* The hardened build's per-block checks, quarantine and zero-size region
+/* The hardened build's per-block checks and quarantine
  * (mitigations.h says what each catches; harden.h how the tiers call in).
  * Nothing here is compiled into the default build.
  *
@@ -106,6 +106,8 @@ static void quarantine_audit(ThreadFront *front);
 
 void *harden_alloc_block(Block *b, size_t size, unsigned cls)
 {
+    if (unlikely(size == 0) && registry_kind(b) == CHUNK_ZERO)
+        return b; /* a zero-size block: nothing in it to check or arm */
 #if HAK_HARDEN_QUARANTINE
     quarantine_audit(&thread_front);
 #endif
@@ -412,119 +414,11 @@ void large_quarantine_flush(void)
 }
 #endif
 
-/* ------------------------------------------------------------------ */
-/* malloc(0): 16-byte slots of PROT_NONE chunks, a bit each.            */
-
-#if HAK_HARDEN_ZERO_SIZE_GUARD
-#define ZERO_SLOT  16
-#define ZERO_SLOTS (HAK_CHUNK_SIZE / ZERO_SLOT)
-typedef struct ZeroChunk {
-    char *base;
-    struct ZeroChunk *next;
-    size_t used, cursor;
-    uint64_t live[ZERO_SLOTS / 64];
-} ZeroChunk;
-static Lock zero_lock = LOCK_INIT;
-static ZeroChunk *zero_chunks;
-
-static ZeroChunk *zero_chunk_new(void)
-{
-    bool zeroed;
-    size_t meta = align_up(sizeof(ZeroChunk), HAK_PAGE_SIZE);
-    ZeroChunk *c = extent_alloc(meta, HAK_PAGE_SIZE, 0, &zeroed);
-    char *base = c ? extent_alloc(HAK_CHUNK_SIZE, HAK_CHUNK_SIZE, 0, &zeroed) : NULL;
-    if (!base || !os_protect(base, HAK_CHUNK_SIZE, false)) {
-        if (base) extent_free(base, HAK_CHUNK_SIZE);
-        if (c) extent_free(c, meta);
-        return NULL;
-    }
-    memset(c, 0, sizeof *c);
-    c->base = base;
-    registry_set(base, HAK_CHUNK_SIZE, CHUNK_ZERO);
-    c->next = zero_chunks;
-    zero_chunks = c;
-    return c;
-}
-
-static void zero_fork(int phase)
-{
-    if (phase == 0) lock_acquire(&zero_lock);
-    else if (phase == 1) lock_release(&zero_lock);
-    else lock_reset(&zero_lock);
-}
-
-void *zero_alloc(void)
-{
-    lock_acquire(&zero_lock);
-    ZeroChunk *c = zero_chunks;
-    while (c && c->used == ZERO_SLOTS)
-        c = c->next;
-    if (!c && !(c = zero_chunk_new())) {
-        lock_release(&zero_lock);
-        errno = ENOMEM;
-        return NULL;
-    }
-    /* next fit: a slot just freed is the last to be handed out again */
-    size_t w = c->cursor / 64;
-    while (c->live[w] == UINT64_MAX)
-        w = (w + 1) % (ZERO_SLOTS / 64);
-    size_t slot = w * 64 + (size_t)__builtin_ctzll(~c->live[w]);
-    c->live[w] |= 1ull << (slot % 64);
-    c->used++;
-    c->cursor = (slot + 1) % ZERO_SLOTS;
-    lock_release(&zero_lock);
-    return c->base + slot * ZERO_SLOT;
-}
-
-/* The slot of p, under zero_lock: its chunk, or NULL if p is no slot. */
-static ZeroChunk *zero_slot(const void *p, size_t *slot)
-{
-    uintptr_t a = (uintptr_t)p;
-    for (ZeroChunk *c = zero_chunks; c; c = c->next)
-        if (align_down(a, HAK_CHUNK_SIZE) == (uintptr_t)c->base) {
-            if (a % ZERO_SLOT)
-                return NULL;
-            *slot = (a - (uintptr_t)c->base) / ZERO_SLOT;
-            return c;
-        }
-    return NULL;
-}
-
-bool zero_live(const void *p)
-{
-    size_t slot;
-    lock_acquire(&zero_lock);
-    ZeroChunk *c = zero_slot(p, &slot);
-    bool live = c && (c->live[slot / 64] >> (slot % 64) & 1);
-    lock_release(&zero_lock);
-    return live;
-}
-
-void zero_free(void *p)
-{
-    size_t slot;
-    lock_acquire(&zero_lock);
-    ZeroChunk *c = zero_slot(p, &slot);
-    const char *problem = !c ? "free of a pointer that is not an allocated block"
-                          : !(c->live[slot / 64] >> (slot % 64) & 1) ? "double free" : NULL;
-    if (!problem) {
-        c->live[slot / 64] &= ~(1ull << (slot % 64));
-        c->used--;
-    }
-    lock_release(&zero_lock);
-    if (problem)
-        invalid_free_report(problem, p);
-}
-#endif
-
 /* fork: the hardened build's own locks, taken before the heap list and
- * the extents (zero_alloc calls extent_alloc under zero_lock), released
+ * the extents (the quarantine releases extents under its lock), released
  * after them; re-made in the child.  phase 0 prepare, 1 parent, 2 child. */
 void harden_fork(int phase)
 {
-#if HAK_HARDEN_ZERO_SIZE_GUARD
-    zero_fork(phase);
-#endif
 #if HAK_HARDEN_QUARANTINE
     lq_fork(phase);
 #endif

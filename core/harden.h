@@ -138,11 +138,4 @@ static inline Block *block_pop_next(const Block *b)
 /* fork handlers' part (heap.c): 0 prepare, 1 parent, 2 child. */
 void   harden_fork(int phase);
 
-#if HAK_HARDEN_ZERO_SIZE_GUARD
-/* malloc(0): a distinct 16-byte slot of a PROT_NONE region (CHUNK_ZERO). */
-void  *zero_alloc(void);
-void   zero_free(void *p);
-bool   zero_live(const void *p);
-#endif
-
 #endif

@@ -302,6 +302,8 @@ void *heap_alloc_slow(size_t size, unsigned cls)
             return b;
         }
     }
+    if (HAK_HARDEN_ZERO_SIZE_GUARD && unlikely(cls == HAK_NO_CLASS)) /* size 0 */
+        return zero_alloc(h);
     Block *b = front->free[cls];
     if (!b) {
         if (atomic_load_explicit(&h->delayed, memory_order_relaxed))

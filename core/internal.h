@@ -138,6 +138,8 @@ static inline void block_set_next(Block *b, Block *next)
 #define HAK_GUARD_SIZE  (HAK_HARDEN_GUARD_PAGES ? HAK_PAGE_SIZE : (size_t)0)
 static inline size_t slab_request(size_t size)
 {
+    if (HAK_HARDEN_ZERO_SIZE_GUARD && size == 0)
+        return 0; /* size 0 has a class of its own (zero.c) */
     return HAK_HARDEN_CANARY ? (size < sizeof(Block) ? sizeof(Block) : size) + HAK_CANARY_SIZE : size;
 }
 #define HAK_SLAB_REQUEST_MAX (HAK_SMALL_MAX - HAK_CANARY_SIZE)
@@ -414,6 +416,11 @@ static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
     }
     span_free_remote(ss, span_of(ss, b), b);
 }
+
+/* ---- zero-size blocks (zero.c; ZERO_SIZE_GUARD) ---- */
+void *zero_alloc(Heap *h);      /* a distinct PROT_NONE 16-byte slot     */
+void  zero_free(void *p);       /* p is in a CHUNK_ZERO chunk            */
+bool  zero_live(const void *p);
 
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);

@@ -3,7 +3,10 @@
  * SPDX-License-Identifier: MIT */
 #include "heap.h"
 
-uint8_t   class_of_size[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1];
+/* Size 0 has a class of its own from the start, whose front stays empty:
+ * the slow path gives it a zero-size block (zero.c). */
+uint8_t   class_of_size[(HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT) + 1] = {
+    [0] = HAK_HARDEN_ZERO_SIZE_GUARD ? HAK_NO_CLASS : 0 };
 ClassInfo size_classes[HAK_NCLASS + 1]; /* + HAK_NO_CLASS, all zero */
 uint64_t  class_fast_magic[HAK_NCLASS + 1];
 
@@ -84,6 +87,6 @@ void classes_init(void)
                                       (uint32_t)((best * HAK_SLAB_SIZE - HAK_GUARD_SIZE) / size),
                                       (uint32_t)front, (uint8_t)best };
     }
-    for (size_t i = 0; i <= (HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT); i++)
+    for (size_t i = 1; i <= (HAK_SMALL_MAX >> HAK_MIN_ALIGN_SHIFT); i++)
         class_of_size[i] = (uint8_t)size_class_compute(i << HAK_MIN_ALIGN_SHIFT);
 }

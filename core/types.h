@@ -9,6 +9,8 @@
  *   CHUNK_NONE       not hakmem's (a "foreign" address)
  *   CHUNK_SUPERSLAB  a SuperSlab: tiny and mid blocks
  *   CHUNK_EXTENT     extent space: large blocks, metadata and free extents
+ *   CHUNK_ZERO       a heap's zero-size blocks: a header with a bitmap of
+ *                    the live 16-byte slots, the rest PROT_NONE (zero.c)
  *
  * A free(p) therefore classifies p with one load and no syscall.
  *
@@ -157,6 +159,9 @@ typedef struct LargeFront {
     int64_t  bytes_out;      /* extent bytes allocated less freed          */
 } LargeFront;
 
+/* A CHUNK_ZERO chunk (zero.c): the header at its start. */
+typedef struct ZeroChunk ZeroChunk;
+
 /* A thread's heap.  Immortal: recycled through the abandoned queue. */
 enum heap_state { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_BUSY = 3, HEAP_ORPHAN = 4 };
 
@@ -179,6 +184,7 @@ typedef struct Heap {
     uint64_t  superslabs_live;
     int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see span.c        */
     LargeFront large;
+    ZeroChunk *zero;                    /* its malloc(0) blocks' chunks      */
 } Heap;
 
 /* The thread-local front, like a tcmalloc thread cache.  front.free[cls] holds
@@ -190,7 +196,8 @@ typedef struct Heap {
  * span's free list.
  * front.cur[cls] is the span whose never-used blocks are being carved. */
 typedef struct ThreadFront {
-    Block   *free[HAK_NCLASS];
+    Block   *free[HAK_NCLASS + 1];      /* free[HAK_NO_CLASS], the class of */
+                                        /* size 0, stays NULL (zero.c)      */
     int32_t  room[HAK_NCLASS];          /* front_max - length of free[cls] */
     uint64_t allocs[HAK_NCLASS];        /* statistics: mallocs served      */
     Span    *cur[HAK_NCLASS];

@@ -1,0 +1,241 @@
+/* Zero-size blocks: malloc(0) and calloc(0, n) return distinct,
+ * 16-byte-aligned addresses that any thread can free, and double and
+ * invalid frees of them are reported, through fork and thread exit.  In
+ * the default build they are 16-byte blocks that can be written (as
+ * glibc's 24-byte ones can); with ZERO_SIZE_GUARD (the hardened build,
+ * core/zero.c) any access faults, before and after free, and the slots
+ * are reused, so a program that churns malloc(0) does not grow.
+ * SPDX-License-Identifier: MIT */
+#include <signal.h>
+#include <sys/wait.h>
+#include <malloc.h>
+#include <stdbool.h>
+#include "testutil.h"
+
+/* The misuse below is on purpose (pragma GCC: clang takes it too). */
+#pragma GCC diagnostic ignored "-Wpragmas"
+#pragma GCC diagnostic ignored "-Wunknown-warning-option"
+#pragma GCC diagnostic ignored "-Wuse-after-free"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Warray-bounds"
+
+/* More than one 2 MiB chunk holds (about 129,000 slots). */
+enum { MANY = 300000, THREADS = 4, PER_THREAD = 20000 };
+
+static bool guard; /* ZERO_SIZE_GUARD */
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_basics(void)
+{
+    void *p = malloc(0), *q = calloc(0, 8), *r = calloc(8, 0), *s = hak_malloc(0);
+    void *all[] = { p, q, r, s };
+    for (int i = 0; i < 4; i++) {
+        CHECK(all[i] != NULL, "zero-size block %d is NULL", i);
+        CHECK(((uintptr_t)all[i] & 15) == 0, "zero-size block %p not 16-aligned", all[i]);
+        size_t usable = malloc_usable_size(all[i]);
+        CHECK(guard ? usable == 0 : usable >= 16, "usable size of %p is %zu", all[i], usable);
+        if (!guard) /* the compatibility the default build keeps */
+            memset(all[i], 0x5a, 16);
+        CHECK(hak_ptr_kind(all[i]) == HAK_KIND_TINY, "kind of live %p is %d", all[i],
+              hak_ptr_kind(all[i]));
+        for (int j = 0; j < i; j++)
+            CHECK(all[i] != all[j], "blocks %d and %d are both %p", i, j, all[i]);
+    }
+    free(p);
+    CHECK(!guard || hak_ptr_kind(p) == HAK_KIND_FOREIGN, "kind of freed %p is %d", p, hak_ptr_kind(p));
+    /* realloc grows it into a real block; realloc(x, 0) frees (glibc) */
+    q = realloc(q, 100);
+    CHECK(q && malloc_usable_size(q) >= 100, "realloc of a zero-size block to 100");
+    memset(q, 7, 100);
+    CHECK(realloc(q, 0) == NULL, "realloc(p, 0) did not free");
+    hak_free_sized(r, 0);
+    hak_free(s);
+    /* aligned requests of 0 bytes are real blocks, aligned as asked */
+    void *a = NULL;
+    CHECK(posix_memalign(&a, 64, 0) == 0 && a && ((uintptr_t)a & 63) == 0,
+          "posix_memalign(64, 0) = %p", a);
+    free(a);
+    a = aligned_alloc(16, 0);
+    CHECK(a != NULL, "aligned_alloc(16, 0) is NULL");
+    free(a);
+}
+
+/* Many live at once: all distinct; freed and allocated again, the slots
+ * are reused (the second round stays inside the first's chunks). */
+static void *many[MANY];
+static uintptr_t chunks[16];
+static size_t nchunks;
+static bool known_chunk(const void *p)
+{
+    uintptr_t c = (uintptr_t)p & ~(2 * MiB - 1);
+    for (size_t i = 0; i < nchunks; i++)
+        if (chunks[i] == c)
+            return true;
+    return false;
+}
+
+static void test_many(void)
+{
+    for (int i = 0; i < MANY; i++) {
+        many[i] = malloc(0);
+        if (!known_chunk(many[i]) && nchunks < 16)
+            chunks[nchunks++] = (uintptr_t)many[i] & ~(2 * MiB - 1);
+    }
+    CHECK(!guard || (nchunks >= 2 && nchunks <= 4), "%d zero-size blocks in %zu chunks", MANY, nchunks);
+    qsort(many, MANY, sizeof *many, cmp_ptr);
+    size_t dups = 0;
+    for (int i = 1; i < MANY; i++)
+        dups += many[i] == many[i - 1];
+    CHECK(dups == 0 && many[0] != NULL, "%zu repeated zero-size blocks in %d", dups, MANY);
+    for (int i = 0; i < MANY; i++)
+        free(many[i]);
+    size_t outside = 0;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < MANY; i++) {
+            many[i] = malloc(0);
+            outside += !known_chunk(many[i]);
+        }
+        for (int i = MANY - 1; i >= 0; i--)
+            free(many[i]);
+    }
+    CHECK(!guard || outside == 0, "%zu zero-size blocks outside the first round's chunks", outside);
+}
+
+/* Threads allocate and free each other's zero-size blocks. */
+static void *handed[THREADS][PER_THREAD];
+static pthread_barrier_t bar;
+static void cross_worker(int idx, void *ctx)
+{
+    for (int round = 0; round < 10; round++) {
+        for (int i = 0; i < PER_THREAD; i++)
+            handed[idx][i] = malloc(0);
+        pthread_barrier_wait(&bar);
+        /* free the next thread's, while allocating our own again */
+        void **theirs = handed[(idx + 1) % THREADS];
+        for (int i = 0; i < PER_THREAD; i++) {
+            CHECK(hak_ptr_kind(theirs[i]) == HAK_KIND_TINY, "live block %p of thread %d has kind %d",
+                  theirs[i], (idx + 1) % THREADS, hak_ptr_kind(theirs[i]));
+            free(theirs[i]);
+            void *mine = malloc(0);
+            free(mine);
+        }
+        pthread_barrier_wait(&bar);
+    }
+}
+
+static void test_threads(void)
+{
+    pthread_barrier_init(&bar, NULL, THREADS);
+    tu_run_threads(THREADS, cross_worker, NULL);
+    pthread_barrier_destroy(&bar);
+}
+
+/* A thread's blocks outlive it; its heap's next thread keeps going. */
+static void *exited_blocks[1000];
+static void *exiting(void *arg)
+{
+    for (int i = 0; i < 1000; i++)
+        exited_blocks[i] = malloc(0);
+    return NULL;
+}
+
+static void test_thread_exit(void)
+{
+    for (int t = 0; t < 4; t++) {
+        pthread_t th;
+        pthread_create(&th, NULL, exiting, NULL);
+        pthread_join(th, NULL);
+        for (int i = 0; i < 1000; i++) {
+            CHECK(hak_ptr_kind(exited_blocks[i]) == HAK_KIND_TINY, "block of an exited thread");
+            free(exited_blocks[i]);
+        }
+    }
+}
+
+/* fork: the child frees the parent's blocks and makes its own. */
+static void test_fork(void)
+{
+    void *keep[100];
+    for (int i = 0; i < 100; i++)
+        keep[i] = malloc(0);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = 0;
+        for (int i = 0; i < 100; i++) {
+            bad += hak_ptr_kind(keep[i]) != HAK_KIND_TINY;
+            free(keep[i]);
+            void *p = malloc(0);
+            bad += p == NULL;
+            free(p);
+        }
+        _exit(bad ? 1 : 0);
+    }
+    int st = -1;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fork child: status %#x", st);
+    for (int i = 0; i < 100; i++)
+        free(keep[i]);
+}
+
+/* ---- misuse: each in a child, which must die as said ---- */
+static void read_live(size_t n) { volatile char *p = malloc(0); (void)p[n]; }
+static void write_live(size_t n) { volatile char *p = malloc(0); p[n] = 1; }
+static void read_freed(size_t n) { volatile char *p = malloc(0); free((void *)p); (void)p[n]; }
+static void write_before(size_t n) { volatile char *p = malloc(0); p[-1 - (long)n] = 1; }
+static void double_free(size_t n)
+{
+    void *p = malloc(0), *q = malloc(0);
+    free(p);
+    if (n) free(q); /* interleaved */
+    free(tu_launder(p));
+}
+static void interior_free(size_t n) { char *p = malloc(0); free(tu_launder(p + n)); }
+static void realloc_freed(size_t n) { void *p = malloc(0); free(p); (void)!realloc(tu_launder(p), 10); }
+static void sized_wrong(size_t n) { void *p = malloc(0); hak_free_sized(p, n); }
+
+static void expect_death(void (*fn)(size_t), size_t arg, int sig, const char *msg, const char *what)
+{
+    char err[512];
+    int st = tu_in_child(fn, arg, err, sizeof err);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == sig, "%s (%zu): status %#x, want signal %d", what, arg,
+          st, sig);
+    if (msg)
+        CHECK(strstr(err, msg) != NULL, "%s (%zu): stderr \"%s\", want \"%s\"", what, arg, err, msg);
+}
+
+static void test_misuse(void)
+{
+    if (guard) {
+        for (size_t off = 0; off < 64; off += 15) {
+            expect_death(read_live, off, SIGSEGV, NULL, "read of a zero-size block");
+            expect_death(write_live, off, SIGSEGV, NULL, "write to a zero-size block");
+            expect_death(read_freed, off, SIGSEGV, NULL, "read of a freed zero-size block");
+        }
+        expect_death(write_before, 0, SIGSEGV, NULL, "write 1 byte before a zero-size block");
+        expect_death(write_before, 4000, SIGSEGV, NULL, "write 4001 bytes before a zero-size block");
+        expect_death(sized_wrong, 8, SIGABRT, "wrong size", "free_sized(zero-size block, 8)");
+    }
+    expect_death(double_free, 0, SIGABRT, "hakmem: double free", "double free");
+    expect_death(double_free, 1, SIGABRT, "hakmem: double free", "interleaved double free");
+    expect_death(interior_free, 8, SIGABRT, "hakmem: ", "free of a zero-size block + 8");
+    expect_death(realloc_freed, 0, SIGABRT, "realloc of a pointer that is not an allocated block",
+                 "realloc of a freed zero-size block");
+}
+
+int main(void)
+{
+    guard = hak_mitigations() & HAK_MIT_ZERO_SIZE_GUARD;
+    test_basics();
+    test_many();
+    test_threads();
+    test_thread_exit();
+    test_fork();
+    test_misuse();
+    return TU_DONE();
+}
