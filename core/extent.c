@@ -357,7 +357,9 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     return (void *)at;
 }
 
-void extent_free(void *p, size_t len)
+void extent_free(void *p, size_t len) { extent_free_since(p, len, 0); }
+
+void extent_free_since(void *p, size_t len, uint64_t since)
 {
     HAK_ASSERT((uintptr_t)p % HAK_PAGE_SIZE == 0 && len % HAK_PAGE_SIZE == 0);
     extent_lock();
@@ -366,7 +368,9 @@ void extent_free(void *p, size_t len)
      * clock: now | 1 would be, on a clock that only returns even values,
      * and decay would see the range as 2^64 ms old and purge it at once. */
     uint64_t now = os_now_ms();
-    free_range_locked((uintptr_t)p, len, now ? now : 1, len);
+    if (!since || since > now)
+        since = now;
+    free_range_locked((uintptr_t)p, len, since ? since : 1, len);
     decay(now);
     ranges_validate_sometimes();
     if (range_bytes_dirty && options.decay_ms) {

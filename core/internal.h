@@ -425,6 +425,9 @@ bool  zero_live(const void *p);
 /* ---- extents (extent.c): all memory from the OS goes through here ---- */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed);
 void  extent_free(void *p, size_t len);
+/* The same for a range free since since_ms (a cached extent): decay counts
+ * from then, not from now. */
+void  extent_free_since(void *p, size_t len, uint64_t since_ms);
 bool  extent_grow(void *end, size_t extra);
 void  extent_free_purged(void *p, size_t len); /* range already reads as zero */
 size_t extent_trim(void);

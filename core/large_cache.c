@@ -107,6 +107,18 @@ static void release(CachedExtent *c)
     }
 }
 
+/* Extents that decayed in the central cache: the extents purge them at
+ * once, instead of a decay time more. */
+static void release_decayed(CachedExtent *c)
+{
+    while (c) {
+        CachedExtent *next = c->next;
+        large_cache_drop_extent(c->len);
+        extent_free_since(ext_of(c), c->len, c->freed_ms);
+        c = next;
+    }
+}
+
 /* ---- the central cache ---- */
 
 size_t large_cache_central_bytes(void)
@@ -401,7 +413,7 @@ uint64_t large_cache_decay(bool all)
             if (young)
                 stack_push(s, c, young, young_last);
             atomic_fetch_sub_explicit(&s->bytes, cut, RELAXED);
-            release(old);
+            release_decayed(old);
         }
     }
     return next_due;

@@ -140,10 +140,13 @@ int main(int argc, char **argv)
     size_t rss = rss_now();
     long waited = 0;
     while (rss > rss0 + SLACK && waited < WAIT_MS) {
-        sleep_ms(100);
-        waited += 100;
+        sleep_ms(20);
+        waited += 20;
         rss = rss_now();
     }
+    printf("RSS back to %.1f MiB after %ld ms idle (%.1f MiB before the spike, %.1f MiB at its "
+           "peak, HAKMEM_DECAY_MS=%s)\n", rss / 1048576.0, waited, rss0 / 1048576.0,
+           rss_peak / 1048576.0, DECAY_MS);
     CHECK(rss <= rss0 + SLACK,
           "RSS still %.1f MiB after %ld ms idle with HAKMEM_DECAY_MS=%s (%.1f MiB before the "
           "spike, %.1f MiB at its peak): free memory is not returned while no thread calls "
