@@ -119,8 +119,8 @@ static void decay(uint64_t now)
 
 /* The purger: decay for a program that stopped calling malloc and free
  * (an idle server keeps whatever it freed last otherwise).  One thread,
- * started the first time at least PURGER_MIN_DIRTY bytes wait for decay,
- * so that small programs never get it; it sleeps until the next range
+ * started the first time at least PURGER_MIN_DIRTY bytes are in use or
+ * wait for decay, so that small programs never get it; it sleeps until the next range
  * expires (at most four wake-ups per decay time) or, with nothing dirty,
  * until a free makes something dirty again.  It blocks every signal, so
  * that none of the program's handlers ever runs on it. */
@@ -345,6 +345,14 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
         range_trim(f, at + len, above, d_above);
     } else {
         range_remove(f);
+    }
+    /* A program that holds PURGER_MIN_DIRTY may free it all and never call
+     * malloc again: it gets the purger now, at its next malloc slow path
+     * (free never starts a thread), not at one after the frees. */
+    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) && options.decay_ms &&
+        bytes_mapped - range_bytes_free >= PURGER_MIN_DIRTY && !fork_locks_held) {
+        atomic_store_explicit(&purger_started, true, memory_order_relaxed);
+        atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
     }
     ranges_validate_sometimes();
     extent_unlock();

@@ -286,19 +286,25 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
     bool was_dirty = r->dirty_since != 0;
     uintptr_t new_start = prev ? prev->start : start;
     size_t new_len = r->len + len, new_dirty = r->dirty + dirty;
-    uint64_t since = dirty_since > r->dirty_since ? dirty_since : r->dirty_since;
+    /* The merged range's age is its dirty bytes' mean age: the youngest
+     * part's would let a trickle of small frees next to a big old range
+     * keep all of it resident forever. */
+    unsigned __int128 weighted = (unsigned __int128)r->dirty * r->dirty_since +
+                                 (unsigned __int128)dirty * dirty_since;
     if (other) {
         new_len += other->len;
         new_dirty += other->dirty;
-        if (other->dirty_since > since)
-            since = other->dirty_since;
+        weighted += (unsigned __int128)other->dirty * other->dirty_since;
         range_remove(other);
     }
+    uint64_t since = new_dirty ? (uint64_t)(weighted / new_dirty) : 0;
+    if (new_dirty && !since)
+        since = 1; /* 0 means purged */
     if (was_dirty)
         dirty_del(r);
     r->dirty_since = since;
     rebound(r, new_start, new_len, new_dirty);
-    if (since) /* freed now: the most recently made dirty */
+    if (since) /* (the list is in about the order ranges became dirty) */
         dirty_add(r);
     return true;
 }
