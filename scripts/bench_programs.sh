@@ -134,7 +134,8 @@ for w in "${todo[@]}"; do
                 head -5 "$W/err" >&2
                 fail=1
             fi
-            read -r t m < "$W/time"
+            # (the last line: a failed command's status comes first)
+            read -r t m < <(tail -n 1 "$W/time")
             secs[$w,$n]+="$t "
             rss[$w,$n]+="$m "
         done
