@@ -37,7 +37,7 @@ struct ZeroChunk {
     /* the owner's: written by the thread that holds heap */
     Heap             *heap;
     struct ZeroChunk *next;              /* the heap's chunks, newest first   */
-    size_t            cursor;            /* the word to look at first         */
+    size_t            cursor;            /* the slot to look at first         */
     bool              full;              /* its last search found no room     */
     /* other threads' frees: slots in remote, not yet cleared from live */
     _Alignas(64) _Atomic uint32_t pending;
@@ -83,22 +83,27 @@ static bool zero_merge_remote(ZeroChunk *c)
     return true;
 }
 
-/* A free slot of c, or NULL (owner).  Next fit: a slot just freed is the
- * last to be handed out again. */
+/* A free slot of c, or NULL (owner).  Next fit from the slot after the
+ * last one handed out, so a slot just freed is the last to be handed out
+ * again (a second free of it stays a double free for as long as can be). */
 static void *zero_take(ZeroChunk *c)
 {
     if (c->full && !zero_merge_remote(c))
         return NULL;
     for (int pass = 0; pass < 2; pass++) {
-        size_t w = c->cursor;
-        for (size_t n = 0; n < ZERO_WORDS; n++) {
+        size_t w = c->cursor / 64;
+        uint64_t below = (1ull << (c->cursor % 64)) - 1; /* passed over in w */
+        /* ZERO_WORDS + 1 words: w again at the end, without the mask */
+        for (size_t n = 0; n <= ZERO_WORDS; n++) {
             uint64_t live = atomic_load_explicit(&c->live[w], relaxed);
-            if (live != UINT64_MAX) {
-                unsigned bit = (unsigned)__builtin_ctzll(~live);
+            uint64_t taken = live | (n == 0 ? below : 0);
+            if (taken != UINT64_MAX) {
+                unsigned bit = (unsigned)__builtin_ctzll(~taken);
                 atomic_store_explicit(&c->live[w], live | 1ull << bit, relaxed);
-                c->cursor = w;
+                size_t slot = w * 64 + bit;
+                c->cursor = slot + 1 == ZERO_SLOTS ? 0 : slot + 1;
                 c->full = false;
-                return (char *)c + ZERO_HEADER + (w * 64 + bit) * ZERO_SLOT;
+                return (char *)c + ZERO_HEADER + slot * ZERO_SLOT;
             }
             w = w + 1 == ZERO_WORDS ? 0 : w + 1;
         }

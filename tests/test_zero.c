@@ -48,6 +48,10 @@ static void test_basics(void)
     }
     free(p);
     CHECK(!guard || hak_ptr_kind(p) == HAK_KIND_FOREIGN, "kind of freed %p is %d", p, hak_ptr_kind(p));
+    /* the block just freed is not the next one handed out */
+    void *again = malloc(0);
+    CHECK(again != p, "malloc(0) handed back %p, freed just before", p);
+    free(again);
     /* realloc grows it into a real block; realloc(x, 0) frees (glibc) */
     q = realloc(q, 100);
     CHECK(q && malloc_usable_size(q) >= 100, "realloc of a zero-size block to 100");
