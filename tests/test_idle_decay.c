@@ -17,6 +17,7 @@
  * metadata, at most one spare SuperSlab per heap: a few MiB.  RSS must come
  * back to within 32 MiB of what it was before the spike.
  * SPDX-License-Identifier: MIT */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include "testutil.h"
@@ -51,6 +52,25 @@ static void sleep_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { }
+}
+
+/* Is hakmem's purger thread running?  (allocates: not while idle) */
+static bool purger_running(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    bool found = false;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
+        if (f && fgets(comm, sizeof comm, f))
+            found = strcmp(comm, "hakmem-purge\n") == 0;
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return found;
 }
 
 static void touch(unsigned char *p, size_t n, unsigned char v)
@@ -105,6 +125,8 @@ int main(int argc, char **argv)
     alarm(60);
     size_t rss0 = rss_now();
     CHECK(rss0 > 0, "cannot read /proc/self/statm");
+    /* a program that has used less than 16 MiB has no purger thread */
+    CHECK(!purger_running(), "a hakmem-purge thread before the program used 16 MiB");
 
     enum { MAXL = 4096 };
     static unsigned char *lb[MAXL];
@@ -157,6 +179,7 @@ int main(int argc, char **argv)
           "spike, %.1f MiB at its peak): free memory is not returned while no thread calls "
           "the allocator",
           rss / 1048576.0, waited, DECAY_MS, rss0 / 1048576.0, rss_peak / 1048576.0);
+    CHECK(purger_running(), "no hakmem-purge thread after the spike");
     if (!main_only && !tu_failures()) {
         char *again[] = { argv[0], "main-only", NULL };
         fflush(NULL);
