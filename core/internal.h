@@ -437,8 +437,8 @@ void  extent_fork_prepare(void);              /* grow_lock, then ext_lock */
 void  extent_fork_parent(void);
 void  extent_fork_child(void);
 void  extent_stats(struct hak_stats *st);
-/* The purger thread (extent.c) is wanted once enough freed memory waits
- * for decay; it is started at the end of a malloc that reached the slow
+/* The purger thread (extent.c) is wanted once hakmem holds 16 MiB, in
+ * use or waiting for decay; it is started at the end of a malloc that reached the slow
  * path or the extents, never inside one (pthread_create allocates), and
  * never from free(): glibc frees an exited thread's TLS under its stack
  * cache lock (pthread_join), which pthread_create takes. */
