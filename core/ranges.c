@@ -255,6 +255,13 @@ static void rebound(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
     }
 }
 
+/* A part's weight in a merged range's mean age (range_insert). */
+static inline uint64_t age_weight(size_t dirty, uint64_t since, uint64_t young)
+{
+    uint64_t age = young - since;
+    return (uint64_t)(dirty >> HAK_PAGE_SHIFT) * (age < ((uint64_t)1 << 24) ? age : (uint64_t)1 << 24);
+}
+
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
 {
     if (!dirty_since)
@@ -288,18 +295,23 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
     size_t new_len = r->len + len, new_dirty = r->dirty + dirty;
     /* The merged range's age is its dirty bytes' mean age: the youngest
      * part's would let a trickle of small frees next to a big old range
-     * keep all of it resident forever. */
-    unsigned __int128 weighted = (unsigned __int128)r->dirty * r->dirty_since +
-                                 (unsigned __int128)dirty * dirty_since;
+     * keep all of it resident forever.  In 64 bits: pages (< 2^36) times
+     * ages below the youngest part's, capped at 2^24 ms (4.6 hours, past
+     * any decay time). */
+    uint64_t young = dirty_since > r->dirty_since ? dirty_since : r->dirty_since;
     if (other) {
         new_len += other->len;
         new_dirty += other->dirty;
-        weighted += (unsigned __int128)other->dirty * other->dirty_since;
-        range_remove(other);
+        if (other->dirty_since > young)
+            young = other->dirty_since;
     }
-    uint64_t since = new_dirty ? (uint64_t)(weighted / new_dirty) : 0;
-    if (new_dirty && !since)
-        since = 1; /* 0 means purged */
+    uint64_t weighted = age_weight(r->dirty, r->dirty_since, young) +
+                        age_weight(dirty, dirty_since, young) +
+                        (other ? age_weight(other->dirty, other->dirty_since, young) : 0);
+    size_t pages = new_dirty >> HAK_PAGE_SHIFT;
+    uint64_t since = !new_dirty ? 0 : pages ? young - weighted / pages : young;
+    if (other)
+        range_remove(other);
     if (was_dirty)
         dirty_del(r);
     r->dirty_since = since;
