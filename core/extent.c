@@ -244,9 +244,9 @@ void purger_start(void)
 
 /* dirty_since: the time the range became free, or 0 if it reads as zero;
  * dirty: how many of its bytes may be resident. */
-static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty)
+static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot)
 {
-    if (!range_insert(start, len, dirty_since, dirty)) {
+    if (!range_insert(start, len, dirty_since, dirty, hot)) {
         /* No record for it (out of memory): release the pages, keep the
          * address range reserved but unused, and count it. */
         os_purge((void *)start, len);
@@ -291,14 +291,15 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
     reservations[k] = (Reservation){ (uintptr_t)p, want };
     __atomic_store_n(&nreservations, nreservations + 1, __ATOMIC_RELAXED); /* read unlocked */
     bytes_mapped += want;
-    free_range_locked((uintptr_t)p, want, 0, 0);
+    free_range_locked((uintptr_t)p, want, 0, 0, 0);
     return true;
 }
 
 /* Big extents (BIG_EXTENT, tunables.h) are placed at the top of their
  * range and the rest at the bottom, so the two populations grow from
  * opposite ends instead of interleaving: holes left by big buffers then
- * stay big (bench_large: -12% peak RSS). */
+ * stay big (bench_large: -12% peak RSS).  A close fit goes against the
+ * range's resident end instead (range_find_fit). */
 void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
 {
     HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && offset % HAK_PAGE_SIZE == 0 && is_pow2(align) &&
@@ -340,7 +341,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     if (below) {
         range_trim(f, r.start, below, d_below);
         if (above)
-            free_range_locked(at + len, above, r.dirty_since, d_above);
+            free_range_locked(at + len, above, r.dirty_since, d_above, r.hot & RANGE_HOT_HI);
     } else if (above) {
         range_trim(f, at + len, above, d_above);
     } else {
@@ -378,7 +379,7 @@ void extent_free_since(void *p, size_t len, uint64_t since)
     uint64_t now = os_now_ms();
     if (!since || since > now)
         since = now;
-    free_range_locked((uintptr_t)p, len, since ? since : 1, len);
+    free_range_locked((uintptr_t)p, len, since ? since : 1, len, RANGE_HOT_LO | RANGE_HOT_HI);
     decay(now);
     ranges_validate_sometimes();
     if (range_bytes_dirty && options.decay_ms) {
@@ -405,7 +406,7 @@ bool extent_grow(void *end, size_t extra)
         range_remove(f);
         if (r.len > extra)
             free_range_locked(r.start + extra, r.len - extra, r.dirty_since,
-                              range_part_dirty(&r, r.len - extra));
+                              range_part_dirty(&r, r.len - extra), r.hot & RANGE_HOT_HI);
         ok = true;
     }
     extent_unlock();
@@ -420,7 +421,7 @@ void extent_free_purged(void *p, size_t len)
 {
     extent_lock();
     os_guard(p, len);
-    free_range_locked((uintptr_t)p, len, 0, 0);
+    free_range_locked((uintptr_t)p, len, 0, 0, 0);
     extent_unlock();
 }
 

@@ -24,6 +24,8 @@ typedef struct FreeRange {
     struct FreeRange *dirty_next, *dirty_prev;/* all dirty ranges          */
     struct FreeRange *start_next, *end_next;  /* hash chains               */
     uint16_t  bin;          /* its bin: kind * NBINS + size bin (ranges.c) */
+    uint8_t   hot;          /* RANGE_HOT_LO/_HI: its first/last page was in */
+                            /* use when it became free (see range_find_fit) */
 } FreeRange;
 
 /* Byte counts of all free ranges (read under the extent lock). */
@@ -33,7 +35,12 @@ extern HAK_HIDDEN size_t range_bytes_free, range_bytes_dirty, range_bytes_purged
  * and start where it ends, unless a reservation boundary lies between
  * (extent_reservation_edge).  False if no record could be had (out of
  * memory): the caller then loses the range. */
-bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty);
+/* hot: which of the range's end pages were a freed extent's (its header,
+ * its tail), so resident; a merge keeps the outer ends' flags, a split
+ * loses the flag of the end it cuts. */
+#define RANGE_HOT_LO 1
+#define RANGE_HOT_HI 2
+bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot);
 void range_remove(FreeRange *r);
 /* r shrinks to [start, start + len) (inside it), with dirty of its
  * resident bytes; it keeps its age. */
@@ -43,7 +50,8 @@ void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty);
  * one (sizes in a bin are at most 19% apart): in the request's own bin the
  * smallest of the first RANGE_SCAN_MAX that fit, in a bin above the first
  * that fits; *at is where the extent goes in it: big extents at the top,
- * the others at the bottom. */
+ * the others at the bottom, except against the range's only hot end when
+ * what is left over is at most half the extent. */
 FreeRange *range_find_fit(size_t len, size_t align, size_t offset, uintptr_t *at);
 FreeRange *range_starting_at(uintptr_t start);
 /* madvise a dirty range away; it stays in the index, clean. */
