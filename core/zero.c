@@ -70,22 +70,34 @@ static ZeroChunk *zero_chunk_new(Heap *h)
     return c;
 }
 
-/* Clear the live bits of the slots other threads freed (owner). */
+/* Clear the live bits of the slots other threads freed (owner).  A remote
+ * bit on a slot that is not live is a double free that raced with the
+ * free before it: an owner's free, or this merge, cleared the live bit
+ * after the second free had read it (that slot was never handed out
+ * again meanwhile: zero_take passes over remote bits).
+ * pending and remote are sequentially consistent on both sides: a
+ * remote free that saw pending still set must have its bit seen here. */
 static bool zero_merge_remote(ZeroChunk *c)
 {
-    if (!atomic_exchange_explicit(&c->pending, 0, memory_order_acquire))
+    if (!atomic_exchange(&c->pending, 0))
         return false;
     for (size_t w = 0; w < ZERO_WORDS; w++)
-        if (atomic_load_explicit(&c->remote[w], relaxed)) {
-            uint64_t r = atomic_exchange_explicit(&c->remote[w], 0, relaxed);
-            atomic_store_explicit(&c->live[w], atomic_load_explicit(&c->live[w], relaxed) & ~r, relaxed);
+        if (atomic_load(&c->remote[w])) {
+            uint64_t r = atomic_exchange(&c->remote[w], 0);
+            uint64_t live = atomic_load_explicit(&c->live[w], relaxed);
+            if (r & ~live)
+                invalid_free_report("double free", (char *)c + ZERO_HEADER +
+                                    (w * 64 + (size_t)__builtin_ctzll(r & ~live)) * ZERO_SLOT);
+            atomic_store_explicit(&c->live[w], live & ~r, relaxed);
         }
     return true;
 }
 
 /* A free slot of c, or NULL (owner).  Next fit from the slot after the
- * last one handed out, so a slot just freed is the last to be handed out
- * again (a second free of it stays a double free for as long as can be). */
+ * last one handed out, so that a slot just freed is usually not the next
+ * one handed out (a second free of it stays a double free until the
+ * cursor comes round).  A slot with a remote bit is not free yet, even if
+ * its live bit is clear (a double free, reported at the merge). */
 static void *zero_take(ZeroChunk *c)
 {
     if (c->full && !zero_merge_remote(c))
@@ -96,7 +108,7 @@ static void *zero_take(ZeroChunk *c)
         /* ZERO_WORDS + 1 words: w again at the end, without the mask */
         for (size_t n = 0; n <= ZERO_WORDS; n++) {
             uint64_t live = atomic_load_explicit(&c->live[w], relaxed);
-            uint64_t taken = live | (n == 0 ? below : 0);
+            uint64_t taken = live | atomic_load_explicit(&c->remote[w], relaxed) | (n == 0 ? below : 0);
             if (taken != UINT64_MAX) {
                 unsigned bit = (unsigned)__builtin_ctzll(~taken);
                 atomic_store_explicit(&c->live[w], live | 1ull << bit, relaxed);
@@ -143,8 +155,10 @@ bool zero_live(const void *p)
 {
     size_t slot;
     ZeroChunk *c = zero_slot(p, &slot);
+    if (!c)
+        return false;
     uint64_t bit = 1ull << (slot % 64);
-    return c && (atomic_load_explicit(&c->live[slot / 64], relaxed) & bit) &&
+    return (atomic_load_explicit(&c->live[slot / 64], relaxed) & bit) &&
            !(atomic_load_explicit(&c->remote[slot / 64], relaxed) & bit);
 }
 
@@ -164,11 +178,11 @@ void zero_free(void *p)
         c->full = false;
         return;
     }
-    if (freed || (atomic_fetch_or_explicit(&c->remote[w], bit, relaxed) & bit)) {
+    if (freed || (atomic_fetch_or(&c->remote[w], bit) & bit)) {
         invalid_free_report("double free", p);
         return;
     }
-    if (!atomic_load_explicit(&c->pending, relaxed))
-        atomic_store_explicit(&c->pending, 1, memory_order_release);
+    if (!atomic_load(&c->pending)) /* (see zero_merge_remote) */
+        atomic_store(&c->pending, 1);
 }
 #endif

@@ -9,6 +9,8 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <malloc.h>
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include "testutil.h"
 
@@ -232,8 +234,147 @@ static void test_misuse(void)
                  "realloc of a freed zero-size block");
 }
 
-int main(void)
+/* Double frees that race with the owner's malloc(0) (ZERO_SIZE_GUARD):
+ * a thread frees every block of another thread's full chunk twice in a
+ * row while that thread keeps taking blocks (its chunk being full, its
+ * mallocs merge the remote frees).  A second free made while the block
+ * was still free is a double free and must be reported (counted:
+ * HAKMEM_INVALID_FREE=ignore), and such a block is handed out once.  (A
+ * second free that comes after the owner took the block back frees a live
+ * block, which nothing can tell from a correct free: those blocks are not
+ * counted.)  Run in a child started with the option set; every thread
+ * stays alive to the end, so that no owner adopts another's heap. */
+#define CHUNK ((uintptr_t)2 << 20)
+enum { RACE_ROUNDS = 4 };
+static size_t race_slots;                 /* blocks in a heap's first chunk */
+static void **race_block;
+static uint64_t *race_freed, *race_taken; /* sequence numbers */
+static unsigned char *race_got;
+static _Atomic uint64_t race_seq = 1;
+static _Atomic size_t race_pairs, race_step;
+static pthread_barrier_t race_end;
+
+static void *race_count_slots(void *arg)
 {
+    uintptr_t chunk = (uintptr_t)malloc(0) & ~(CHUNK - 1);
+    size_t n = 1;
+    while (((uintptr_t)malloc(0) & ~(CHUNK - 1)) == chunk)
+        n++;
+    race_slots = n;
+    atomic_store(&race_step, 1);
+    pthread_barrier_wait(&race_end);
+    return NULL;
+}
+
+static void *race_freer(void *arg)
+{
+    for (size_t v = 0; v < race_slots; v++) {
+        free(race_block[v]);
+        free(race_block[v]);
+        race_freed[v] = atomic_fetch_add(&race_seq, 1);
+        atomic_store_explicit(&race_pairs, v + 1, memory_order_release);
+    }
+    pthread_barrier_wait(&race_end);
+    return NULL;
+}
+
+/* p's place in the owner's chunk, SIZE_MAX if outside it */
+static size_t race_index(void *p)
+{
+    uintptr_t a = (uintptr_t)p, base = (uintptr_t)race_block[0];
+    if ((a & ~(CHUNK - 1)) != (base & ~(CHUNK - 1)) || a < base || (a - base) % 16)
+        return SIZE_MAX;
+    return (a - base) / 16;
+}
+
+static void race_take(size_t v, uint64_t seq)
+{
+    if (!race_got[v]++)
+        race_taken[v] = seq;
+}
+
+static void *race_owner(void *arg)
+{
+    for (size_t v = 0; v < race_slots; v++)
+        race_block[v] = malloc(0);
+    CHECK(race_index(race_block[race_slots - 1]) == race_slots - 1, "a new heap's first chunk, in order");
+    memset(race_got, 0, race_slots);
+    struct hak_stats st;
+    hak_stats_get(&st);
+    uint64_t reported = st.invalid_frees, made = 0, twice = 0;
+    atomic_store(&race_pairs, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, race_freer, NULL);
+    for (size_t got = 0; got < race_slots;) {
+        if (got >= atomic_load_explicit(&race_pairs, memory_order_acquire))
+            continue; /* malloc only with a block free: the full chunk is merged */
+        uint64_t seq = atomic_fetch_add(&race_seq, 1);
+        size_t v = race_index(malloc(0));
+        if (v != SIZE_MAX)
+            race_take(v, seq), got++;
+    }
+    while (atomic_load(&race_pairs) < race_slots)
+        ;
+    for (size_t v; (v = race_index(malloc(0))) != SIZE_MAX;) /* until the chunk is full */
+        race_take(v, atomic_fetch_add(&race_seq, 1));
+    hak_stats_get(&st);
+    reported = st.invalid_frees - reported;
+    for (size_t v = 0; v < race_slots; v++)
+        if (race_taken[v] > race_freed[v]) { /* both frees before the malloc that took it */
+            made++;
+            twice += race_got[v] > 1;
+        }
+    CHECK(twice == 0, "%" PRIu64 " double-freed blocks handed out twice", twice);
+    CHECK(reported >= made && reported <= race_slots, "%" PRIu64 " double frees reported, %" PRIu64 " made",
+          reported, made);
+    atomic_fetch_add(&race_step, 1);
+    pthread_barrier_wait(&race_end);
+    pthread_join(t, NULL);
+    return NULL;
+}
+
+static int race_child(void)
+{
+    pthread_barrier_init(&race_end, NULL, 2 * RACE_ROUNDS + 2);
+    pthread_t counter, owner[RACE_ROUNDS];
+    pthread_create(&counter, NULL, race_count_slots, NULL);
+    while (atomic_load(&race_step) < 1)
+        ;
+    race_block = calloc(race_slots, sizeof *race_block);
+    race_freed = calloc(race_slots, sizeof *race_freed);
+    race_taken = calloc(race_slots, sizeof *race_taken);
+    race_got = calloc(race_slots, 1);
+    for (int r = 0; r < RACE_ROUNDS; r++) { /* one round at a time */
+        pthread_create(&owner[r], NULL, race_owner, NULL);
+        while (atomic_load(&race_step) < (size_t)r + 2)
+            ;
+    }
+    pthread_barrier_wait(&race_end);
+    for (int r = 0; r < RACE_ROUNDS; r++)
+        pthread_join(owner[r], NULL);
+    pthread_join(counter, NULL);
+    return TU_DONE();
+}
+
+static void test_racing_double_free(void)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(120);
+        setenv("HAKMEM_INVALID_FREE", "ignore", 1);
+        execl("/proc/self/exe", "test_zero", "--race", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "racing double frees: child status %#x", st);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--race") == 0)
+        return race_child();
     guard = hak_mitigations() & HAK_MIT_ZERO_SIZE_GUARD;
     test_basics();
     test_many();
@@ -241,5 +382,7 @@ int main(void)
     test_thread_exit();
     test_fork();
     test_misuse();
+    if (guard)
+        test_racing_double_free();
     return TU_DONE();
 }
