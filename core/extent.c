@@ -127,6 +127,7 @@ static void decay(uint64_t now)
 static _Atomic uint32_t purger_wakeups; /* bumped under the lock to wake it */
 static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
+static _Atomic bool   purger_failed; /* pthread_create failed: never again */
 _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
 
 /* Called and returns with the lock held: sleep without it until woken or
@@ -191,14 +192,29 @@ void extent_fork_parent(void)
     lock_release(&grow_lock);
 }
 
-/* The child has no purger: the next big free starts one. */
+/* The child has no purger: it asks for one as the parent did. */
 void extent_fork_child(void)
 {
     lock_reset(&ext_lock);
     lock_reset(&grow_lock);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store(&purger_idle, false);
-    atomic_store_explicit(&purger_wanted, false, memory_order_relaxed);
+    atomic_store_explicit(&purger_wanted, atomic_load(&purger_failed), memory_order_relaxed);
+}
+
+/* Ask for the purger (with the lock held); purger_poll starts it.  Not
+ * while fork holds the locks, and not again once a start failed (a
+ * program short of threads would pay a failing pthread_create on every
+ * malloc slow path): decay then runs inside extent operations (extent_alloc)
+ * and, for the central large cache, in purger_poll, so an idle program
+ * keeps what it freed last. */
+static void purger_want(void)
+{
+    if (atomic_load_explicit(&purger_started, memory_order_relaxed) || !options.decay_ms ||
+        fork_locks_held || atomic_load_explicit(&purger_failed, memory_order_relaxed))
+        return;
+    atomic_store_explicit(&purger_started, true, memory_order_relaxed);
+    atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
 }
 
 /* The large cache holds cached bytes in its central part: the purger must
@@ -206,24 +222,37 @@ void extent_fork_child(void)
  * past the threshold).  Lock-free once the purger runs. */
 void purger_request(size_t cached)
 {
-    if (!options.decay_ms || fork_locks_held)
+    if (!options.decay_ms || fork_locks_held || atomic_load_explicit(&purger_failed, memory_order_relaxed))
         return;
     if (atomic_load_explicit(&purger_started, memory_order_relaxed) && !atomic_load(&purger_idle))
         return;
     extent_lock();
     if (purger_idle)
         purger_wake();
-    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) && cached >= PURGER_MIN_DIRTY) {
-        atomic_store_explicit(&purger_started, true, memory_order_relaxed);
-        atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
-    }
+    if (cached >= PURGER_MIN_DIRTY)
+        purger_want();
     extent_unlock();
+}
+
+/* Without a purger (its start failed): the central large cache's decay,
+ * at most every decay/4 ms, from the malloc slow paths. */
+static void decay_without_purger(void)
+{
+    static _Atomic uint64_t last_ms;
+    uint64_t now = os_now_ms(), last = atomic_load_explicit(&last_ms, memory_order_relaxed);
+    uint64_t period = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
+    if (now - last >= period && atomic_compare_exchange_strong(&last_ms, &last, now))
+        large_cache_decay(false);
 }
 
 /* pthread_create allocates: only from purger_poll, where the allocator is
  * between operations and holds no lock (and never from free, internal.h). */
 void purger_start(void)
 {
+    if (atomic_load_explicit(&purger_failed, memory_order_relaxed)) {
+        decay_without_purger();
+        return;
+    }
     if (!atomic_exchange(&purger_wanted, false))
         return; /* another thread got there first */
     pthread_attr_t a;
@@ -234,10 +263,14 @@ void purger_start(void)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_t t;
-    if (pthread_create(&t, &a, purger_main, NULL) == 0)
+    if (pthread_create(&t, &a, purger_main, NULL) == 0) {
         pthread_setname_np(t, "hakmem-purge");
-    else
-        STAT_INC(fallbacks); /* decay still runs inside extent operations */
+    } else { /* decay goes back inside extent operations and purger_poll */
+        STAT_INC(fallbacks);
+        atomic_store(&purger_failed, true);
+        atomic_store_explicit(&purger_started, false, memory_order_relaxed);
+        atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&a);
 }
@@ -338,23 +371,21 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     size_t d_above = range_part_dirty(&r, above);
     if (d_above > r.dirty - d_below)
         d_above = r.dirty - d_below;
+    uint64_t since = range_since_after(&r, d_below + d_above);
     if (below) {
-        range_trim(f, r.start, below, d_below);
+        range_trim(f, r.start, below, d_below, since);
         if (above)
-            free_range_locked(at + len, above, r.dirty_since, d_above, r.hot & RANGE_HOT_HI);
+            free_range_locked(at + len, above, since, d_above, r.hot & RANGE_HOT_HI);
     } else if (above) {
-        range_trim(f, at + len, above, d_above);
+        range_trim(f, at + len, above, d_above, since);
     } else {
         range_remove(f);
     }
     /* A program that holds PURGER_MIN_DIRTY may free it all and never call
      * malloc again: it gets the purger now, at its next malloc slow path
      * (free never starts a thread), not at one after the frees. */
-    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) && options.decay_ms &&
-        bytes_mapped - range_bytes_free >= PURGER_MIN_DIRTY && !fork_locks_held) {
-        atomic_store_explicit(&purger_started, true, memory_order_relaxed);
-        atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
-    }
+    if (bytes_mapped - range_bytes_free >= PURGER_MIN_DIRTY)
+        purger_want();
     ranges_validate_sometimes();
     extent_unlock();
     if (HAK_GUARD_SIZE && !os_protect((void *)at, len, true)) {
@@ -385,11 +416,8 @@ void extent_free_since(void *p, size_t len, uint64_t since)
     if (range_bytes_dirty && options.decay_ms) {
         if (purger_idle) /* it sleeps with nothing to do: one wake-up */
             purger_wake();
-        if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
-            range_bytes_dirty >= PURGER_MIN_DIRTY && !fork_locks_held) {
-            atomic_store_explicit(&purger_started, true, memory_order_relaxed);
-            atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
-        }
+        if (range_bytes_dirty >= PURGER_MIN_DIRTY)
+            purger_want();
     }
     extent_unlock();
 }
@@ -404,9 +432,10 @@ bool extent_grow(void *end, size_t extra)
     if (f && f->len >= extra && !extent_reservation_edge((uintptr_t)end)) {
         FreeRange r = *f;
         range_remove(f);
+        size_t left = range_part_dirty(&r, r.len - extra);
         if (r.len > extra)
-            free_range_locked(r.start + extra, r.len - extra, r.dirty_since,
-                              range_part_dirty(&r, r.len - extra), r.hot & RANGE_HOT_HI);
+            free_range_locked(r.start + extra, r.len - extra, range_since_after(&r, left), left,
+                              r.hot & RANGE_HOT_HI);
         ok = true;
     }
     extent_unlock();

@@ -441,7 +441,9 @@ void  extent_stats(struct hak_stats *st);
  * use or waiting for decay; it is started at the end of a malloc that reached the slow
  * path or the extents, never inside one (pthread_create allocates), and
  * never from free(): glibc frees an exited thread's TLS under its stack
- * cache lock (pthread_join), which pthread_create takes. */
+ * cache lock (pthread_join), which pthread_create takes.  If creating it
+ * fails, purger_wanted stays set and purger_start decays the central large
+ * cache itself, once every decay/4 ms. */
 extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */

@@ -255,11 +255,31 @@ static void rebound(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
     }
 }
 
+/* Ages in the mean-age arithmetic are capped at 2^24 ms (4.6 hours, past
+ * any decay time), so that pages (< 2^36) times ages fit in 64 bits. */
+#define AGE_CAP ((uint64_t)1 << 24)
+
 /* A part's weight in a merged range's mean age (range_insert). */
 static inline uint64_t age_weight(size_t dirty, uint64_t since, uint64_t young)
 {
     uint64_t age = young - since;
-    return (uint64_t)(dirty >> HAK_PAGE_SHIFT) * (age < ((uint64_t)1 << 24) ? age : (uint64_t)1 << 24);
+    return (uint64_t)(dirty >> HAK_PAGE_SHIFT) * (age < AGE_CAP ? age : AGE_CAP);
+}
+
+/* The same block coming and going next to an old free range would keep
+ * all of it young, so resident, for ever if what is carved took the
+ * range's mean age with it (a 64 MiB malloc and free every 20 ms next to
+ * 160 MiB freed long ago: its mean age settles at 50 ms). */
+uint64_t range_since_after(const FreeRange *r, size_t dirty_left)
+{
+    size_t left = dirty_left >> HAK_PAGE_SHIFT;
+    if (!r->dirty_since || !left || dirty_left >= r->dirty)
+        return r->dirty_since;
+    uint64_t now = os_now_ms();
+    uint64_t age = now > r->dirty_since ? now - r->dirty_since : 0;
+    uint64_t oldest = now > r->oldest ? now - r->oldest : 0;
+    uint64_t grown = (age < AGE_CAP ? age : AGE_CAP) * (r->dirty >> HAK_PAGE_SHIFT) / left;
+    return now - (grown < oldest ? grown : oldest);
 }
 
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot)
@@ -279,7 +299,8 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
             return false;
         if (++nranges > hash_size())
             hash_grow();
-        *r = (FreeRange){ .start = start, .len = len, .dirty_since = dirty_since, .dirty = dirty, .hot = (uint8_t)hot };
+        *r = (FreeRange){ .start = start, .len = len, .dirty_since = dirty_since, .oldest = dirty_since,
+                          .dirty = dirty, .hot = (uint8_t)hot };
         bin_add(r);
         if (dirty_since)
             dirty_add(r);
@@ -295,9 +316,8 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
     size_t new_len = r->len + len, new_dirty = r->dirty + dirty;
     /* The merged range's age is its dirty bytes' mean age: the youngest
      * part's would let a trickle of small frees next to a big old range
-     * keep all of it resident forever.  In 64 bits: pages (< 2^36) times
-     * ages below the youngest part's, capped at 2^24 ms (4.6 hours, past
-     * any decay time). */
+     * keep all of it resident forever.  Ages are counted back from the
+     * youngest part's (AGE_CAP). */
     uint64_t young = dirty_since > r->dirty_since ? dirty_since : r->dirty_since;
     if (other) {
         new_len += other->len;
@@ -310,6 +330,12 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
                         (other ? age_weight(other->dirty, other->dirty_since, young) : 0);
     size_t pages = new_dirty >> HAK_PAGE_SHIFT;
     uint64_t since = !new_dirty ? 0 : pages ? young - weighted / pages : young;
+    uint64_t oldest = r->oldest;
+    if (dirty_since && (!oldest || dirty_since < oldest))
+        oldest = dirty_since;
+    if (other && other->oldest && (!oldest || other->oldest < oldest))
+        oldest = other->oldest;
+    r->oldest = since ? oldest : 0;
     unsigned lo = prev ? prev->hot & RANGE_HOT_LO : hot & RANGE_HOT_LO;
     unsigned hi = next ? next->hot & RANGE_HOT_HI : hot & RANGE_HOT_HI;
     r->hot = (uint8_t)(lo | hi);
@@ -324,10 +350,13 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
     return true;
 }
 
-void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
+void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty, uint64_t since)
 {
     HAK_ASSERT(len && start >= r->start && start + len <= r->start + r->len && dirty <= r->dirty);
-    /* its age is unchanged: it keeps its place on the dirty list */
+    HAK_ASSERT(!r->dirty_since == !since && since <= r->dirty_since && since >= r->oldest);
+    /* older, not newer: it keeps its place on the dirty list (about the
+     * order ranges became dirty) */
+    r->dirty_since = since;
     if (start != r->start)
         r->hot &= ~RANGE_HOT_LO;
     if (start + len != r->start + r->len)
@@ -346,6 +375,7 @@ bool range_purge(FreeRange *r)
     range_bytes_purged += r->dirty;
     r->dirty = 0;
     r->dirty_since = 0;
+    r->oldest = 0;
     r->hot = 0;
     bin_add(r);
     return true;
@@ -415,6 +445,7 @@ void ranges_validate(void)
         for (FreeRange *r = bins[slot], *prev = NULL; r; prev = r, r = r->bin_next) {
             HAK_ASSERT(r->bin == slot && slot_of(r) == slot && r->bin_prev == prev);
             HAK_ASSERT(r->len && r->dirty <= r->len && (r->dirty_since || !r->dirty));
+            HAK_ASSERT(!r->dirty_since == !r->oldest && r->oldest <= r->dirty_since);
             HAK_ASSERT(range_starting_at(r->start) == r && find_by_end(r->start + r->len) == r);
             n++;
             n_dirty += r->dirty_since != 0;

@@ -18,7 +18,9 @@
 typedef struct FreeRange {
     uintptr_t start;
     size_t    len;
-    uint64_t  dirty_since;  /* ms timestamp of the last free; 0 = purged   */
+    uint64_t  dirty_since;  /* ms timestamp: its resident bytes' mean time */
+                            /* of freeing (see range_insert); 0 = purged   */
+    uint64_t  oldest;       /* the earliest of those times (0 = purged)    */
     size_t    dirty;        /* bytes of it that may be resident (<= len)   */
     struct FreeRange *bin_next, *bin_prev;    /* its size bin              */
     struct FreeRange *dirty_next, *dirty_prev;/* all dirty ranges          */
@@ -43,8 +45,12 @@ extern HAK_HIDDEN size_t range_bytes_free, range_bytes_dirty, range_bytes_purged
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot);
 void range_remove(FreeRange *r);
 /* r shrinks to [start, start + len) (inside it), with dirty of its
- * resident bytes; it keeps its age. */
-void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty);
+ * resident bytes and the age since (range_since_after). */
+void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty, uint64_t since);
+/* r's age (dirty_since) once an extent is carved from it that leaves
+ * dirty_left of its resident bytes: the extent is taken to have had the
+ * youngest of them, and what is left ages accordingly, up to r's oldest. */
+uint64_t range_since_after(const FreeRange *r, size_t dirty_left);
 /* A range that holds len bytes at an address a with (a + offset) a multiple
  * of align, resident ones first, each time the smallest size bin that has
  * one (sizes in a bin are at most 19% apart): in the request's own bin the

@@ -11,6 +11,9 @@
  * stack buffer: no malloc, no free, no stdio) for up to 2.5 s.  Then the
  * test runs again ("main-only") without the worker: the last allocator
  * call of the process is then a free, and nothing else starts the purger.
+ * A third run ("no-purger") is a process that cannot start threads (its
+ * pthread_create, below, fails as at a thread limit): hakmem tries once,
+ * and decay goes on inside the program's next large mallocs instead.
  *
  * What may legitimately stay resident: the main thread's front (a few small
  * blocks from start-up), the registry and extent-table pages, heap
@@ -18,6 +21,7 @@
  * back to within 32 MiB of what it was before the spike.
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include "testutil.h"
@@ -27,6 +31,21 @@
 #define SMALL_TOTAL (32 * MiB)
 #define SLACK (32 * MiB)
 #define WAIT_MS 2500
+
+/* The no-purger run: every pthread_create of the process fails (hakmem,
+ * linked in, calls this one), and is counted. */
+static bool threads_fail;
+static int creates_failed;
+int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
+{
+    if (threads_fail) {
+        creates_failed++;
+        return EAGAIN;
+    }
+    int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
+        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
+    return real(t, a, fn, arg);
+}
 
 /* RSS in bytes, without allocating (no stdio). */
 static size_t rss_now(void)
@@ -113,7 +132,9 @@ static void *small_spike(void *arg)
 
 int main(int argc, char **argv)
 {
-    bool main_only = argc > 1 && strcmp(argv[1], "main-only") == 0;
+    bool no_purger = argc > 1 && strcmp(argv[1], "no-purger") == 0;
+    bool main_only = no_purger || (argc > 1 && strcmp(argv[1], "main-only") == 0);
+    threads_fail = no_purger;
     const char *d = getenv("HAKMEM_DECAY_MS");
     if (!d || strcmp(d, DECAY_MS) != 0) {
         /* options are read at start-up: run again with the option set */
@@ -163,25 +184,36 @@ int main(int argc, char **argv)
           "the spike did not show in RSS (%zu -> %zu KiB): nothing to test", rss0 >> 10,
           rss_peak >> 10);
 
-    /* Idle: no allocator call from here until the verdict. */
+    /* Idle: no allocator call from here until the verdict (without a
+     * purger: a 64 MiB malloc and free every 20 ms, the pages untouched). */
     size_t rss = rss_now();
     long waited = 0;
     while (rss > rss0 + SLACK && waited < WAIT_MS) {
         sleep_ms(20);
         waited += 20;
+        if (no_purger)
+            free(tu_launder(malloc(64 * MiB)));
         rss = rss_now();
     }
-    printf("%sRSS back to %.1f MiB after %ld ms idle (%.1f MiB before the spike, %.1f MiB at "
-           "its peak, HAKMEM_DECAY_MS=%s)\n", main_only ? "main thread only: " : "",
-           rss / 1048576.0, waited, rss0 / 1048576.0, rss_peak / 1048576.0, DECAY_MS);
+    printf("%sRSS back to %.1f MiB after %ld ms %s (%.1f MiB before the spike, %.1f MiB at "
+           "its peak, HAKMEM_DECAY_MS=%s)\n",
+           no_purger ? "no purger thread: " : main_only ? "main thread only: " : "", rss / 1048576.0,
+           waited, no_purger ? "of a large malloc every 20 ms" : "idle", rss0 / 1048576.0,
+           rss_peak / 1048576.0, DECAY_MS);
     CHECK(rss <= rss0 + SLACK,
           "RSS still %.1f MiB after %ld ms idle with HAKMEM_DECAY_MS=%s (%.1f MiB before the "
           "spike, %.1f MiB at its peak): free memory is not returned while no thread calls "
           "the allocator",
           rss / 1048576.0, waited, DECAY_MS, rss0 / 1048576.0, rss_peak / 1048576.0);
+    if (no_purger) {
+        CHECK(creates_failed == 1 && !purger_running(),
+              "%d pthread_create calls failed: hakmem should try to start its purger once",
+              creates_failed);
+        return TU_DONE();
+    }
     CHECK(purger_running(), "no hakmem-purge thread after the spike");
-    if (!main_only && !tu_failures()) {
-        char *again[] = { argv[0], "main-only", NULL };
+    if (!tu_failures()) {
+        char *again[] = { argv[0], main_only ? "no-purger" : "main-only", NULL };
         fflush(NULL);
         execv("/proc/self/exe", again);
         CHECK(0, "re-exec for the main-only run failed: %s", strerror(errno));
