@@ -105,13 +105,20 @@ static uint64_t decay_now(uint64_t now)
     return range_bytes_dirty ? (next ? next : now + 1) : 0;
 }
 
+/* How often decay runs (a quarter of the decay time, at least 1 ms): the
+ * extents' inside extent operations, the purger's sleeps, the central large
+ * cache's without a purger. */
+static uint64_t decay_period(void)
+{
+    return options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
+}
+
 /* Inside extent operations (never on the malloc/free fast path): the full
- * decay at most every decay/4 ms (with a decay time of 0, at every one),
+ * decay at most every decay period (with a decay time of 0, at every one),
  * the cap at every one. */
 static void decay(uint64_t now)
 {
-    uint64_t period = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
-    if (!options.decay_ms || now - last_decay_ms >= period)
+    if (!options.decay_ms || now - last_decay_ms >= decay_period())
         decay_now(now);
     else
         purge_over_cap();
@@ -171,9 +178,8 @@ static void *purger_main(void *unused)
             atomic_store(&purger_idle, false);
             next = now + (uint64_t)options.decay_ms;
         }
-        uint64_t min_sleep = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
-        if (next < now + min_sleep)
-            next = now + min_sleep;
+        if (next < now + decay_period())
+            next = now + decay_period();
         purger_sleep(next);
     }
     return NULL;
@@ -240,8 +246,7 @@ static void decay_without_purger(void)
 {
     static _Atomic uint64_t last_ms;
     uint64_t now = os_now_ms(), last = atomic_load_explicit(&last_ms, memory_order_relaxed);
-    uint64_t period = options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
-    if (now - last >= period && atomic_compare_exchange_strong(&last_ms, &last, now))
+    if (now - last >= decay_period() && atomic_compare_exchange_strong(&last_ms, &last, now))
         large_cache_decay(false);
 }
 
@@ -432,10 +437,11 @@ bool extent_grow(void *end, size_t extra)
     if (f && f->len >= extra && !extent_reservation_edge((uintptr_t)end)) {
         FreeRange r = *f;
         range_remove(f);
-        size_t left = range_part_dirty(&r, r.len - extra);
-        if (r.len > extra)
+        if (r.len > extra) {
+            size_t left = range_part_dirty(&r, r.len - extra);
             free_range_locked(r.start + extra, r.len - extra, range_since_after(&r, left), left,
                               r.hot & RANGE_HOT_HI);
+        }
         ok = true;
     }
     extent_unlock();
