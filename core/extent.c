@@ -44,6 +44,7 @@ static Reservation reservations[MAX_RESERVATIONS]; /* sorted by start */
 static size_t      nreservations;
 static size_t      bytes_mapped;
 static uint64_t    last_decay_ms;
+static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) */
 
 void extent_lock(void) { lock_acquire(&ext_lock); }
 void extent_unlock(void) { lock_release(&ext_lock); }
@@ -214,7 +215,7 @@ void extent_fork_child(void)
  * malloc slow path): decay then runs inside extent operations (extent_alloc)
  * and, for the central large cache, in purger_poll, so an idle program
  * keeps what it freed last. */
-static void purger_want(void)
+static inline void purger_want(void)
 {
     if (atomic_load_explicit(&purger_started, memory_order_relaxed) || !options.decay_ms ||
         fork_locks_held || atomic_load_explicit(&purger_failed, memory_order_relaxed))
@@ -376,7 +377,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     size_t d_above = range_part_dirty(&r, above);
     if (d_above > r.dirty - d_below)
         d_above = r.dirty - d_below;
-    uint64_t since = range_since_after(&r, d_below + d_above);
+    uint64_t since = range_since_after(&r, d_below + d_above, last_dirty_ms);
     if (below) {
         range_trim(f, r.start, below, d_below, since);
         if (above)
@@ -415,6 +416,7 @@ void extent_free_since(void *p, size_t len, uint64_t since)
     uint64_t now = os_now_ms();
     if (!since || since > now)
         since = now;
+    last_dirty_ms = now;
     free_range_locked((uintptr_t)p, len, since ? since : 1, len, RANGE_HOT_LO | RANGE_HOT_HI);
     decay(now);
     ranges_validate_sometimes();
@@ -439,7 +441,7 @@ bool extent_grow(void *end, size_t extra)
         range_remove(f);
         if (r.len > extra) {
             size_t left = range_part_dirty(&r, r.len - extra);
-            free_range_locked(r.start + extra, r.len - extra, range_since_after(&r, left), left,
+            free_range_locked(r.start + extra, r.len - extra, range_since_after(&r, left, last_dirty_ms), left,
                               r.hot & RANGE_HOT_HI);
         }
         ok = true;

@@ -269,17 +269,17 @@ static inline uint64_t age_weight(size_t dirty, uint64_t since, uint64_t young)
 /* The same block coming and going next to an old free range would keep
  * all of it young, so resident, for ever if what is carved took the
  * range's mean age with it (a 64 MiB malloc and free every 20 ms next to
- * 160 MiB freed long ago: its mean age settles at 50 ms). */
-uint64_t range_since_after(const FreeRange *r, size_t dirty_left)
+ * 160 MiB freed long ago: its mean age settles at 50 ms).  Ages count
+ * back from latest, when memory last became dirty (no byte of r is
+ * younger), so that no allocation reads the clock. */
+uint64_t range_since_after(const FreeRange *r, size_t dirty_left, uint64_t latest)
 {
     size_t left = dirty_left >> HAK_PAGE_SHIFT;
-    if (!r->dirty_since || !left || dirty_left >= r->dirty)
-        return r->dirty_since;
-    uint64_t now = os_now_ms();
-    uint64_t age = now > r->dirty_since ? now - r->dirty_since : 0;
-    uint64_t oldest = now > r->oldest ? now - r->oldest : 0;
+    if (r->oldest == r->dirty_since || !left || dirty_left >= r->dirty || latest <= r->dirty_since)
+        return r->dirty_since; /* all of one age, or nothing left to age */
+    uint64_t age = latest - r->dirty_since, oldest = latest - r->oldest;
     uint64_t grown = (age < AGE_CAP ? age : AGE_CAP) * (r->dirty >> HAK_PAGE_SHIFT) / left;
-    return now - (grown < oldest ? grown : oldest);
+    return latest - (grown < oldest ? grown : oldest);
 }
 
 bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot)

@@ -49,8 +49,9 @@ void range_remove(FreeRange *r);
 void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty, uint64_t since);
 /* r's age (dirty_since) once an extent is carved from it that leaves
  * dirty_left of its resident bytes: the extent is taken to have had the
- * youngest of them, and what is left ages accordingly, up to r's oldest. */
-uint64_t range_since_after(const FreeRange *r, size_t dirty_left);
+ * youngest of them, and what is left ages accordingly, up to r's oldest;
+ * latest: when any free range last became dirty (>= every dirty_since). */
+uint64_t range_since_after(const FreeRange *r, size_t dirty_left, uint64_t latest);
 /* A range that holds len bytes at an address a with (a + offset) a multiple
  * of align, resident ones first, each time the smallest size bin that has
  * one (sizes in a bin are at most 19% apart): in the request's own bin the
