@@ -13,7 +13,7 @@ LDLIBS  := -pthread
 SRC     := $(wildcard core/*.c)
 HDR     := $(wildcard core/*.h) include/hakmem.h
 BENCHES := bench_random_mixed larson bench_mid_large_mt bench_large bench_large_mt bench_fragment bench_prodcons \
-           bench_xthread
+           bench_xthread bench_idle_threads
 TESTSRC := $(wildcard tests/test_*.c)
 
 # ---- Build variants ---------------------------------------------------------

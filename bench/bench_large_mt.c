@@ -30,15 +30,7 @@ static pthread_barrier_t start;
 
 static unsigned char *make(uint64_t *rng)
 {
-    size_t sz = (size_t)(min_size + (range ? rng_next(rng) % range : 0));
-    unsigned char *p = malloc(sz);
-    if (!p) {
-        fprintf(stderr, "bench_large_mt: malloc(%zu) failed\n", sz);
-        exit(1);
-    }
-    p[0] = 1;
-    p[sz - 1] = 1;
-    return p;
+    return bench_block(rng, min_size, range, SIZE_MAX, "bench_large_mt");
 }
 
 static void *worker(void *arg)

@@ -6,6 +6,7 @@
 #define BENCH_UTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -53,6 +54,24 @@ static inline int parse_u64(const char *s, uint64_t min, uint64_t *out)
     if (*end || v < min) return -1;
     *out = v;
     return 0;
+}
+
+/* A block of a size uniform in [min, min + range), from malloc (exit on
+ * failure), with one byte written every stride bytes and its last byte
+ * (stride >= size: its first and last byte only). */
+static inline unsigned char *bench_block(uint64_t *rng, uint64_t min, uint64_t range, size_t stride,
+                                         const char *who)
+{
+    size_t sz = (size_t)(min + (range ? rng_next(rng) % range : 0));
+    unsigned char *p = malloc(sz);
+    if (!p) {
+        fprintf(stderr, "%s: malloc(%zu) failed\n", who, sz);
+        exit(1);
+    }
+    for (size_t off = 0; off < sz; off += stride)
+        p[off] = 1;
+    p[sz - 1] = 1;
+    return p;
 }
 
 #endif

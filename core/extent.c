@@ -163,16 +163,21 @@ static void *purger_main(void *unused)
         purger_idle = false;
         extent_unlock(); /* the large cache gives extents back through here */
         uint64_t large_due = large_cache_decay(false);
+        uint64_t fronts_due = heaps_large_decay(os_now_ms());
+        if (fronts_due && (!large_due || fronts_due < large_due))
+            large_due = fronts_due;
         extent_lock();
         uint64_t now = os_now_ms(), next = decay_now(now);
         if (large_due && (!next || large_due < next))
             next = large_due;
         if (!next) {
-            /* Nothing to wait for, unless the large cache got something
-             * since it was decayed: purger_request (after adding to it)
-             * and this check (after setting idle) cannot both miss. */
+            /* Nothing to wait for, unless the large cache or a thread's
+             * front got something since they were decayed: purger_request
+             * and purger_front_filled (after adding to them) and this
+             * check (after setting idle) cannot both miss. */
             atomic_store(&purger_idle, true);
-            if (!large_cache_central_bytes()) {
+            atomic_thread_fence(memory_order_seq_cst);
+            if (!large_cache_central_bytes() && !heaps_large_held()) {
                 purger_sleep(0);
                 continue;
             }
@@ -241,14 +246,32 @@ void purger_request(size_t cached)
     extent_unlock();
 }
 
-/* Without a purger (its start failed): the central large cache's decay,
- * at most every decay/4 ms, from the malloc slow paths. */
+/* A front was empty and holds extents now: wake the purger if it sleeps
+ * with nothing to wait for.  Rare (a front seldom empties), so the fence
+ * that orders the front's bytes before the look at purger_idle costs
+ * little. */
+void purger_front_filled(void)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load_explicit(&purger_idle, memory_order_relaxed))
+        return;
+    extent_lock();
+    if (purger_idle)
+        purger_wake();
+    extent_unlock();
+}
+
+/* Without a purger (its start failed): the central large cache's decay
+ * and the idle fronts', at most every decay/4 ms, from the malloc slow
+ * paths. */
 static void decay_without_purger(void)
 {
     static _Atomic uint64_t last_ms;
     uint64_t now = os_now_ms(), last = atomic_load_explicit(&last_ms, memory_order_relaxed);
-    if (now - last >= decay_period() && atomic_compare_exchange_strong(&last_ms, &last, now))
+    if (now - last >= decay_period() && atomic_compare_exchange_strong(&last_ms, &last, now)) {
         large_cache_decay(false);
+        heaps_large_decay(now);
+    }
 }
 
 /* pthread_create allocates: only from purger_poll, where the allocator is

@@ -243,7 +243,8 @@ Heap *heap_acquire(ThreadFront *front, bool at_exit)
         heap_store += HEAP_STRIDE;
         heap_store_left -= HEAP_STRIDE;
         h->all_next = all_heaps;
-        all_heaps = h;
+        /* published whole: heaps_large_held walks the list without the lock */
+        __atomic_store_n(&all_heaps, h, __ATOMIC_RELEASE);
         large_front_init(&h->large);
         STAT_INC(heaps_created);
     }
@@ -490,6 +491,32 @@ void heap_collect_abandoned(bool all)
         abandoned_tail = done_tail;
     __atomic_store_n(&abandoned_heaps, done, __ATOMIC_RELAXED);
     lock_release(&heaps_mutex);
+}
+
+/* Under the heap list's lock, which fork takes first: a fork never
+ * happens while the purger holds a front. */
+uint64_t heaps_large_decay(uint64_t now)
+{
+    uint64_t next = 0;
+    lock_acquire(&heaps_mutex);
+    for (Heap *h = all_heaps; h; h = h->all_next) {
+        if (atomic_load_explicit(&h->state, memory_order_relaxed) != HEAP_ACTIVE)
+            continue; /* given up: its front was given back then */
+        uint64_t due = large_front_decay(&h->large, now);
+        if (due && (!next || due < next))
+            next = due;
+    }
+    lock_release(&heaps_mutex);
+    return next;
+}
+
+bool heaps_large_held(void)
+{
+    for (Heap *h = __atomic_load_n(&all_heaps, __ATOMIC_ACQUIRE); h; h = h->all_next)
+        if (atomic_load_explicit(&h->state, memory_order_relaxed) == HEAP_ACTIVE &&
+            large_front_held(&h->large))
+            return true;
+    return false;
 }
 
 void heaps_fork_prepare(void)

@@ -170,6 +170,12 @@ void  heap_trim(void);
 void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);
 void  heap_collect_abandoned(bool all);
+/* The purger: give back the large fronts of running threads that stopped
+ * using them (large_front_decay); returns when to look again (0: no front
+ * holds anything).  heaps_large_held: does any front hold extents?  (no
+ * lock taken: the purger asks it with the extents' lock held) */
+uint64_t heaps_large_decay(uint64_t now);
+bool  heaps_large_held(void);
 void  heaps_fork_prepare(void);
 void  heaps_fork_parent(void);
 void  heaps_fork_child(void);
@@ -447,6 +453,7 @@ void  extent_stats(struct hak_stats *st);
 extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */
+void  purger_front_filled(void); /* a thread's large front was empty, holds some now */
 static inline void purger_poll(void)
 {
     if (unlikely(atomic_load_explicit(&purger_wanted, memory_order_relaxed)))
@@ -476,6 +483,8 @@ void   large_front_init(LargeFront *f);
 char  *large_cache_get(LargeFront *f, size_t *len);
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
 void   large_front_flush(LargeFront *f);        /* back to the extents */
+uint64_t large_front_decay(LargeFront *f, uint64_t now); /* the purger's */
+bool   large_front_held(LargeFront *f);
 /* Statistics: a large malloc (alloc) or free of an extent of bytes, or a
  * block grown or shrunk in place by bytes; threads without a heap count
  * in shared counters. */
@@ -511,6 +520,7 @@ void  *foreign_realloc(void *p, size_t size);
     X(os_mprotect) X(os_failures)                                            \
     X(superslabs_mapped) X(superslabs_reused)                                \
     X(heaps_created) X(heaps_adopted) X(heaps_taken_over)                    \
+    X(large_fronts_decayed)                                                  \
     X(foreign_frees) X(invalid_frees)                                        \
     X(fallbacks) /* a faster way failed, a slower one served */
 typedef struct GlobalStats {

@@ -11,7 +11,9 @@
  * same reason the central cache takes extents of LARGE_CENTRAL_BIG_MIN and more
  * only while it holds little (tunables.h).
  * Large blocks have no owner: a block freed by another thread goes into
- * that thread's front.
+ * that thread's front.  A front its thread stopped using (no large malloc
+ * or free for a decay time) is given back by the purger
+ * (large_front_decay), so that idle threads keep nothing resident.
  *
  * The central cache takes no lock: each shard and class is a stack of
  * extents that a thread pushes a whole batch on with one CAS and empties
@@ -26,6 +28,7 @@
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 
+#include <sched.h>
 #include <string.h>
 
 #define EXACT_PAGES  32
@@ -272,7 +275,8 @@ static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
         while (f->bin[c]) {
             CachedExtent *e = f->bin[c];
             f->bin[c] = e->next;
-            f->bytes -= e->len;
+            /* the purger's too: large_cache_get reads it unclaimed */
+            __atomic_store_n(&f->bytes, f->bytes - e->len, __ATOMIC_RELAXED);
             *bytes += e->len;
             e->next = list;
             list = e;
@@ -295,6 +299,31 @@ static void front_missed(LargeFront *f, size_t len)
     f->misses = 0;
 }
 
+/* ---- claiming a front ----
+ * Its thread claims it for each get and put, the purger to look at it and
+ * give it back: one CAS on a line that only the purger's visits (once a
+ * decay time) share.  A thread that finds the purger there goes to the
+ * central cache for that one call. */
+static inline bool front_claim(LargeFront *f, unsigned who)
+{
+    unsigned free_ = FRONT_FREE;
+    return atomic_compare_exchange_strong_explicit(&f->claim, &free_, who, memory_order_acquire,
+                                                   RELAXED);
+}
+
+static inline void front_unclaim(LargeFront *f)
+{
+    atomic_store_explicit(&f->claim, FRONT_FREE, memory_order_release);
+}
+
+static inline LargeFront *front_enter(LargeFront *f)
+{
+    if (!f || !front_claim(f, FRONT_OWNER))
+        return NULL;
+    f->uses++;
+    return f;
+}
+
 /* ---- the API of large.c ----
  * The extent a thread freed last is never the next one its mallocs get
  * (LargeFront.last_put), from the front or the central cache: a use
@@ -302,15 +331,9 @@ static void front_missed(LargeFront *f, size_t len)
  * slab tiers.  A program that frees and mallocs one size in a loop then
  * takes turns between two extents, which costs one more extent per class
  * it does so with, and no lock once both are made. */
-char *large_cache_get(LargeFront *f, size_t *got)
+static char *front_get(LargeFront *f, size_t len, size_t *got)
 {
-    size_t len = *got, pages = len >> HAK_PAGE_SHIFT;
-    if (pages > MAX_PAGES) {
-        if (f)
-            front_missed(f, len);
-        return NULL;
-    }
-    unsigned c = class_up(pages);
+    unsigned c = class_up(len >> HAK_PAGE_SHIFT);
     /* the extent freed last is passed over by this malloc only: the next
      * takes it (and checks its start: large.c's free mark) */
     char *skip = f ? f->last_put : NULL;
@@ -343,6 +366,27 @@ char *large_cache_get(LargeFront *f, size_t *got)
     return NULL;
 }
 
+char *large_cache_get(LargeFront *f, size_t *got)
+{
+    size_t len = *got;
+    if (len >> HAK_PAGE_SHIFT > MAX_PAGES) {
+        /* Too big to cache: a miss, which gives back what the front holds.
+         * An empty front stays empty meanwhile (only its thread fills
+         * it), so it is not claimed for nothing (half of the mallocs of
+         * 1-9 MiB). */
+        if (f && __atomic_load_n(&f->bytes, __ATOMIC_RELAXED) && (f = front_enter(f))) {
+            front_missed(f, len);
+            front_unclaim(f);
+        }
+        return NULL;
+    }
+    f = front_enter(f);
+    char *ext = front_get(f, len, got);
+    if (f)
+        front_unclaim(f);
+    return ext;
+}
+
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
@@ -352,10 +396,11 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     e->len = len;
     e->next = NULL;
     unsigned c = class_down(pages);
-    if (!f || c >= HAK_LARGE_NCLASS) {
+    if (c >= HAK_LARGE_NCLASS || !(f = front_enter(f))) {
         central_put(f, e, len);
         return true;
     }
+    bool was_empty = !f->bytes;
     e->next = f->bin[c];
     f->bin[c] = e;
     f->bytes += len;
@@ -365,6 +410,9 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
         CachedExtent *list = front_take(f, LARGE_FRONT_CAP / 2, &bytes);
         central_put(f, list, bytes);
     }
+    front_unclaim(f);
+    if (unlikely(was_empty))
+        purger_front_filled();
     return true;
 }
 
@@ -373,8 +421,58 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
  * and go rarely meet the same classes again). */
 void large_front_flush(LargeFront *f)
 {
+    while (!front_claim(f, FRONT_OWNER)) /* the purger is giving it back */
+        sched_yield();
     size_t bytes = 0;
-    release(front_take(f, 0, &bytes));
+    CachedExtent *list = front_take(f, 0, &bytes);
+    front_unclaim(f);
+    release(list);
+}
+
+/* The purger, for a heap whose thread runs (heap.c): a front whose thread
+ * made no large malloc or free since the purger first saw its count a
+ * decay time ago goes back to the extents, which purge it at once (it
+ * waited a decay time).  Returns when to look again (0: it holds
+ * nothing); a front in use is looked at again a decay time later. */
+uint64_t large_front_decay(LargeFront *f, uint64_t now)
+{
+    uint64_t decay = (uint64_t)options.decay_ms;
+    if (!front_claim(f, FRONT_PURGER))
+        return now + decay;
+    uint64_t due = 0;
+    CachedExtent *idle = NULL;
+    if (!f->bytes) {
+        /* nothing to give back */
+    } else if (f->uses != f->seen_uses || !f->seen_ms) {
+        f->seen_uses = f->uses;
+        f->seen_ms = now;
+        due = now + decay;
+    } else if (now - f->seen_ms < decay) {
+        due = f->seen_ms + decay;
+    } else {
+        size_t bytes = 0;
+        idle = front_take(f, 0, &bytes);
+        for (CachedExtent *e = idle; e; e = e->next)
+            e->freed_ms = f->seen_ms;
+        f->misses = 0;
+        f->last_put = NULL;
+    }
+    front_unclaim(f);
+    if (idle)
+        STAT_INC(large_fronts_decayed);
+    release_decayed(idle);
+    return due;
+}
+
+/* Does the front hold extents (or is its thread using it)?  Takes no
+ * lock: the purger asks with the extents' lock held. */
+bool large_front_held(LargeFront *f)
+{
+    if (!front_claim(f, FRONT_PURGER))
+        return true;
+    bool held = f->bytes != 0;
+    front_unclaim(f);
+    return held;
 }
 
 /* Decay: extents that waited a decay time in the central cache (all: every

@@ -72,9 +72,11 @@ HAK_API void hak_stats_print(void)
          mib(st.tiny_bytes_in_use), mib(st.tiny_span_bytes), mib(st.tiny_span_peak));
     LINE("  mid:   %.2f MiB in blocks out, spans %.2f MiB (peak %.2f MiB)\n",
          mib(st.mid_bytes_in_use), mib(st.mid_span_bytes), mib(st.mid_span_peak));
-    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use (peak %.2f MiB), %.2f MiB cached\n",
+    LINE("  large: %llu allocs, %llu frees, %.2f MiB in use (peak %.2f MiB), %.2f MiB cached;"
+         " %llu idle fronts given back\n",
          (unsigned long long)st.large_allocs, (unsigned long long)st.large_frees,
-         mib(st.large_bytes_in_use), mib(st.large_bytes_peak), mib(st.large_bytes_cached));
+         mib(st.large_bytes_in_use), mib(st.large_bytes_peak), mib(st.large_bytes_cached),
+         (unsigned long long)st.large_fronts_decayed);
     LINE("  cross-thread frees %llu, thread-front refills %llu\n",
          (unsigned long long)st.remote_frees, (unsigned long long)st.slab_refills);
     LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu reused from the cache\n",

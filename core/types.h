@@ -146,7 +146,12 @@ typedef struct CachedExtent {
 #define HAK_LARGE_NCLASS (32 + (10 - 5) * 8 + 1)
 
 /* A heap's cache of freed large extents: like the thread front of the
- * slab tiers, only its thread touches it (no lock, no atomic). */
+ * slab tiers, only its thread uses it, without a lock.  Its thread holds
+ * claim (one CAS on a line nobody else writes) while it uses it, and so
+ * may the purger, which gives back the front of a thread that made no
+ * large malloc or free for a decay time (large_front_decay): an idle
+ * thread would keep up to LARGE_FRONT_CAP resident for ever otherwise. */
+enum front_claim { FRONT_FREE = 0, FRONT_OWNER = 1, FRONT_PURGER = 2 };
 typedef struct LargeFront {
     CachedExtent *bin[HAK_LARGE_NCLASS];
     size_t   bytes;          /* cached here                                */
@@ -154,6 +159,10 @@ typedef struct LargeFront {
     unsigned misses;         /* allocations it could not serve, in a row   */
     char    *last_put;       /* the extent freed last: never the next one  */
                              /* handed out (large_cache.c)                 */
+    _Atomic unsigned claim;  /* enum front_claim: who is using it          */
+    unsigned uses;           /* times its thread claimed it                */
+    unsigned seen_uses;      /* the purger's: uses when it last looked,    */
+    uint64_t seen_ms;        /* and the time it first saw that count       */
     /* Statistics of the heap's threads, summed over heaps when read. */
     uint64_t allocs, frees;
     int64_t  bytes_out;      /* extent bytes allocated less freed          */

@@ -110,6 +110,8 @@ struct hak_stats {
     uint64_t heaps_taken_over;    /* heaps of exited threads taken over by
                                      a thread freeing into them */
     uint64_t lock_growth_acquired, lock_growth_contended;   /* new reservations */
+    uint64_t large_fronts_decayed; /* large fronts of threads that stopped
+                                      using them, given back by the purger */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */

@@ -22,7 +22,6 @@
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include "testutil.h"
 
@@ -45,32 +44,6 @@ int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), v
     int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
         (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
     return real(t, a, fn, arg);
-}
-
-/* RSS in bytes, without allocating (no stdio). */
-static size_t rss_now(void)
-{
-    char buf[128];
-    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    const char *p = buf;
-    while (*p && *p != ' ') p++; /* skip the size field */
-    while (*p == ' ') p++;
-    size_t pages = 0;
-    while (*p >= '0' && *p <= '9') pages = pages * 10 + (size_t)(*p++ - '0');
-    return pages * 4096;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { }
 }
 
 /* Is hakmem's purger thread running?  (allocates: not while idle) */
@@ -135,16 +108,11 @@ int main(int argc, char **argv)
     bool no_purger = argc > 1 && strcmp(argv[1], "no-purger") == 0;
     bool main_only = no_purger || (argc > 1 && strcmp(argv[1], "main-only") == 0);
     threads_fail = no_purger;
-    const char *d = getenv("HAKMEM_DECAY_MS");
-    if (!d || strcmp(d, DECAY_MS) != 0) {
-        /* options are read at start-up: run again with the option set */
-        setenv("HAKMEM_DECAY_MS", DECAY_MS, 1);
-        execv("/proc/self/exe", argv);
-        CHECK(0, "re-exec with HAKMEM_DECAY_MS=%s failed: %s", DECAY_MS, strerror(errno));
+    tu_run_with_option("HAKMEM_DECAY_MS", DECAY_MS, argv);
+    if (tu_failures())
         return TU_DONE();
-    }
     alarm(60);
-    size_t rss0 = rss_now();
+    size_t rss0 = tu_rss_bytes();
     CHECK(rss0 > 0, "cannot read /proc/self/statm");
     /* a program that has used less than 16 MiB has no purger thread */
     CHECK(!purger_running(), "a hakmem-purge thread before the program used 16 MiB");
@@ -173,7 +141,7 @@ int main(int argc, char **argv)
         CHECK(rc == 0, "pthread_create: %s", strerror(rc));
         if (rc == 0) pthread_join(t, NULL);
     }
-    size_t rss_peak = rss_now();
+    size_t rss_peak = tu_rss_bytes();
     size_t bad = 0;
     for (int i = 0; i < nl; i++) {
         bad += lb[i][0] != (unsigned char)(i + 1) || lb[i][ln[i] - 1] != (unsigned char)(i + 1);
@@ -186,14 +154,14 @@ int main(int argc, char **argv)
 
     /* Idle: no allocator call from here until the verdict (without a
      * purger: a 64 MiB malloc and free every 20 ms, the pages untouched). */
-    size_t rss = rss_now();
+    size_t rss = tu_rss_bytes();
     long waited = 0;
     while (rss > rss0 + SLACK && waited < WAIT_MS) {
-        sleep_ms(20);
+        tu_sleep_ms(20);
         waited += 20;
         if (no_purger)
             free(tu_launder(malloc(64 * MiB)));
-        rss = rss_now();
+        rss = tu_rss_bytes();
     }
     printf("%sRSS back to %.1f MiB after %ld ms %s (%.1f MiB before the spike, %.1f MiB at "
            "its peak, HAKMEM_DECAY_MS=%s)\n",

@@ -19,6 +19,8 @@
  *   tu_realloc_round        grow and shrink a marked big block, racing ...
  *   tu_mapping_churn        ... mmap/munmap of marked mappings
  *   tu_stress_seconds()     STRESS_SECONDS from the environment (default 2)
+ *   tu_sleep_ms, tu_rss_bytes  sleep; RSS now, read without allocating
+ *   tu_run_with_option      re-execute with a HAKMEM_* option set
  *
  * Everything is static so each test is a single translation unit.
  * SPDX-License-Identifier: MIT */
@@ -26,6 +28,7 @@
 #define HAKMEM_TESTUTIL_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -222,6 +225,46 @@ static inline double tu_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inline void tu_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { }
+}
+
+/* The process's RSS in bytes, from /proc/self/statm without allocating
+ * (open/read into a stack buffer: no malloc, no stdio); 0 if unreadable. */
+static inline size_t tu_rss_bytes(void)
+{
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *p = buf;
+    while (*p && *p != ' ') p++; /* skip the size field */
+    while (*p == ' ') p++;
+    size_t pages = 0;
+    while (*p >= '0' && *p <= '9') pages = pages * 10 + (size_t)(*p++ - '0');
+    return pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* hakmem reads its options at start-up: unless name=value is set, run
+ * this program again with it set (returns only if that fails, having
+ * counted a failure). */
+static inline void tu_run_with_option(const char *name, const char *value, char **argv)
+{
+    const char *v = getenv(name);
+    if (v && strcmp(v, value) == 0)
+        return;
+    setenv(name, value, 1);
+    execv("/proc/self/exe", argv);
+    CHECK(0, "re-exec with %s=%s failed: %s", name, value, strerror(errno));
 }
 
 static inline double tu_stress_seconds(void)
