@@ -17,8 +17,11 @@
  *   race:   4 threads alternate bursts of large mallocs and frees with
  *           pauses of 150-300 ms, around the decay time, so that the
  *           purger takes fronts back while their threads wake up; every
- *           block's contents are checked before it is freed.
+ *           block's contents are checked before it is freed; meanwhile
+ *           the main thread's front goes idle, and it forks 16 times: each
+ *           child uses its front and malloc_trim()s it, and must exit 0.
  * SPDX-License-Identifier: MIT */
+#include <malloc.h>
 #include <stdbool.h>
 #include "testutil.h"
 
@@ -180,16 +183,47 @@ static void *bursts(void *arg)
     return NULL;
 }
 
+/* A child forked while the purger may be taking fronts back: its own
+ * front must work and be given back (malloc_trim waits for a claim). */
+static void child_after_fork(uint64_t tag)
+{
+    tu_rng r = tu_rng_seed(tag);
+    for (int i = 0; i < 8; i++) {
+        size_t sz = tu_range(&r, 64 * KiB, 1 * MiB);
+        check_free(make(sz, tag + (uint64_t)i), sz, tag + (uint64_t)i);
+    }
+    malloc_trim(0);
+    _exit(tu_failures() ? 1 : 0);
+}
+
 static void phase_race(void)
 {
     uint64_t decayed0 = stats().large_fronts_decayed;
     pthread_t t[NTHREADS];
     for (uintptr_t i = 0; i < NTHREADS; i++)
         CHECK(pthread_create(&t[i], NULL, bursts, (void *)i) == 0, "pthread_create");
+    /* meanwhile the main thread's front goes idle and back, and it forks */
+    tu_rng r = tu_rng_seed(31);
+    int forks = 0;
+    for (int k = 0; k < 16; k++) {
+        size_t sz = tu_range(&r, 64 * KiB, 512 * KiB);
+        check_free(make(sz, 7000 + (uint64_t)k), sz, 7000 + (uint64_t)k);
+        tu_sleep_ms((long)tu_range(&r, 60, 140));
+        pid_t pid = fork();
+        CHECK(pid >= 0, "fork: %s", strerror(errno));
+        if (pid == 0)
+            child_after_fork(8000 + 100 * (uint64_t)k);
+        int status = 0;
+        if (pid > 0 && waitpid(pid, &status, 0) == pid) {
+            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "child %d after fork: status %#x", k, status);
+            forks++;
+        }
+    }
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(t[i], NULL);
-    printf("race: %d threads, bursts between pauses of 150-300 ms: %llu fronts given back\n",
-           NTHREADS, (unsigned long long)(stats().large_fronts_decayed - decayed0));
+    printf("race: %d threads, bursts between pauses of 150-300 ms, %d forks: %llu fronts given "
+           "back\n", NTHREADS, forks, (unsigned long long)(stats().large_fronts_decayed - decayed0));
 }
 
 int main(int argc, char **argv)
