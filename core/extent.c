@@ -253,7 +253,7 @@ void purger_request(size_t cached)
 void purger_front_filled(void)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    if (!atomic_load_explicit(&purger_idle, memory_order_relaxed))
+    if (!atomic_load_explicit(&purger_idle, memory_order_relaxed) || fork_locks_held)
         return;
     extent_lock();
     if (purger_idle)

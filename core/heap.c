@@ -34,6 +34,7 @@ bool          runtime_ready;
 static _Atomic bool atfork_registered;
 __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
+static unsigned running_heaps; /* HEAP_ACTIVE ones (heaps_mutex) */
 
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
 
@@ -136,6 +137,7 @@ static void front_attach(ThreadFront *front, Heap *h)
 {
     atomic_store(&h->state, HEAP_ACTIVE);
     h->front = front;
+    large_fronts_share(++running_heaps);
     lock_release(&heaps_mutex);
     front->heap = h;
     for (unsigned c = 0; c < HAK_NCLASS; c++) /* the front is empty */
@@ -242,10 +244,10 @@ Heap *heap_acquire(ThreadFront *front, bool at_exit)
         h = (Heap *)heap_store;
         heap_store += HEAP_STRIDE;
         heap_store_left -= HEAP_STRIDE;
+        large_front_init(&h->large);
         h->all_next = all_heaps;
         /* published whole: heaps_large_held walks the list without the lock */
         __atomic_store_n(&all_heaps, h, __ATOMIC_RELEASE);
-        large_front_init(&h->large);
         STAT_INC(heaps_created);
     }
     front_attach(front, h);
@@ -407,6 +409,7 @@ static void heap_release(ThreadFront *front)
     }
     h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
+    large_fronts_share(--running_heaps);
     lock_release(&heaps_mutex);
     heap_collect(h);
     lock_acquire(&heaps_mutex);
@@ -498,15 +501,17 @@ void heap_collect_abandoned(bool all)
 uint64_t heaps_large_decay(uint64_t now)
 {
     uint64_t next = 0;
+    CachedExtent *idle = NULL;
     lock_acquire(&heaps_mutex);
     for (Heap *h = all_heaps; h; h = h->all_next) {
         if (atomic_load_explicit(&h->state, memory_order_relaxed) != HEAP_ACTIVE)
             continue; /* given up: its front was given back then */
-        uint64_t due = large_front_decay(&h->large, now);
+        uint64_t due = large_front_decay(&h->large, now, &idle);
         if (due && (!next || due < next))
             next = due;
     }
-    lock_release(&heaps_mutex);
+    lock_release(&heaps_mutex); /* threads start, exit and take over heaps meanwhile */
+    large_fronts_release(idle);
     return next;
 }
 
@@ -551,5 +556,7 @@ void heaps_fork_child(void)
             h->front = NULL;
         }
     }
+    running_heaps = thread_front.heap != NULL;
+    large_fronts_share(running_heaps);
 }
 

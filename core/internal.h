@@ -478,12 +478,14 @@ static inline LargeFront *heap_large_front(void)
     return likely(front->heap != NULL) ? &front->heap->large : heap_large_front_slow(front);
 }
 void   large_front_init(LargeFront *f);
+void   large_fronts_share(unsigned running); /* heaps running now (heap.c) */
 /* An extent of at least *len bytes: *len is then its length; NULL on a
  * miss, *len then the length to make (a class size, to be cached again). */
 char  *large_cache_get(LargeFront *f, size_t *len);
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
 void   large_front_flush(LargeFront *f);        /* back to the extents */
-uint64_t large_front_decay(LargeFront *f, uint64_t now); /* the purger's */
+uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle); /* the purger's */
+void   large_fronts_release(CachedExtent *idle);  /* what it took, to the extents */
 bool   large_front_held(LargeFront *f);
 /* Statistics: a large malloc (alloc) or free of an extent of bytes, or a
  * block grown or shrunk in place by bytes; threads without a heap count

@@ -28,7 +28,6 @@
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 
-#include <sched.h>
 #include <string.h>
 
 #define EXACT_PAGES  32
@@ -43,6 +42,10 @@ typedef struct Shard {
 } __attribute__((aligned(64))) Shard;
 
 static Shard shards[LARGE_NSHARD];
+/* Each front's cap: its share of LARGE_FRONTS_BUDGET (large_fronts_share),
+ * written when a thread takes or gives up a heap; a front reads it on a
+ * miss (LargeFront.cap). */
+static _Atomic size_t front_cap = LARGE_FRONT_CAP;
 static _Atomic unsigned next_shard;
 /* Bytes held by the large tier (live blocks and cached extents) and their
  * peak: written when extents come from or go back to the extents only. */
@@ -77,10 +80,18 @@ static size_t class_pages(unsigned c)
 static inline CachedExtent *link_of(char *ext) { return (CachedExtent *)(ext + LINK_OFFSET); }
 static inline char *ext_of(CachedExtent *c) { return (char *)c - LINK_OFFSET; }
 
+void large_fronts_share(unsigned running)
+{
+    size_t cap = LARGE_FRONTS_BUDGET / (running ? running : 1);
+    cap = cap > LARGE_FRONT_CAP ? LARGE_FRONT_CAP : cap < LARGE_FRONT_MIN ? LARGE_FRONT_MIN : cap;
+    atomic_store_explicit(&front_cap, cap, RELAXED);
+}
+
 void large_front_init(LargeFront *f)
 {
     memset(f, 0, sizeof *f);
     f->shard = atomic_fetch_add_explicit(&next_shard, 1, memory_order_relaxed) % LARGE_NSHARD;
+    f->cap = atomic_load_explicit(&front_cap, RELAXED);
 }
 
 /* ---- held bytes (statistics) ---- */
@@ -215,7 +226,7 @@ static char *shard_get(LargeFront *f, Shard *s, unsigned c, const char *skip, si
     CachedExtent *rest = got->next;
     size_t taken = got->len;
     if (f && c < HAK_LARGE_NCLASS) {
-        for (unsigned k = 1; k < LARGE_REFILL && rest && f->bytes < LARGE_FRONT_CAP / 2; k++) {
+        for (unsigned k = 1; k < LARGE_REFILL && rest && f->bytes < f->cap / 2; k++) {
             CachedExtent *more = rest;
             rest = more->next;
             more->next = f->bin[c];
@@ -245,6 +256,8 @@ static char *shard_get(LargeFront *f, Shard *s, unsigned c, const char *skip, si
 static __attribute__((noinline)) char *central_get(LargeFront *f, unsigned c, const char *skip, size_t *len)
 {
     unsigned home = f ? f->shard : 0, last = c + LARGE_UP_CLASSES;
+    if (f) /* a miss: the front's share may have changed */
+        f->cap = atomic_load_explicit(&front_cap, RELAXED);
     if (last >= HAK_LARGE_NCLASS)
         last = HAK_LARGE_NCLASS - 1;
     char *ext = NULL;
@@ -304,9 +317,9 @@ static void front_missed(LargeFront *f, size_t len)
  * give it back: one CAS on a line that only the purger's visits (once a
  * decay time) share.  A thread that finds the purger there goes to the
  * central cache for that one call. */
-static inline bool front_claim(LargeFront *f, unsigned who)
+static inline bool front_claim(LargeFront *f, uint32_t who)
 {
-    unsigned free_ = FRONT_FREE;
+    uint32_t free_ = FRONT_FREE;
     return atomic_compare_exchange_strong_explicit(&f->claim, &free_, who, memory_order_acquire,
                                                    RELAXED);
 }
@@ -405,9 +418,9 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     f->bin[c] = e;
     f->bytes += len;
     f->last_put = ext;
-    if (unlikely(f->bytes > LARGE_FRONT_CAP)) { /* the biggest go, down to half */
+    if (unlikely(f->bytes > f->cap)) { /* the biggest go, down to half */
         size_t bytes = 0;
-        CachedExtent *list = front_take(f, LARGE_FRONT_CAP / 2, &bytes);
+        CachedExtent *list = front_take(f, f->cap / 2, &bytes);
         central_put(f, list, bytes);
     }
     front_unclaim(f);
@@ -421,8 +434,11 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
  * and go rarely meet the same classes again). */
 void large_front_flush(LargeFront *f)
 {
-    while (!front_claim(f, FRONT_OWNER)) /* the purger is giving it back */
-        sched_yield();
+    /* the purger is giving it back: it holds the claim for a few loads
+     * and stores, but may be descheduled meanwhile (sleep, not spin: a
+     * real-time thread would keep it from running on a single CPU) */
+    while (!front_claim(f, FRONT_OWNER))
+        os_futex_wait(&f->claim, FRONT_PURGER, os_now_ms() + 1);
     size_t bytes = 0;
     CachedExtent *list = front_take(f, 0, &bytes);
     front_unclaim(f);
@@ -431,37 +447,52 @@ void large_front_flush(LargeFront *f)
 
 /* The purger, for a heap whose thread runs (heap.c): a front whose thread
  * made no large malloc or free since the purger first saw its count a
- * decay time ago goes back to the extents, which purge it at once (it
- * waited a decay time).  Returns when to look again (0: it holds
- * nothing); a front in use is looked at again a decay time later. */
-uint64_t large_front_decay(LargeFront *f, uint64_t now)
+ * decay time ago is taken whole and put on *idle, for
+ * large_fronts_release (once the heap list's lock is released); the
+ * extents then purge it at once (it waited a decay time).  Returns when
+ * to look again (0: it holds nothing); a front in use is looked at again
+ * a decay time later. */
+uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle)
 {
     uint64_t decay = (uint64_t)options.decay_ms;
     if (!front_claim(f, FRONT_PURGER))
         return now + decay;
-    uint64_t due = 0;
-    CachedExtent *idle = NULL;
+    uint64_t due = 0, since = f->seen_ms;
+    CachedExtent *taken = NULL;
     if (!f->bytes) {
         /* nothing to give back */
     } else if (f->uses != f->seen_uses || !f->seen_ms) {
         f->seen_uses = f->uses;
         f->seen_ms = now;
         due = now + decay;
-    } else if (now - f->seen_ms < decay) {
+    } else if (now < f->seen_ms || now - f->seen_ms < decay) {
+        /* (now may be older than seen_ms: the purger's stand-in, two
+         * threads, decay_without_purger) */
         due = f->seen_ms + decay;
     } else {
         size_t bytes = 0;
-        idle = front_take(f, 0, &bytes);
-        for (CachedExtent *e = idle; e; e = e->next)
-            e->freed_ms = f->seen_ms;
+        taken = front_take(f, 0, &bytes);
         f->misses = 0;
         f->last_put = NULL;
     }
     front_unclaim(f);
-    if (idle)
+    if (taken) {
         STAT_INC(large_fronts_decayed);
-    release_decayed(idle);
+        CachedExtent *last = taken;
+        for (;; last = last->next) {
+            last->freed_ms = since;
+            if (!last->next)
+                break;
+        }
+        last->next = *idle;
+        *idle = taken;
+    }
     return due;
+}
+
+void large_fronts_release(CachedExtent *idle)
+{
+    release_decayed(idle);
 }
 
 /* Does the front hold extents (or is its thread using it)?  Takes no

@@ -59,8 +59,13 @@
 /* realloc of a large block whose extent is at least this big moves its
  * pages (mremap); a smaller one is copied. */
 #define MREMAP_MIN           ((size_t)1 << 20)
-/* A heap's front of cached extents holds up to this many bytes. */
+/* A heap's front of cached extents holds up to LARGE_FRONT_CAP bytes,
+ * and all running heaps' fronts together about LARGE_FRONTS_BUDGET: past
+ * 16 threads each front gets its share, down to LARGE_FRONT_MIN (128
+ * threads of 8 MiB would keep 1 GiB of freed, touched memory). */
 #define LARGE_FRONT_CAP      ((size_t)8 << 20)
+#define LARGE_FRONTS_BUDGET  ((size_t)128 << 20)
+#define LARGE_FRONT_MIN      ((size_t)1 << 20)
 /* Shards of the central cache (heaps are spread over them, so that no
  * stack is pushed by every thread), and extents taken from one per visit
  * (one CAS brings a batch into the front). */

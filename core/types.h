@@ -155,11 +155,12 @@ enum front_claim { FRONT_FREE = 0, FRONT_OWNER = 1, FRONT_PURGER = 2 };
 typedef struct LargeFront {
     CachedExtent *bin[HAK_LARGE_NCLASS];
     size_t   bytes;          /* cached here                                */
+    size_t   cap;            /* at most this much: its share, read on a miss */
     unsigned shard;          /* home shard of the central cache            */
     unsigned misses;         /* allocations it could not serve, in a row   */
     char    *last_put;       /* the extent freed last: never the next one  */
                              /* handed out (large_cache.c)                 */
-    _Atomic unsigned claim;  /* enum front_claim: who is using it          */
+    _Atomic uint32_t claim;  /* enum front_claim: who is using it          */
     unsigned uses;           /* times its thread claimed it                */
     unsigned seen_uses;      /* the purger's: uses when it last looked,    */
     uint64_t seen_ms;        /* and the time it first saw that count       */

@@ -5,7 +5,8 @@
  * (docs/ARCHITECTURE.md, "Large blocks").
  *
  * Re-executes itself with HAKMEM_DECAY_MS=200 (options are read at
- * start-up).  Phases:
+ * start-up), and waits until the purger sleeps with nothing to do, so that
+ * the first fronts to fill must wake it.  Phases:
  *   idle:   4 threads each cache ~5 MiB of touched large blocks in their
  *           fronts, then block on a condition variable; within 2.5 s the
  *           fronts must be empty (hak_stats_get: large_bytes_cached), each
@@ -13,7 +14,7 @@
  *           of what they held;
  *   busy:   one thread makes a large malloc and free every 20 ms for 1 s
  *           (far more often than the decay time): its front is never given
- *           back;
+ *           back, while that of an idle thread beside it is, once;
  *   race:   4 threads alternate bursts of large mallocs and frees with
  *           pauses of 150-300 ms, around the decay time, so that the
  *           purger takes fronts back while their threads wake up; every
@@ -150,17 +151,37 @@ static void *busy(void *arg)
     return NULL;
 }
 
+/* The control beside it: fills its front and blocks until the busy one is done. */
+static pthread_barrier_t control_filled, busy_done;
+static void *control(void *arg)
+{
+    (void)arg;
+    size_t sz = 200 * KiB;
+    for (int i = 0; i < 4; i++)
+        check_free(make(sz, 6000 + (uint64_t)i), sz, 6000 + (uint64_t)i);
+    pthread_barrier_wait(&control_filled);
+    pthread_barrier_wait(&busy_done);
+    return NULL;
+}
+
 static void phase_busy(void)
 {
+    pthread_barrier_init(&control_filled, NULL, 2);
+    pthread_barrier_init(&busy_done, NULL, 2);
+    pthread_t c, t;
+    CHECK(pthread_create(&c, NULL, control, NULL) == 0, "pthread_create");
+    pthread_barrier_wait(&control_filled);
     uint64_t decayed0 = stats().large_fronts_decayed;
-    pthread_t t;
     CHECK(pthread_create(&t, NULL, busy, NULL) == 0, "pthread_create");
     pthread_join(t, NULL);
     uint64_t decayed = stats().large_fronts_decayed - decayed0;
-    printf("busy: a thread with a large malloc and free every 20 ms for 1 s: %llu fronts given "
-           "back\n", (unsigned long long)decayed);
-    CHECK(decayed == 0, "the purger took back the front of a thread using it every 20 ms (%llu "
-          "times)", (unsigned long long)decayed);
+    pthread_barrier_wait(&busy_done);
+    pthread_join(c, NULL);
+    printf("busy: a thread with a large malloc and free every 20 ms for 1 s, an idle one beside "
+           "it: %llu fronts given back\n", (unsigned long long)decayed);
+    CHECK(decayed == 1, "%llu fronts given back, not 1 (the idle thread's): the purger took back "
+          "the front of a thread using it every 20 ms, or not the idle one's",
+          (unsigned long long)decayed);
 }
 
 /* ---- race: threads wake up as the purger takes their fronts ---- */
@@ -238,6 +259,9 @@ int main(int argc, char **argv)
         big[i] = make(6 * MiB, 77 + (uint64_t)i);
     for (int i = 0; i < 4; i++)
         check_free(big[i], 6 * MiB, 77 + (uint64_t)i);
+    /* the purger purges those and then sleeps with nothing to wait for:
+     * the fronts that fill next must wake it */
+    tu_sleep_ms(4 * atoi(DECAY_MS));
     phase_idle();
     phase_busy();
     phase_race();

@@ -3,7 +3,8 @@
  * across threads (a block freed by another thread goes to that thread's
  * front), when threads exit with cached blocks, after malloc_trim, and in a
  * forked child; blocks of a MiB and more are kept only up to a small cap;
- * the block freed last is not the next one handed out.
+ * the block freed last is not the next one handed out; many threads at
+ * once share a budget for their fronts.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
 #include <stdatomic.h>
@@ -385,6 +386,61 @@ static void fork_child(void)
     free(keep);
 }
 
+/* Many threads at once share LARGE_FRONTS_BUDGET (128 MiB): 64 threads
+ * that each free 32 blocks of 64-320 KiB (about 6 MiB, under one front's
+ * own cap of 8 MiB) keep at most their share each, about 2 MiB, plus what
+ * the central cache holds (64 MiB, more while threads race to fill it):
+ * 180-230 MiB in all (300 allowed), where 64 full fronts keep 390. */
+enum { MANY = 64, MANY_BLOCKS = 32 };
+static pthread_barrier_t many_freed, many_checked;
+
+static void fill_front_and_wait(int idx, void *ctx)
+{
+    (void)ctx;
+    if (idx == MANY) { /* the checker: looks while all the others live */
+        pthread_barrier_wait(&many_freed);
+        pthread_barrier_wait(&many_freed);
+        struct hak_stats st = tu_stats();
+        printf("%d threads, %d blocks of 64-320 KiB each freed: %.1f MiB cached (fronts and "
+               "central cache)\n", MANY, MANY_BLOCKS, st.large_bytes_cached / 1048576.0);
+        CHECK(st.large_bytes_cached <= 300 * MiB,
+              "%d threads' fronts and the central cache hold %.1f MiB, far over the 128 MiB the "
+              "fronts share and the 64 MiB of the central cache", MANY,
+              st.large_bytes_cached / 1048576.0);
+        CHECK(st.large_bytes_cached >= 64 * MiB, "only %.1f MiB cached: nothing to test",
+              st.large_bytes_cached / 1048576.0);
+        pthread_barrier_wait(&many_checked);
+        return;
+    }
+    tu_rng r = tu_rng_seed(600 + (uint64_t)idx);
+    unsigned char *b[MANY_BLOCKS];
+    size_t n[MANY_BLOCKS];
+    pthread_barrier_wait(&many_freed); /* every thread runs: the shares are set */
+    for (int i = 0; i < MANY_BLOCKS; i++) {
+        n[i] = tu_range(&r, 64 * KiB, 320 * KiB);
+        b[i] = malloc(n[i]);
+        CHECK(b[i] != NULL, "malloc(%zu)", n[i]);
+        if (b[i]) b[i][0] = b[i][n[i] - 1] = (unsigned char)i;
+    }
+    for (int i = 0; i < MANY_BLOCKS; i++) {
+        if (b[i]) CHECK(b[i][0] == (unsigned char)i && b[i][n[i] - 1] == (unsigned char)i,
+                        "block of %zu overwritten", n[i]);
+        free(b[i]);
+    }
+    pthread_barrier_wait(&many_freed);
+    pthread_barrier_wait(&many_checked); /* alive while the checker looks */
+}
+
+static void many_threads_share(void)
+{
+    malloc_trim(0);
+    pthread_barrier_init(&many_freed, NULL, MANY + 1);
+    pthread_barrier_init(&many_checked, NULL, MANY + 1);
+    tu_run_threads(MANY + 1, fill_front_and_wait, NULL);
+    pthread_barrier_destroy(&many_freed);
+    pthread_barrier_destroy(&many_checked);
+}
+
 int main(void)
 {
     make_sizes();
@@ -397,5 +453,6 @@ int main(void)
     big_miss_flushes_front();
     central_up_classes();
     fork_child();
+    many_threads_share();
     return TU_DONE();
 }
