@@ -511,7 +511,7 @@ uint64_t heaps_large_decay(uint64_t now)
             next = due;
     }
     lock_release(&heaps_mutex); /* threads start, exit and take over heaps meanwhile */
-    large_fronts_release(idle);
+    large_cache_release_decayed(idle);
     return next;
 }
 

@@ -485,7 +485,7 @@ char  *large_cache_get(LargeFront *f, size_t *len);
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
 void   large_front_flush(LargeFront *f);        /* back to the extents */
 uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle); /* the purger's */
-void   large_fronts_release(CachedExtent *idle);  /* what it took, to the extents */
+void   large_cache_release_decayed(CachedExtent *list); /* to the extents, purged at once */
 bool   large_front_held(LargeFront *f);
 /* Statistics: a large malloc (alloc) or free of an extent of bytes, or a
  * block grown or shrunk in place by bytes; threads without a heap count

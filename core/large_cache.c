@@ -121,9 +121,10 @@ static void release(CachedExtent *c)
     }
 }
 
-/* Extents that decayed in the central cache: the extents purge them at
- * once, instead of a decay time more. */
-static void release_decayed(CachedExtent *c)
+/* Extents that decayed in the central cache or in an idle thread's front
+ * (freed_ms set): the extents purge them at once, instead of a decay time
+ * more. */
+void large_cache_release_decayed(CachedExtent *c)
 {
     while (c) {
         CachedExtent *next = c->next;
@@ -448,7 +449,7 @@ void large_front_flush(LargeFront *f)
 /* The purger, for a heap whose thread runs (heap.c): a front whose thread
  * made no large malloc or free since the purger first saw its count a
  * decay time ago is taken whole and put on *idle, for
- * large_fronts_release (once the heap list's lock is released); the
+ * large_cache_release_decayed (once the heap list's lock is released); the
  * extents then purge it at once (it waited a decay time).  Returns when
  * to look again (0: it holds nothing); a front in use is looked at again
  * a decay time later. */
@@ -488,11 +489,6 @@ uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle)
         *idle = taken;
     }
     return due;
-}
-
-void large_fronts_release(CachedExtent *idle)
-{
-    release_decayed(idle);
 }
 
 /* Does the front hold extents (or is its thread using it)?  Takes no
@@ -542,7 +538,7 @@ uint64_t large_cache_decay(bool all)
             if (young)
                 stack_push(s, c, young, young_last);
             atomic_fetch_sub_explicit(&s->bytes, cut, RELAXED);
-            release_decayed(old);
+            large_cache_release_decayed(old);
         }
     }
     return next_due;
