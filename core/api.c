@@ -11,6 +11,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------ */
@@ -235,8 +236,10 @@ HAK_API void hak_free_sized(void *p, size_t size)
     size_t usable;
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
-        /* the class of the size, or one realloc kept the block at */
-        match = HAK_HARDEN_CANARY ? usable == size /* the canary knows the size */
+        /* The requested size, which the canary knows (C++'s operator
+         * new(0) asks malloc for 1 byte, and its sized delete passes 0);
+         * otherwise the class of the size, or one realloc kept it at. */
+        match = HAK_HARDEN_CANARY ? usable == size || (size == 0 && usable == 1)
                                   : size <= HAK_SLAB_REQUEST_MAX &&
                                     (size_class(slab_request(size ? size : 1)) == span_of(ss, p)->cls ||
                                      small_keeps(p, size));
@@ -431,5 +434,29 @@ HAK_API struct mallinfo mallinfo(void)
                           (int)m.hblkhd, (int)m.usmblks, (int)m.fsmblks, (int)m.uordblks,
                           (int)m.fordblks, (int)m.keepcost };
     return r;
+}
+
+/* malloc_info: glibc's XML report, its whole-process totals with the
+ * figures mallinfo2 gives ("system max" is usmblks, the peak RSS; no
+ * <heap> elements: hakmem's heaps are its threads').  The figures are taken before anything is printed, since
+ * stdio may call malloc. */
+HAK_API int malloc_info(int options, FILE *fp)
+{
+    if (options != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct mallinfo2 m = mallinfo2();
+    return fprintf(fp,
+                   "<malloc version=\"1\">\n"
+                   "<total type=\"fast\" count=\"0\" size=\"0\"/>\n"
+                   "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n"
+                   "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n"
+                   "<system type=\"current\" size=\"%zu\"/>\n"
+                   "<system type=\"max\" size=\"%zu\"/>\n"
+                   "<aspace type=\"total\" size=\"%zu\"/>\n"
+                   "<aspace type=\"mprotect\" size=\"%zu\"/>\n"
+                   "</malloc>\n",
+                   m.fordblks, m.hblks, m.hblkhd, m.arena, m.usmblks, m.arena, m.arena) < 0 ? -1 : 0;
 }
 #endif /* HAK_NO_GLIBC_NAMES */

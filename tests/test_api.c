@@ -378,6 +378,25 @@ static void test_glibc_extras(void)
           mi.uordblks, mi.arena, mi.hblkhd);
     CHECK(mi.uordblks + mi.hblkhd >= (size_t)1 << 20,
           "mallinfo2 in-use %zu + %zu < 1 MiB while >= 5 MiB are live", mi.uordblks, mi.hblkhd);
+    /* malloc_info: glibc's XML, with the bytes reserved as its "system
+     * current" and the live large block among "mmap" */
+    char *xml = NULL;
+    size_t xml_len = 0;
+    FILE *f = open_memstream(&xml, &xml_len);
+    CHECK(f && malloc_info(0, f) == 0, "malloc_info(0, f) fails");
+    if (f) fclose(f);
+    static const char head[] = "<malloc version=\"1\">\n", current[] = "<system type=\"current\" size=\"",
+                      mmap_total[] = "<total type=\"mmap\" count=\"";
+    unsigned long long cur = 0, mmap_count = 0;
+    const char *c = xml ? strstr(xml, current) : NULL, *m = xml ? strstr(xml, mmap_total) : NULL;
+    CHECK(xml && strncmp(xml, head, strlen(head)) == 0 && strstr(xml, "</malloc>\n") &&
+          c && sscanf(c + strlen(current), "%llu", &cur) == 1 && cur == mi.arena &&
+          m && sscanf(m + strlen(mmap_total), "%llu", &mmap_count) == 1 && mmap_count >= 1,
+          "malloc_info printed '%s' (arena %zu)", xml ? xml : "(nothing)", mi.arena);
+    free(xml);
+    errno = 0;
+    CHECK(malloc_info(1, stdout) == -1 && errno == EINVAL, "malloc_info(1, f): options must be 0");
+
     for (int k = 0; k < K; k++) free(blk[k]);
     free(big);
 

@@ -67,6 +67,13 @@ int main(int argc, char **argv)
             h = mix(h, std::strlen(e.what()));
         }
     }
+    // operator new(0) asks malloc for 1 byte; its sized delete passes 0
+    for (int i = 0; i < 100; i++) {
+        ::operator delete(escape(::operator new(0)), std::size_t(0));
+        ::operator delete[](escape(::operator new[](0)), std::size_t(0));
+        std::allocator<int> a;
+        a.deallocate(escape(a.allocate(0)), 0);
+    }
     std::string s;
     for (int i = 0; i < 10000; i++)
         s += static_cast<char>('a' + i % 26);

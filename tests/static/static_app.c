@@ -107,6 +107,13 @@ int main(int argc, char **argv)
     int st = 0;
     waitpid(pid, &st, 0);
     EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "malloc in a fork child");
+    /* the rest of glibc's malloc family: none may pull in its malloc.o */
+    struct mallinfo2 mi = mallinfo2();
+    FILE *null = fopen("/dev/null", "w");
+    EXPECT(mi.arena > 0 && null && malloc_info(0, null) == 0 && mallopt(M_ARENA_MAX, 1) == 1 &&
+           malloc_trim(0) >= 0, "mallinfo2, malloc_info, mallopt, malloc_trim");
+    if (null)
+        fclose(null);
     struct hak_stats hs;
     hak_stats_get(&hs);
     EXPECT(hs.foreign_frees == 0, "no foreign frees in a static program");
