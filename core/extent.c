@@ -135,18 +135,27 @@ static void decay(uint64_t now)
 static _Atomic uint32_t purger_wakeups; /* bumped under the lock to wake it */
 static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
-static _Atomic bool   purger_failed; /* pthread_create failed: never again */
+static _Atomic bool   purger_never; /* its start failed, or it stopped: never again */
 _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
 
 /* Called and returns with the lock held: sleep without it until woken or
  * until deadline_ms (0: none).  A wake-up between the unlock and the sleep
- * is not lost: it changed the count the futex sleeps on. */
-static void purger_sleep(uint64_t deadline_ms)
+ * is not lost: it changed the count the futex sleeps on.  false, without
+ * sleeping, once no thread holds a heap (purger_heaps_gone): the program's
+ * threads have ended, and the purger must not be the process's last
+ * thread.  A process lives as long as one of its threads does, so a main
+ * thread that ended with pthread_exit, or a fork child's only thread
+ * ending that way (Python's threads do), would leave it running for ever,
+ * deaf to every signal the purger blocks. */
+static bool purger_sleep(uint64_t deadline_ms)
 {
     uint32_t seen = atomic_load(&purger_wakeups);
+    if (!heaps_running())
+        return false;
     extent_unlock();
     os_futex_wait(&purger_wakeups, seen, deadline_ms);
     extent_lock();
+    return true;
 }
 
 static void purger_wake(void) /* with the lock held */
@@ -178,7 +187,8 @@ static void *purger_main(void *unused)
             atomic_store(&purger_idle, true);
             atomic_thread_fence(memory_order_seq_cst);
             if (!large_cache_central_bytes() && !heaps_large_held()) {
-                purger_sleep(0);
+                if (!purger_sleep(0))
+                    break;
                 continue;
             }
             atomic_store(&purger_idle, false);
@@ -186,9 +196,28 @@ static void *purger_main(void *unused)
         }
         if (next < now + decay_period())
             next = now + decay_period();
-        purger_sleep(next);
+        if (!purger_sleep(next))
+            break;
     }
+    /* Stopped for good, as if its start had failed: decay goes back inside
+     * extent operations and purger_poll.  (A thread that starts later, in
+     * a program whose main thread never allocated, does without it.) */
+    atomic_store(&purger_never, true);
+    atomic_store(&purger_idle, false);
+    atomic_store_explicit(&purger_started, false, memory_order_relaxed);
+    atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
+    extent_unlock();
     return NULL;
+}
+
+/* The last heap was given back (heap_release): wake the purger to stop. */
+void purger_heaps_gone(void)
+{
+    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) || fork_locks_held)
+        return;
+    extent_lock();
+    purger_wake();
+    extent_unlock();
 }
 
 /* fork: the growth lock is taken before the extents' lock, as everywhere. */
@@ -211,7 +240,7 @@ void extent_fork_child(void)
     lock_reset(&grow_lock);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store(&purger_idle, false);
-    atomic_store_explicit(&purger_wanted, atomic_load(&purger_failed), memory_order_relaxed);
+    atomic_store_explicit(&purger_wanted, atomic_load(&purger_never), memory_order_relaxed);
 }
 
 /* Ask for the purger (with the lock held); purger_poll starts it.  Not
@@ -223,7 +252,7 @@ void extent_fork_child(void)
 static inline void purger_want(void)
 {
     if (atomic_load_explicit(&purger_started, memory_order_relaxed) || !options.decay_ms ||
-        fork_locks_held || atomic_load_explicit(&purger_failed, memory_order_relaxed))
+        fork_locks_held || atomic_load_explicit(&purger_never, memory_order_relaxed))
         return;
     atomic_store_explicit(&purger_started, true, memory_order_relaxed);
     atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
@@ -234,7 +263,7 @@ static inline void purger_want(void)
  * past the threshold).  Lock-free once the purger runs. */
 void purger_request(size_t cached)
 {
-    if (!options.decay_ms || fork_locks_held || atomic_load_explicit(&purger_failed, memory_order_relaxed))
+    if (!options.decay_ms || fork_locks_held || atomic_load_explicit(&purger_never, memory_order_relaxed))
         return;
     if (atomic_load_explicit(&purger_started, memory_order_relaxed) && !atomic_load(&purger_idle))
         return;
@@ -278,7 +307,7 @@ static void decay_without_purger(void)
  * between operations and holds no lock (and never from free, internal.h). */
 void purger_start(void)
 {
-    if (atomic_load_explicit(&purger_failed, memory_order_relaxed)) {
+    if (atomic_load_explicit(&purger_never, memory_order_relaxed)) {
         decay_without_purger();
         return;
     }
@@ -296,7 +325,7 @@ void purger_start(void)
         pthread_setname_np(t, "hakmem-purge");
     } else { /* decay goes back inside extent operations and purger_poll */
         STAT_INC(fallbacks);
-        atomic_store(&purger_failed, true);
+        atomic_store(&purger_never, true);
         atomic_store_explicit(&purger_started, false, memory_order_relaxed);
         atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
     }

@@ -34,7 +34,9 @@ bool          runtime_ready;
 static _Atomic bool atfork_registered;
 __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
-static unsigned running_heaps; /* HEAP_ACTIVE ones (heaps_mutex) */
+/* HEAP_ACTIVE ones: written under heaps_mutex, read without it by the
+ * purger (heaps_running) */
+static unsigned running_heaps;
 
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
 
@@ -137,7 +139,7 @@ static void front_attach(ThreadFront *front, Heap *h)
 {
     atomic_store(&h->state, HEAP_ACTIVE);
     h->front = front;
-    large_fronts_share(++running_heaps);
+    large_fronts_share(__atomic_add_fetch(&running_heaps, 1, __ATOMIC_RELAXED));
     lock_release(&heaps_mutex);
     front->heap = h;
     for (unsigned c = 0; c < HAK_NCLASS; c++) /* the front is empty */
@@ -409,14 +411,19 @@ static void heap_release(ThreadFront *front)
     }
     h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
-    large_fronts_share(--running_heaps);
+    unsigned running = __atomic_sub_fetch(&running_heaps, 1, __ATOMIC_RELAXED);
+    large_fronts_share(running);
     lock_release(&heaps_mutex);
     heap_collect(h);
     lock_acquire(&heaps_mutex);
     atomic_store(&h->state, HEAP_ABANDONED);
     abandoned_push(h);
     lock_release(&heaps_mutex);
+    if (!running)
+        purger_heaps_gone();
 }
+
+unsigned heaps_running(void) { return __atomic_load_n(&running_heaps, __ATOMIC_RELAXED); }
 
 /* malloc_trim, for the calling thread: its front and carving spans, the
  * frees other threads sent to its spans, its spare SuperSlab and the pages
@@ -556,7 +563,7 @@ void heaps_fork_child(void)
             h->front = NULL;
         }
     }
-    running_heaps = thread_front.heap != NULL;
-    large_fronts_share(running_heaps);
+    __atomic_store_n(&running_heaps, thread_front.heap != NULL, __ATOMIC_RELAXED);
+    large_fronts_share(heaps_running());
 }
 
