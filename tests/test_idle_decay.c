@@ -20,7 +20,6 @@
  * metadata, at most one spare SuperSlab per heap: a few MiB.  RSS must come
  * back to within 32 MiB of what it was before the spike.
  * SPDX-License-Identifier: MIT */
-#include <dirent.h>
 #include <dlfcn.h>
 #include <stdbool.h>
 #include "testutil.h"
@@ -46,24 +45,6 @@ int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), v
     return real(t, a, fn, arg);
 }
 
-/* Is hakmem's purger thread running?  (allocates: not while idle) */
-static bool purger_running(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    bool found = false;
-    for (struct dirent *e; d && !found && (e = readdir(d));) {
-        char path[300], comm[32] = "";
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
-        if (f && fgets(comm, sizeof comm, f))
-            found = strcmp(comm, "hakmem-purge\n") == 0;
-        if (f)
-            fclose(f);
-    }
-    if (d)
-        closedir(d);
-    return found;
-}
 
 static void touch(unsigned char *p, size_t n, unsigned char v)
 {
@@ -115,7 +96,7 @@ int main(int argc, char **argv)
     size_t rss0 = tu_rss_bytes();
     CHECK(rss0 > 0, "cannot read /proc/self/statm");
     /* a program that has used less than 16 MiB has no purger thread */
-    CHECK(!purger_running(), "a hakmem-purge thread before the program used 16 MiB");
+    CHECK(!tu_purger_running(), "a hakmem-purge thread before the program used 16 MiB");
 
     enum { MAXL = 4096 };
     static unsigned char *lb[MAXL];
@@ -174,12 +155,12 @@ int main(int argc, char **argv)
           "the allocator",
           rss / 1048576.0, waited, DECAY_MS, rss0 / 1048576.0, rss_peak / 1048576.0);
     if (no_purger) {
-        CHECK(creates_failed == 1 && !purger_running(),
+        CHECK(creates_failed == 1 && !tu_purger_running(),
               "%d pthread_create calls failed: hakmem should try to start its purger once",
               creates_failed);
         return TU_DONE();
     }
-    CHECK(purger_running(), "no hakmem-purge thread after the spike");
+    CHECK(tu_purger_running(), "no hakmem-purge thread after the spike");
     if (!tu_failures()) {
         char *again[] = { argv[0], main_only ? "no-purger" : "main-only", NULL };
         fflush(NULL);

@@ -11,7 +11,6 @@
  * purger runs (a spike of 64 MiB, then a look at /proc/self/task), and its
  * atexit handler writes one byte to a pipe the test reads.
  * SPDX-License-Identifier: MIT */
-#include <dirent.h>
 #include <poll.h>
 #include <stdbool.h>
 #include "testutil.h"
@@ -26,24 +25,6 @@ static void at_exit(void)
         _exit(5);
 }
 
-/* Is hakmem's purger thread running? */
-static bool purger_running(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    bool found = false;
-    for (struct dirent *e; d && !found && (e = readdir(d));) {
-        char path[300], comm[32] = "";
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
-        if (f && fgets(comm, sizeof comm, f))
-            found = strcmp(comm, "hakmem-purge\n") == 0;
-        if (f)
-            fclose(f);
-    }
-    if (d)
-        closedir(d);
-    return found;
-}
 
 /* A spike that makes hakmem want its purger, which a malloc then starts;
  * exits 3 if it does not (the case would test nothing). */
@@ -61,7 +42,7 @@ static void start_purger(void)
         free(p[i]);
     for (int i = 0; i < 100; i++)
         free(malloc(100000 + i));
-    if (!purger_running())
+    if (!tu_purger_running())
         _exit(3);
 }
 

@@ -21,16 +21,19 @@
  *   tu_stress_seconds()     STRESS_SECONDS from the environment (default 2)
  *   tu_sleep_ms, tu_rss_bytes  sleep; RSS now, read without allocating
  *   tu_run_with_option      re-execute with a HAKMEM_* option set
+ *   tu_purger_running       is the hakmem-purge thread there?  (allocates)
  *
  * Everything is static so each test is a single translation unit.
  * SPDX-License-Identifier: MIT */
 #ifndef HAKMEM_TESTUTIL_H
 #define HAKMEM_TESTUTIL_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -265,6 +268,24 @@ static inline void tu_run_with_option(const char *name, const char *value, char 
     setenv(name, value, 1);
     execv("/proc/self/exe", argv);
     CHECK(0, "re-exec with %s=%s failed: %s", name, value, strerror(errno));
+}
+
+static inline bool tu_purger_running(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    bool found = false;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
+        if (f && fgets(comm, sizeof comm, f))
+            found = strcmp(comm, "hakmem-purge\n") == 0;
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return found;
 }
 
 static inline double tu_stress_seconds(void)
