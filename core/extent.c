@@ -141,16 +141,16 @@ _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
 /* Called and returns with the lock held: sleep without it until woken or
  * until deadline_ms (0: none).  A wake-up between the unlock and the sleep
  * is not lost: it changed the count the futex sleeps on.  false, without
- * sleeping, once no thread holds a heap (purger_heaps_gone): the program's
- * threads have ended, and the purger must not be the process's last
- * thread.  A process lives as long as one of its threads does, so a main
- * thread that ended with pthread_exit, or a fork child's only thread
- * ending that way (Python's threads do), would leave it running for ever,
- * deaf to every signal the purger blocks. */
+ * sleeping, once the program's threads have ended (program_threads_ended):
+ * the purger must not be the process's last thread.  A process lives as
+ * long as one of its threads does, so a main thread that ended with
+ * pthread_exit, or a fork child's only thread ending that way (Python's
+ * threads do), would leave it running for ever, deaf to every signal the
+ * purger blocks. */
 static bool purger_sleep(uint64_t deadline_ms)
 {
     uint32_t seen = atomic_load(&purger_wakeups);
-    if (!heaps_running())
+    if (program_threads_ended())
         return false;
     extent_unlock();
     os_futex_wait(&purger_wakeups, seen, deadline_ms);
@@ -210,8 +210,9 @@ static void *purger_main(void *unused)
     return NULL;
 }
 
-/* The last heap was given back (heap_release): wake the purger to stop. */
-void purger_heaps_gone(void)
+/* The first thread ended, or the last heap was given back after it did
+ * (heap.c): wake the purger to look whether it must stop. */
+void purger_threads_ended(void)
 {
     if (!atomic_load_explicit(&purger_started, memory_order_relaxed) || fork_locks_held)
         return;

@@ -35,11 +35,22 @@ static _Atomic bool atfork_registered;
 __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
 /* HEAP_ACTIVE ones: written under heaps_mutex, read without it by the
- * purger (heaps_running) */
+ * purger (program_threads_ended) */
 static unsigned running_heaps;
+/* The process's first thread (the one that forked, in a fork child) holds
+ * leader_key; its destructor runs only if that thread ends by pthread_exit
+ * or by returning from a start routine, with the process going on. */
+static pthread_key_t leader_key;
+static _Atomic bool  leader_gone;
 
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
 
+
+static void leader_exit(void *unused)
+{
+    atomic_store(&leader_gone, true);
+    purger_threads_ended();
+}
 
 static void runtime_init(void)
 {
@@ -63,6 +74,7 @@ static void runtime_init(void)
     stats_init();
     classes_init();
     pthread_key_create(&exit_key, heap_thread_exit);
+    pthread_key_create(&leader_key, leader_exit);
     __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);
     if (options.verbose)
         options_print();
@@ -283,6 +295,8 @@ __attribute__((constructor)) static void process_start(void)
 {
     runtime_ensure();
     atfork_register();
+    if (os_first_thread()) /* (not so when dlopen()ed by another thread) */
+        pthread_setspecific(leader_key, (void *)1);
 }
 
 void *heap_alloc_slow(size_t size, unsigned cls)
@@ -419,11 +433,18 @@ static void heap_release(ThreadFront *front)
     atomic_store(&h->state, HEAP_ABANDONED);
     abandoned_push(h);
     lock_release(&heaps_mutex);
-    if (!running)
-        purger_heaps_gone();
+    if (!running && atomic_load(&leader_gone))
+        purger_threads_ended();
 }
 
-unsigned heaps_running(void) { return __atomic_load_n(&running_heaps, __ATOMIC_RELAXED); }
+/* Have the program's threads ended (the first one by pthread_exit, and no
+ * thread holds a heap)?  Then the purger must not be the process's last
+ * thread (extent.c).  A thread that holds no heap may still run: the
+ * purger stopping costs it only the decay of an idle program. */
+bool program_threads_ended(void)
+{
+    return atomic_load(&leader_gone) && !__atomic_load_n(&running_heaps, __ATOMIC_RELAXED);
+}
 
 /* malloc_trim, for the calling thread: its front and carving spans, the
  * frees other threads sent to its spans, its spare SuperSlab and the pages
@@ -563,7 +584,10 @@ void heaps_fork_child(void)
             h->front = NULL;
         }
     }
-    __atomic_store_n(&running_heaps, thread_front.heap != NULL, __ATOMIC_RELAXED);
-    large_fronts_share(heaps_running());
+    unsigned running = thread_front.heap != NULL;
+    __atomic_store_n(&running_heaps, running, __ATOMIC_RELAXED);
+    large_fronts_share(running);
+    atomic_store(&leader_gone, false); /* this thread leads the child */
+    pthread_setspecific(leader_key, (void *)1);
 }
 

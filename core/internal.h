@@ -454,8 +454,8 @@ extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */
 void  purger_front_filled(void); /* a thread's large front was empty, holds some now */
-void  purger_heaps_gone(void);   /* no thread holds a heap now (heap.c) */
-unsigned heaps_running(void);    /* threads holding a heap (heap.c) */
+void  purger_threads_ended(void); /* program_threads_ended may be true now */
+bool  program_threads_ended(void); /* heap.c */
 static inline void purger_poll(void)
 {
     if (unlikely(atomic_load_explicit(&purger_wanted, memory_order_relaxed)))

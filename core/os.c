@@ -120,6 +120,8 @@ bool os_page_mapped(const void *p)
     return ok;
 }
 
+bool os_first_thread(void) { return syscall(SYS_gettid) == getpid(); }
+
 bool os_random(void *buf, size_t len)
 {
     return getrandom(buf, len, GRND_NONBLOCK) == (ssize_t)len;

@@ -38,6 +38,8 @@ uint64_t os_now_ms(void);
  * time deadline_ms (0: no deadline); may return early for no reason. */
 void  os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms);
 void  os_futex_wake(_Atomic uint32_t *word, int n);
+/* Is the calling thread its process's first (its id is the process's)? */
+bool  os_first_thread(void);
 /* Fill buf with len random bytes from the kernel; false if it has none. */
 bool  os_random(void *buf, size_t len);
 /* A close-on-exec copy of fd, numbered 3 or above; -1 if none. */

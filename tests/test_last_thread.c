@@ -97,6 +97,33 @@ static void forked_from_thread(uintptr_t unused)
     _exit(7); /* not reached: the thread exits the process */
 }
 
+/* The main thread lives on and takes over the heap a worker left (it
+ * frees the worker's blocks, having made few mallocs of its own), so for
+ * a moment no thread holds a heap: the purger must keep running. */
+static void *leave_blocks(void *blocks)
+{
+    for (int i = 0; i < 64; i++)
+        ((void **)blocks)[i] = malloc(100 + i);
+    return NULL;
+}
+static void main_lives_on(uintptr_t unused)
+{
+    start_purger();
+    for (int round = 0; round < 4; round++) {
+        void *blocks[64];
+        pthread_t t;
+        if (pthread_create(&t, NULL, leave_blocks, blocks) != 0)
+            _exit(4);
+        pthread_join(t, NULL);
+        for (int i = 0; i < 64; i++)
+            free(blocks[i]);
+    }
+    tu_sleep_ms(50);
+    if (tu_stats().heaps_taken_over == 0)
+        _exit(10); /* the case would test nothing */
+    exit(tu_purger_running() ? 0 : 9);
+}
+
 static void run_case(const char *name, void (*body)(uintptr_t), uintptr_t arg)
 {
     int fds[2];
@@ -125,7 +152,7 @@ static void run_case(const char *name, void (*body)(uintptr_t), uintptr_t arg)
         waitpid(pid, &st, 0);
         CHECK(0, "%s: the process did not end within %d ms of its last thread", name, LIMIT_MS);
     } else {
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: exit status %d (3: no purger thread ran)",
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: exit status %d (3: no purger thread ran; 9: it stopped while the main thread lives; 10: no heap was taken over)",
               name, WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
         char b;
         struct pollfd pf = { fds[0], POLLIN, 0 };
@@ -141,5 +168,6 @@ int main(int argc, char **argv)
     run_case("main thread ends first, worker right after", main_exits_first, 0);
     run_case("main thread ends first, worker 300 ms later", main_exits_first, 300);
     run_case("fork child's only thread returns", forked_from_thread, 0);
+    run_case("main thread lives on, takes a worker's heap over", main_lives_on, 0);
     return TU_DONE();
 }
