@@ -135,6 +135,10 @@ static void decay(uint64_t now)
 static _Atomic uint32_t purger_wakeups; /* bumped under the lock to wake it */
 static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
+/* The signal mask of the thread that started it: restored when it stops,
+ * since it may be the process's last thread, which then runs exit() and
+ * the atexit handlers (on the default stack size, for the same reason). */
+static sigset_t       purger_creator_mask;
 static _Atomic bool   purger_never; /* its start failed, or it stopped: never again */
 _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
 
@@ -207,6 +211,7 @@ static void *purger_main(void *unused)
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
     extent_unlock();
+    pthread_sigmask(SIG_SETMASK, &purger_creator_mask, NULL);
     return NULL;
 }
 
@@ -317,10 +322,10 @@ void purger_start(void)
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&a, 64 * 1024);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    purger_creator_mask = old;
     pthread_t t;
     if (pthread_create(&t, &a, purger_main, NULL) == 0) {
         pthread_setname_np(t, "hakmem-purge");

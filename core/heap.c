@@ -223,8 +223,11 @@ bool heap_take_over(ThreadFront *front, Heap *h)
     /* first: giving the old heap up frees blocks (the hardened build's
      * quarantine), and none of those frees may take a heap over */
     front->reclaim_tries = RECLAIM_WINDOW;
+    /* counted across the switch, so the count of heaps never reads 0 */
+    __atomic_add_fetch(&running_heaps, 1, __ATOMIC_RELAXED);
     heap_release(front);
     lock_acquire(&heaps_mutex);
+    __atomic_sub_fetch(&running_heaps, 1, __ATOMIC_RELAXED);
     front_attach(front, h);
     heap_validate(h, front);
     return true;
