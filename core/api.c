@@ -437,26 +437,36 @@ HAK_API struct mallinfo mallinfo(void)
 }
 
 /* malloc_info: glibc's XML report, its whole-process totals with the
- * figures mallinfo2 gives ("system max" is usmblks, the peak RSS; no
- * <heap> elements: hakmem's heaps are its threads').  The figures are taken before anything is printed, since
- * stdio may call malloc. */
+ * figures mallinfo2 gives (no <heap> elements: hakmem's heaps are its
+ * threads'; "system max" is at least the bytes reserved now, or the peak
+ * RSS).  As in glibc, bad options return EINVAL with errno untouched, and
+ * a failed write still returns 0.  The report is formatted into a stack
+ * buffer and written with write(2) after a flush of what fp holds; only a
+ * stream with no descriptor (open_memstream) gets it through stdio, which
+ * may allocate: nothing of hakmem's is held by then. */
 HAK_API int malloc_info(int options, FILE *fp)
 {
-    if (options != 0) {
-        errno = EINVAL;
-        return -1;
-    }
+    if (options != 0)
+        return EINVAL;
     struct mallinfo2 m = mallinfo2();
-    return fprintf(fp,
-                   "<malloc version=\"1\">\n"
-                   "<total type=\"fast\" count=\"0\" size=\"0\"/>\n"
-                   "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n"
-                   "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n"
-                   "<system type=\"current\" size=\"%zu\"/>\n"
-                   "<system type=\"max\" size=\"%zu\"/>\n"
-                   "<aspace type=\"total\" size=\"%zu\"/>\n"
-                   "<aspace type=\"mprotect\" size=\"%zu\"/>\n"
-                   "</malloc>\n",
-                   m.fordblks, m.hblks, m.hblkhd, m.arena, m.usmblks, m.arena, m.arena) < 0 ? -1 : 0;
+    char buf[512];
+    snprintf(buf, sizeof buf,
+             "<malloc version=\"1\">\n"
+             "<total type=\"fast\" count=\"0\" size=\"0\"/>\n"
+             "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n"
+             "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n"
+             "<system type=\"current\" size=\"%zu\"/>\n"
+             "<system type=\"max\" size=\"%zu\"/>\n"
+             "<aspace type=\"total\" size=\"%zu\"/>\n"
+             "<aspace type=\"mprotect\" size=\"%zu\"/>\n"
+             "</malloc>\n",
+             m.fordblks, m.hblks, m.hblkhd, m.arena, m.usmblks > m.arena ? m.usmblks : m.arena, m.arena,
+             m.arena);
+    int fd = fileno(fp);
+    if (fd >= 0 && fflush(fp) == 0)
+        write_fd(fd, buf);
+    else if (fd < 0)
+        fputs(buf, fp);
+    return 0;
 }
 #endif /* HAK_NO_GLIBC_NAMES */

@@ -33,22 +33,18 @@ extern void delete_array(void *p) __attribute__((visibility("hidden"), alias("_Z
 static inline bool plain_is_ours(void) { return likely(_ZdlPv == delete_plain); }
 static inline bool array_is_ours(void) { return likely(_ZdaPv == delete_array) && plain_is_ours(); }
 
-CXX_API void _ZdlPvm(void *p, size_t n);
-CXX_API void _ZdlPvm(void *p, size_t n)
-{
-    if (plain_is_ours())
-        hak_free_sized(p, n);
-    else
-        _ZdlPv(p);
-}
-CXX_API void _ZdaPvm(void *p, size_t n);
-CXX_API void _ZdaPvm(void *p, size_t n)
-{
-    if (array_is_ours())
-        hak_free_sized(p, n);
-    else
-        _ZdaPv(p);
-}
+/* A sized form: checked here while its plain forms are hakmem's */
+#define CXX_SIZED(mangled, ours, plain)        \
+    CXX_API void mangled(void *p, size_t n);   \
+    CXX_API void mangled(void *p, size_t n)    \
+    {                                          \
+        if (ours())                            \
+            hak_free_sized(p, n);              \
+        else                                   \
+            plain(p);                          \
+    }
+CXX_SIZED(_ZdlPvm, plain_is_ours, _ZdlPv)
+CXX_SIZED(_ZdaPvm, array_is_ours, _ZdaPv)
 
 #define CXX_FORWARD(mangled, params, call) \
     CXX_API void mangled params;           \

@@ -204,8 +204,8 @@ static void *purger_main(void *unused)
             break;
     }
     /* Stopped for good, as if its start had failed: decay goes back inside
-     * extent operations and purger_poll.  (A thread that starts later, in
-     * a program whose main thread never allocated, does without it.) */
+     * extent operations and purger_poll.  (Threads a program starts after
+     * its first one ended, and fork children, do without it.) */
     atomic_store(&purger_never, true);
     atomic_store(&purger_idle, false);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);

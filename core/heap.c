@@ -34,8 +34,8 @@ bool          runtime_ready;
 static _Atomic bool atfork_registered;
 __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
-/* HEAP_ACTIVE ones: written under heaps_mutex, read without it by the
- * purger (program_threads_ended) */
+/* HEAP_ACTIVE ones, and a thread taking a heap over (heap_take_over):
+ * atomic adds, read without a lock by the purger (program_threads_ended) */
 static unsigned running_heaps;
 /* The process's first thread (the one that forked, in a fork child) holds
  * leader_key; its destructor runs only if that thread ends by pthread_exit

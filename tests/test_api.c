@@ -395,7 +395,21 @@ static void test_glibc_extras(void)
           "malloc_info printed '%s' (arena %zu)", xml ? xml : "(nothing)", mi.arena);
     free(xml);
     errno = 0;
-    CHECK(malloc_info(1, stdout) == -1 && errno == EINVAL, "malloc_info(1, f): options must be 0");
+    CHECK(malloc_info(1, stdout) == EINVAL && errno == 0, "malloc_info(1, f): options must be 0 (EINVAL, as glibc)");
+    /* through a descriptor (write(2) after a flush), in order after what the stream held */
+    FILE *tf = tmpfile();
+    char back[2048] = "";
+    if (tf) {
+        fputs("before\n", tf);
+        CHECK(malloc_info(0, tf) == 0, "malloc_info(0, tmpfile) fails");
+        rewind(tf);
+        size_t got = fread(back, 1, sizeof back - 1, tf);
+        back[got] = 0;
+        fclose(tf);
+    }
+    static const char want_start[] = "before\n<malloc version=\"1\">\n";
+    CHECK(strncmp(back, want_start, strlen(want_start)) == 0 && strstr(back, "</malloc>\n"),
+          "malloc_info to a file wrote '%s'", back);
 
     for (int k = 0; k < K; k++) free(blk[k]);
     free(big);
