@@ -145,18 +145,34 @@ _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
 /* Called and returns with the lock held: sleep without it until woken or
  * until deadline_ms (0: none).  A wake-up between the unlock and the sleep
  * is not lost: it changed the count the futex sleeps on.  false, without
- * sleeping, once the program's threads have ended (program_threads_ended):
- * the purger must not be the process's last thread.  A process lives as
- * long as one of its threads does, so a main thread that ended with
- * pthread_exit, or a fork child's only thread ending that way (Python's
- * threads do), would leave it running for ever, deaf to every signal the
- * purger blocks. */
+ * sleeping, once the program's threads have ended: the purger must not be
+ * the process's last thread.  A process lives as long as one of its
+ * threads does, so a main thread that ended with pthread_exit, or a fork
+ * child's only thread ending that way (Python's threads do), would leave
+ * it running for ever, deaf to every signal the purger blocks.
+ * While no thread holds a heap (heaps_running: each thread that ends
+ * gives its heap back, and the last one wakes the purger), it asks the
+ * kernel whether any other thread still runs (one may never have called
+ * malloc, or be ending), and looks again after 1, 2, 4 ... ms, then every
+ * second.  With no /proc to ask, no heap held is taken to mean none runs. */
+static unsigned purger_look_ms = 1;
 static bool purger_sleep(uint64_t deadline_ms)
 {
     uint32_t seen = atomic_load(&purger_wakeups);
-    if (program_threads_ended())
-        return false;
+    bool look = !heaps_running();
     extent_unlock();
+    if (look) {
+        if (os_last_thread() != 0) {
+            extent_lock();
+            return false;
+        }
+        uint64_t again = os_now_ms() + purger_look_ms;
+        purger_look_ms = purger_look_ms < 512 ? purger_look_ms * 2 : 1000;
+        if (!deadline_ms || again < deadline_ms)
+            deadline_ms = again;
+    } else {
+        purger_look_ms = 1;
+    }
     os_futex_wait(&purger_wakeups, seen, deadline_ms);
     extent_lock();
     return true;
@@ -203,9 +219,9 @@ static void *purger_main(void *unused)
         if (!purger_sleep(next))
             break;
     }
-    /* Stopped for good, as if its start had failed: decay goes back inside
-     * extent operations and purger_poll.  (Threads a program starts after
-     * its first one ended, and fork children, do without it.) */
+    /* Stopped for good, as if its start had failed (no thread is left to
+     * need it, but atexit handlers may still allocate): decay goes back
+     * inside extent operations and purger_poll. */
     atomic_store(&purger_never, true);
     atomic_store(&purger_idle, false);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
@@ -215,8 +231,8 @@ static void *purger_main(void *unused)
     return NULL;
 }
 
-/* The first thread ended, or the last heap was given back after it did
- * (heap.c): wake the purger to look whether it must stop. */
+/* The last heap was given back (heap.c): wake the purger to look whether
+ * it must stop. */
 void purger_threads_ended(void)
 {
     if (!atomic_load_explicit(&purger_started, memory_order_relaxed) || fork_locks_held)
@@ -307,6 +323,13 @@ static void decay_without_purger(void)
         large_cache_decay(false);
         heaps_large_decay(now);
     }
+}
+
+/* No purger, ever (heap.c: the process has no thread-specific key left) */
+void purger_forgo(void)
+{
+    atomic_store(&purger_never, true);
+    atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
 }
 
 /* pthread_create allocates: only from purger_poll, where the allocator is

@@ -30,27 +30,17 @@ static Heap *abandoned_tail; /* (heaps_mutex: the queue below)       */
 static char  *heap_store;         /* storage that new heaps are cut from */
 static size_t heap_store_left;
 static pthread_key_t exit_key;
+static bool          exit_key_made; /* false: the process has no key left */
 bool          runtime_ready;
 static _Atomic bool atfork_registered;
 __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
 static uint64_t last_collect_ms;
 /* HEAP_ACTIVE ones, and a thread taking a heap over (heap_take_over):
- * atomic adds, read without a lock by the purger (program_threads_ended) */
+ * atomic adds, read without a lock by the purger (heaps_running) */
 static unsigned running_heaps;
-/* The process's first thread (the one that forked, in a fork child) holds
- * leader_key; its destructor runs only if that thread ends by pthread_exit
- * or by returning from a start routine, with the process going on. */
-static pthread_key_t leader_key;
-static _Atomic bool  leader_gone;
 
 #define HEAP_STRIDE align_up(sizeof(Heap), 64)
 
-
-static void leader_exit(void *unused)
-{
-    atomic_store(&leader_gone, true);
-    purger_threads_ended();
-}
 
 static void runtime_init(void)
 {
@@ -73,8 +63,15 @@ static void runtime_init(void)
     options_init();
     stats_init();
     classes_init();
-    pthread_key_create(&exit_key, heap_thread_exit);
-    pthread_key_create(&leader_key, leader_exit);
+    /* Without the key (a process that used up its 1024, hakmem dlopen()ed
+     * late) no thread gives its heap back when it exits, so the count of
+     * running heaps never tells the purger that the program's threads
+     * have ended: there is none (decay runs inside operations). */
+    exit_key_made = pthread_key_create(&exit_key, heap_thread_exit) == 0;
+    if (!exit_key_made) {
+        write_stderr("hakmem: no thread-specific key left: heaps of exited threads are not reused, no purger thread\n");
+        purger_forgo();
+    }
     __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);
     if (options.verbose)
         options_print();
@@ -146,12 +143,14 @@ static Block *refill(Heap *h, ThreadFront *front, unsigned cls, uint32_t *count)
 static void atfork_register(void);
 static void heap_release(ThreadFront *front);
 
-/* h becomes front's heap (heaps_mutex held: released here). */
-static void front_attach(ThreadFront *front, Heap *h)
+/* h becomes front's heap (heaps_mutex held: released here); counted: the
+ * thread is among the running heaps already (heap_take_over). */
+static void front_attach(ThreadFront *front, Heap *h, bool counted)
 {
     atomic_store(&h->state, HEAP_ACTIVE);
     h->front = front;
-    large_fronts_share(__atomic_add_fetch(&running_heaps, 1, __ATOMIC_RELAXED));
+    large_fronts_share(counted ? __atomic_load_n(&running_heaps, __ATOMIC_RELAXED)
+                               : __atomic_add_fetch(&running_heaps, 1, __ATOMIC_RELAXED));
     lock_release(&heaps_mutex);
     front->heap = h;
     for (unsigned c = 0; c < HAK_NCLASS; c++) /* the front is empty */
@@ -227,8 +226,7 @@ bool heap_take_over(ThreadFront *front, Heap *h)
     __atomic_add_fetch(&running_heaps, 1, __ATOMIC_RELAXED);
     heap_release(front);
     lock_acquire(&heaps_mutex);
-    __atomic_sub_fetch(&running_heaps, 1, __ATOMIC_RELAXED);
-    front_attach(front, h);
+    front_attach(front, h, true);
     heap_validate(h, front);
     return true;
 }
@@ -267,10 +265,10 @@ Heap *heap_acquire(ThreadFront *front, bool at_exit)
         __atomic_store_n(&all_heaps, h, __ATOMIC_RELEASE);
         STAT_INC(heaps_created);
     }
-    front_attach(front, h);
+    front_attach(front, h, false);
     if (adopted)
         heap_validate(h, front); /* what the thread that gave it up left */
-    if (at_exit)
+    if (at_exit && exit_key_made)
         pthread_setspecific(exit_key, h);
     atfork_register(); /* may allocate: only now that this thread has a heap */
     return h;
@@ -298,8 +296,6 @@ __attribute__((constructor)) static void process_start(void)
 {
     runtime_ensure();
     atfork_register();
-    if (os_first_thread()) /* (not so when dlopen()ed by another thread) */
-        pthread_setspecific(leader_key, (void *)1);
 }
 
 void *heap_alloc_slow(size_t size, unsigned cls)
@@ -436,17 +432,15 @@ static void heap_release(ThreadFront *front)
     atomic_store(&h->state, HEAP_ABANDONED);
     abandoned_push(h);
     lock_release(&heaps_mutex);
-    if (!running && atomic_load(&leader_gone))
+    if (!running)
         purger_threads_ended();
 }
 
-/* Have the program's threads ended (the first one by pthread_exit, and no
- * thread holds a heap)?  Then the purger must not be the process's last
- * thread (extent.c).  A thread that holds no heap may still run: the
- * purger stopping costs it only the decay of an idle program. */
-bool program_threads_ended(void)
+/* Does any thread hold a heap?  If none does, the program's threads may
+ * all have ended, and the purger looks (extent.c). */
+bool heaps_running(void)
 {
-    return atomic_load(&leader_gone) && !__atomic_load_n(&running_heaps, __ATOMIC_RELAXED);
+    return __atomic_load_n(&running_heaps, __ATOMIC_RELAXED) != 0;
 }
 
 /* malloc_trim, for the calling thread: its front and carving spans, the
@@ -590,7 +584,6 @@ void heaps_fork_child(void)
     unsigned running = thread_front.heap != NULL;
     __atomic_store_n(&running_heaps, running, __ATOMIC_RELAXED);
     large_fronts_share(running);
-    atomic_store(&leader_gone, false); /* this thread leads the child */
-    pthread_setspecific(leader_key, (void *)1);
+    large_cache_fork_child();
 }
 

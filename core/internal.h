@@ -454,8 +454,9 @@ extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */
 void  purger_front_filled(void); /* a thread's large front was empty, holds some now */
-void  purger_threads_ended(void); /* program_threads_ended may be true now */
-bool  program_threads_ended(void); /* heap.c */
+void  purger_threads_ended(void); /* no thread holds a heap now */
+void  purger_forgo(void);          /* never start it (heap.c) */
+bool  heaps_running(void);         /* does a thread hold a heap? (heap.c) */
 static inline void purger_poll(void)
 {
     if (unlikely(atomic_load_explicit(&purger_wanted, memory_order_relaxed)))
@@ -506,6 +507,7 @@ void   large_resize(LargeFront *f, int64_t bytes);
 void   large_cache_new_extent(size_t len);        /* extent bytes the     */
 void   large_cache_drop_extent(size_t len);       /* large tier holds     */
 uint64_t large_cache_decay(bool all);
+void   large_cache_fork_child(void);          /* recount what is left  */
 size_t large_cache_central_bytes(void);
 void   large_stats(struct hak_stats *st);
 

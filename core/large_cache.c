@@ -544,6 +544,24 @@ uint64_t large_cache_decay(bool all)
     return next_due;
 }
 
+/* In a fork child: the central cache's stacks hold what they held, but
+ * not the extents another thread had taken off them at the fork (a decay
+ * walk, a refill), which stay counted in the shards' bytes: counted
+ * again, or the child's purger would never find the cache empty and
+ * central_put would measure its cap against bytes that are not there.
+ * (The extents themselves are lost to the child, like those threads'
+ * fronts.) */
+void large_cache_fork_child(void)
+{
+    for (unsigned i = 0; i < LARGE_NSHARD; i++) {
+        size_t bytes = 0;
+        for (unsigned c = 0; c < HAK_LARGE_NCLASS; c++)
+            for (CachedExtent *e = atomic_load_explicit(&shards[i].list[c], RELAXED); e; e = e->next)
+                bytes += e->len;
+        atomic_store_explicit(&shards[i].bytes, bytes, RELAXED);
+    }
+}
+
 void large_count_heapless(bool alloc, int64_t bytes)
 {
     atomic_fetch_add_explicit(alloc ? &heapless_allocs : &heapless_frees, 1, memory_order_relaxed);

@@ -10,6 +10,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <string.h>
 #include <unistd.h>
 
 #ifdef HAK_FAULT_INJECTION
@@ -120,7 +121,38 @@ bool os_page_mapped(const void *p)
     return ok;
 }
 
-bool os_first_thread(void) { return syscall(SYS_gettid) == getpid(); }
+/* /proc/self/stat: the third field is the state of the process's first
+ * thread ('Z' once it ended by pthread_exit: it stays counted until the
+ * process ends), the twentieth the count of its threads. */
+int os_last_thread(void)
+{
+    int saved = errno;
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int unknown = errno == ENOENT || errno == EACCES ? -1 : 0;
+        errno = saved;
+        return unknown;
+    }
+    char buf[1024];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    errno = saved;
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *c = strrchr(buf, ')'); /* the name may hold spaces and ')' */
+    if (!c || c[1] != ' ' || !c[2])
+        return 0;
+    char first_state = c[2];
+    c += 2; /* at field 3 */
+    for (int field = 3; field < 20; field++)
+        if (!(c = strchr(c, ' ')) || !*++c)
+            return 0;
+    long threads = 0;
+    while (*c >= '0' && *c <= '9')
+        threads = threads * 10 + (*c++ - '0');
+    return threads == 1 || (threads == 2 && first_state == 'Z');
+}
 
 bool os_random(void *buf, size_t len)
 {

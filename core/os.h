@@ -3,7 +3,8 @@
  * go through here, so that each memory call is counted (HAKMEM_STATS) and
  * can be failed on purpose in the fault-injection build
  * (HAK_FAULT_INJECTION); the futexes the locks (internal.h) and the purger
- * sleep on are here too.  The others are pthreads' (the purger thread),
+ * sleep on are here too, and the purger's look at /proc/self/stat
+ * (os_last_thread).  The others are pthreads' (the purger thread),
  * getauxval and getrusage, and error.c's write to stderr.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_OS_H
@@ -38,8 +39,10 @@ uint64_t os_now_ms(void);
  * time deadline_ms (0: no deadline); may return early for no reason. */
 void  os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms);
 void  os_futex_wake(_Atomic uint32_t *word, int n);
-/* Is the calling thread its process's first (its id is the process's)? */
-bool  os_first_thread(void);
+/* Is the calling thread, one the process started after its first, the
+ * only one still running?  1 yes, 0 no, -1 there is no telling (no /proc).
+ * A few system calls: for the purger's rare look (extent.c). */
+int   os_last_thread(void);
 /* Fill buf with len random bytes from the kernel; false if it has none. */
 bool  os_random(void *buf, size_t len);
 /* A close-on-exec copy of fd, numbered 3 or above; -1 if none. */

@@ -16,6 +16,13 @@
 #              that leaked a pthread key per load would exhaust the 1024
 #              keys), and checks that the process can still create keys and
 #              threads.  Exits 0.
+#   lastthread NOT linked with hakmem either: its main thread starts a
+#              worker and ends by pthread_exit; the worker loads the
+#              plugin (so hakmem's constructor runs on a thread that is
+#              not the first), makes a 64 MiB spike that starts hakmem's
+#              purger thread, and returns: the process must then end with
+#              status 0, as under glibc (a purger that outlived the
+#              program's threads kept it running for ever).
 # Prints one PASS/FAIL line per library; exits 1 if any failed.
 #
 # Env: ROOT (repo root), HAK_TEST_LIB, HAK_TEST_DEBUG_LIB (set by tests/run.sh).
@@ -80,6 +87,72 @@ __attribute__((visibility("default"))) int plugin_work(int seed)
         free(m[i]);
     }
     return bad;
+}
+
+/* 64 MiB in use at once, then freed: hakmem starts its purger. */
+__attribute__((visibility("default"))) int plugin_spike(void)
+{
+    void *p[32];
+    for (int i = 0; i < 32; i++) {
+        if (!(p[i] = hak_malloc((size_t)2 << 20)))
+            return 1;
+        memset(p[i], i, 4096);
+    }
+    for (int i = 0; i < 32; i++)
+        hak_free(p[i]);
+    for (int i = 0; i < 100; i++) /* the purger starts at a malloc */
+        hak_free(hak_malloc(100000 + (size_t)i));
+    return 0;
+}
+EOF
+
+cat >"$TMP/lastthread.c" <<'EOF'
+#include <dirent.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int purger_running(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    int found = 0;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
+        if (f) {
+            if (!fgets(comm, sizeof comm, f))
+                comm[0] = 0;
+            fclose(f);
+        }
+        found = !strncmp(comm, "hakmem-purge", 12);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static void *worker(void *plugin)
+{
+    void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+    int (*spike)(void) = h ? (int (*)(void))dlsym(h, "plugin_spike") : NULL;
+    if (!spike || spike() != 0) {
+        fprintf(stderr, "lastthread: %s\n", h ? "plugin_spike failed" : dlerror());
+        _exit(1);
+    }
+    printf("lastthread: purger running %d\n", purger_running());
+    fflush(stdout);
+    return NULL; /* the process's last thread but hakmem's ends here */
+}
+
+int main(int argc, char **argv)
+{
+    pthread_t t;
+    if (argc != 2 || pthread_create(&t, NULL, worker, argv[1]) != 0)
+        return 2;
+    pthread_exit(NULL);
 }
 EOF
 
@@ -198,6 +271,11 @@ if ! "$CC" -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror \
     echo "FAIL test_dlclose: building the driver: $(grep -m1 -i error "$TMP/cc.log")"
     exit 1
 fi
+if ! "$CC" -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror \
+        -o "$TMP/lastthread" "$TMP/lastthread.c" -ldl >"$TMP/cc.log" 2>&1; then
+    echo "FAIL test_dlclose: building lastthread: $(grep -m1 -i error "$TMP/cc.log")"
+    exit 1
+fi
 i=0
 for lib in "${LIBS[@]}"; do
     i=$((i + 1))
@@ -226,6 +304,18 @@ for lib in "${LIBS[@]}"; do
         fi
         detail=$(grep -m1 . "$d/out")
         echo "FAIL test_dlclose $lib: driver $why${detail:+: $detail}"
+        fail_count=$((fail_count + 1))
+    fi
+    t0=$SECONDS
+    timeout -k 2 20 "$TMP/lastthread" "$d/plugin.so" >"$d/last" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ] && grep -q '^lastthread: purger running 1' "$d/last"; then
+        echo "PASS test_dlclose $lib: loaded by a worker, the process ends with it ($((SECONDS - t0)) s)"
+    elif [ $rc -eq 0 ]; then
+        echo "FAIL test_dlclose $lib: lastthread tested nothing: $(grep -m1 . "$d/last")"
+        fail_count=$((fail_count + 1))
+    else
+        echo "FAIL test_dlclose $lib: loaded by a worker, the process did not end by itself (exit status $rc)"
         fail_count=$((fail_count + 1))
     fi
 done

@@ -72,6 +72,26 @@ static void main_exits_first(uintptr_t ms)
     pthread_exit(NULL);
 }
 
+/* A worker that makes its first malloc only after the main thread ended
+ * (and gave its heap back, so for a while no thread held one): the purger
+ * must still be there for it (it used to stop for good then). */
+static void *late_worker(void *unused)
+{
+    tu_sleep_ms(50);
+    start_purger();
+    if (!tu_purger_running())
+        _exit(9);
+    return NULL;
+}
+static void main_exits_before_first_malloc(uintptr_t unused)
+{
+    start_purger();
+    pthread_t t;
+    if (pthread_create(&t, NULL, late_worker, NULL) != 0)
+        _exit(4);
+    pthread_exit(NULL);
+}
+
 /* Python's os.fork() from a thread: the child's only thread is the one
  * that forked, and it ends by returning from its start routine. */
 static void *fork_then_return(void *unused)
@@ -152,7 +172,7 @@ static void run_case(const char *name, void (*body)(uintptr_t), uintptr_t arg)
         waitpid(pid, &st, 0);
         CHECK(0, "%s: the process did not end within %d ms of its last thread", name, LIMIT_MS);
     } else {
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: exit status %d (3: no purger thread ran; 9: it stopped while the main thread lives; 10: no heap was taken over)",
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: exit status %d (3: no purger thread ran; 9: it stopped while a program thread lives; 10: no heap was taken over)",
               name, WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
         char b;
         struct pollfd pf = { fds[0], POLLIN, 0 };
@@ -167,6 +187,7 @@ int main(int argc, char **argv)
     tu_run_with_option("HAKMEM_DECAY_MS", "1000", argv); /* the default, whatever the caller's */
     run_case("main thread ends first, worker right after", main_exits_first, 0);
     run_case("main thread ends first, worker 300 ms later", main_exits_first, 300);
+    run_case("main thread ends first, worker's first malloc 50 ms later", main_exits_before_first_malloc, 0);
     run_case("fork child's only thread returns", forked_from_thread, 0);
     run_case("main thread lives on, takes a worker's heap over", main_lives_on, 0);
     return TU_DONE();
