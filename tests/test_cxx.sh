@@ -7,8 +7,13 @@
 # tests/cxx/cxx_replace.cc replaces the plain operator new and delete (a
 # header of its own before each block): its sized, array and nothrow
 # deletes must reach its replacement, preloaded, linked with -lhakmem and
-# linked statically with libhakmem.a.  Run from the repository root (ROOT
-# overrides); exit 0 on success.
+# linked statically with libhakmem.a.
+# tests/cxx/cxx_pool.cc: a shared library with its own new and delete,
+# after hakmem in the lookup order (preloaded, linked first, libhakmem.a):
+# its program must never get the library's new paired with hakmem's delete.
+# tests/cxx/cxx_new_handler.cc: operator new when memory runs out (new
+# handler loop, std::bad_alloc, nothrow forms) as under libstdc++ alone.
+# Run from the repository root (ROOT overrides); exit 0 on success.
 set -euo pipefail
 
 ROOT=${ROOT:-$(pwd)}
@@ -46,8 +51,9 @@ for lib in "$ROOT/out/release/libhakmem.so" "$ROOT/out/debug/libhakmem.so" "$ROO
     got=$(LD_PRELOAD=$lib "$tmp/cxx_app" 2>&1) || fail "cxx_app with $lib: $got"
     [ "$got" = "$want" ] || fail "cxx_app with $lib printed '$got', without hakmem '$want'"
     replace_runs "with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_replace"
-    # operator delete is hakmem's: the program's frees reach it
+    # operator new and delete are hakmem's: the program's calls reach them
     nm -D --defined-only "$lib" | grep -q ' _ZdlPvm$' || fail "$lib does not export operator delete(void*, size_t)"
+    nm -D --defined-only "$lib" | grep -q ' _Znwm$' || fail "$lib does not export operator new(size_t)"
     for misuse in wrong-type array-as-scalar; do
         rc=0
         err=$(LD_PRELOAD=$lib "$tmp/cxx_app" "$misuse" 2>&1 >/dev/null) || rc=$?
@@ -75,4 +81,40 @@ elif grep -q "multiple definition" "$tmp/static.err"; then
 else
     echo "test_cxx: no static C++ link on this machine (libstdc++.a or libc.a missing)"
 fi
-echo "test_cxx: ok ($libs libraries: same output as glibc, wrong-size deletes reported, a program's own operator delete honoured)"
+# A library's own new and delete, and running out of memory
+"$CXX" -O1 -std=c++17 -shared -fPIC -DCXX_POOL_LIB -o "$tmp/libcxxpool.so" "$ROOT/tests/cxx/cxx_pool.cc" ||
+    fail "cannot build the library of tests/cxx/cxx_pool.cc"
+"$CXX" -O1 -std=c++17 -o "$tmp/cxx_pool" "$ROOT/tests/cxx/cxx_pool.cc" -L"$tmp" -lcxxpool -Wl,-rpath,"$tmp" ||
+    fail "cannot build tests/cxx/cxx_pool.cc"
+"$CXX" -O1 -std=c++17 -o "$tmp/cxx_new_handler" "$ROOT/tests/cxx/cxx_new_handler.cc" ||
+    fail "cannot build tests/cxx/cxx_new_handler.cc"
+runs_ok() { # WHAT CMD...: prints its "ok" line
+    local what=$1 got
+    shift
+    got=$("$@" 2>&1) || fail "$what: $got"
+    case "$got" in *": ok") ;; *) fail "$what printed '$got'" ;; esac
+}
+runs_ok "cxx_pool without hakmem" "$tmp/cxx_pool"
+runs_ok "cxx_new_handler without hakmem" "$tmp/cxx_new_handler"
+for lib in "$ROOT/out/release/libhakmem.so" "$ROOT/out/debug/libhakmem.so" "$ROOT/out/secure/libhakmem.so"; do
+    [ -f "$lib" ] || continue
+    runs_ok "cxx_pool with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_pool"
+    runs_ok "cxx_new_handler with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_new_handler"
+done
+if [ -f "$release/libhakmem.so" ]; then
+    "$CXX" -O1 -std=c++17 -o "$tmp/cxx_pool_linked" "$ROOT/tests/cxx/cxx_pool.cc" -L"$release" -lhakmem \
+        -L"$tmp" -lcxxpool -Wl,-rpath,"$release:$tmp" || fail "cannot link cxx_pool with -lhakmem"
+    runs_ok "cxx_pool linked with -lhakmem" "$tmp/cxx_pool_linked"
+    "$CXX" -O1 -std=c++17 -o "$tmp/cxx_new_handler_linked" "$ROOT/tests/cxx/cxx_new_handler.cc" \
+        -L"$release" -lhakmem -Wl,-rpath,"$release" || fail "cannot link cxx_new_handler with -lhakmem"
+    runs_ok "cxx_new_handler linked with -lhakmem" "$tmp/cxx_new_handler_linked"
+fi
+if [ -f "$release/libhakmem.a" ]; then
+    "$CXX" -O1 -std=c++17 -o "$tmp/cxx_pool_archive" "$ROOT/tests/cxx/cxx_pool.cc" "$release/libhakmem.a" \
+        -L"$tmp" -lcxxpool -Wl,-rpath,"$tmp" -lpthread || fail "cannot link cxx_pool with libhakmem.a"
+    runs_ok "cxx_pool linked with libhakmem.a" "$tmp/cxx_pool_archive"
+    "$CXX" -O1 -std=c++17 -o "$tmp/cxx_new_handler_archive" "$ROOT/tests/cxx/cxx_new_handler.cc" \
+        "$release/libhakmem.a" -lpthread || fail "cannot link cxx_new_handler with libhakmem.a"
+    runs_ok "cxx_new_handler linked with libhakmem.a" "$tmp/cxx_new_handler_archive"
+fi
+echo "test_cxx: ok ($libs libraries: same output as glibc, wrong-size deletes reported, a program's own operator delete honoured, a library's own new and delete kept together, out-of-memory new as libstdc++'s)"
