@@ -106,12 +106,18 @@ static HAK_NOINLINE void free_other(void *p, unsigned kind)
         foreign_free(p);
 }
 
-HAK_API void hak_free(void *p)
+/* Is p in a SuperSlab?  One test rejects NULL-ish, misaligned and
+ * non-user addresses alike, then the registry says. */
+static inline bool slab_pointer(const void *p)
 {
     uintptr_t addr = (uintptr_t)p;
-    /* One test rejects NULL-ish, misaligned and non-user addresses alike. */
-    if (likely(!(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | (HAK_MIN_ALIGN - 1))) &&
-               chunk_kinds[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB)) {
+    return !(addr & ((~(uintptr_t)0 << HAK_ADDR_BITS) | (HAK_MIN_ALIGN - 1))) &&
+           chunk_kinds[addr >> HAK_CHUNK_SHIFT] == CHUNK_SUPERSLAB;
+}
+
+HAK_API void hak_free(void *p)
+{
+    if (likely(slab_pointer(p))) {
         SuperSlab *ss = superslab_of(p);
 #if HAK_HARDEN_CANARY
         harden_free(ss, p, ss->page_cls[page_index(p)]);
@@ -229,7 +235,9 @@ HAK_API void *hak_realloc(void *p, size_t size)
 
 /* The size a program says a block has must be one that gives the block's
  * class (slab tiers) or exactly its requested size (large blocks). */
-HAK_API void hak_free_sized(void *p, size_t size)
+/* free_sized and C++'s sized delete, where the size is not the one of the
+ * block's class (or the block is not a live slab block): the full check. */
+static HAK_NOINLINE void free_sized_slow(void *p, size_t size)
 {
     unsigned kind = registry_kind(p);
     bool match = true;
@@ -252,6 +260,23 @@ HAK_API void hak_free_sized(void *p, size_t size)
     if (unlikely(!match))
         invalid_free_report("free or delete with the wrong size", p);
     hak_free(p);
+}
+
+/* Every C++14 `delete` of a complete type comes here: a size of the
+ * block's class is the common case, one table load away, and the block
+ * is then freed as free() would (slab_free sorts out the rest of misuse).
+ * The hardened build compares the requested size itself (free_sized_slow). */
+HAK_API void hak_free_sized(void *p, size_t size)
+{
+    if (!HAK_HARDEN_CANARY && likely(slab_pointer(p) && size <= HAK_SLAB_REQUEST_MAX)) {
+        SuperSlab *ss = superslab_of(p);
+        unsigned page = page_index(p);
+        if (likely(size_class(slab_request(size ? size : 1)) == ss->page_cls[page])) {
+            slab_free(ss, p, page);
+            return;
+        }
+    }
+    free_sized_slow(p, size);
 }
 
 HAK_API unsigned hak_mitigations(void) { return HAK_MITIGATIONS; }
