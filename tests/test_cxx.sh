@@ -94,12 +94,22 @@ runs_ok() { # WHAT CMD...: prints its "ok" line
     got=$("$@" 2>&1) || fail "$what: $got"
     case "$got" in *": ok") ;; *) fail "$what printed '$got'" ;; esac
 }
+# a C program that loads a C++ library with RTLD_LOCAL (a Python extension)
+"$CXX" -O1 -std=c++17 -shared -fPIC -DCXX_PLUGIN -o "$tmp/libcxxnh.so" "$ROOT/tests/cxx/cxx_new_handler.cc" ||
+    fail "cannot build tests/cxx/cxx_new_handler.cc as a library"
+printf '%s\n' '#include <dlfcn.h>' '#include <stdio.h>' 'int main(int argc, char **argv) {' \
+    '    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);' \
+    '    int (*f)(void) = h ? (int (*)(void))dlsym(h, "cxx_new_handler") : NULL;' \
+    '    if (!f) { printf("%s\n", dlerror()); return 2; }' '    fflush(stdout);' '    return f();' '}' >"$tmp/host.c"
+"${CC:-cc}" -O1 -o "$tmp/cxx_host" "$tmp/host.c" -ldl || fail "cannot build the C host"
+runs_ok "cxx_new_handler loaded by a C program" "$tmp/cxx_host" "$tmp/libcxxnh.so"
 runs_ok "cxx_pool without hakmem" "$tmp/cxx_pool"
 runs_ok "cxx_new_handler without hakmem" "$tmp/cxx_new_handler"
 for lib in "$ROOT/out/release/libhakmem.so" "$ROOT/out/debug/libhakmem.so" "$ROOT/out/secure/libhakmem.so"; do
     [ -f "$lib" ] || continue
     runs_ok "cxx_pool with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_pool"
     runs_ok "cxx_new_handler with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_new_handler"
+    runs_ok "cxx_new_handler loaded by a C program, with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_host" "$tmp/libcxxnh.so"
 done
 if [ -f "$release/libhakmem.so" ]; then
     "$CXX" -O1 -std=c++17 -o "$tmp/cxx_pool_linked" "$ROOT/tests/cxx/cxx_pool.cc" -L"$release" -lhakmem \
@@ -116,5 +126,12 @@ if [ -f "$release/libhakmem.a" ]; then
     "$CXX" -O1 -std=c++17 -o "$tmp/cxx_new_handler_archive" "$ROOT/tests/cxx/cxx_new_handler.cc" \
         "$release/libhakmem.a" -lpthread || fail "cannot link cxx_new_handler with libhakmem.a"
     runs_ok "cxx_new_handler linked with libhakmem.a" "$tmp/cxx_new_handler_archive"
+    # fully static (where this machine can): the runtime's bad_alloc and
+    # nothrow forms come in with the archive's C++ member
+    if "$CXX" -O1 -std=c++17 -static -o "$tmp/cxx_new_handler_static" "$ROOT/tests/cxx/cxx_new_handler.cc" \
+            "$release/libhakmem.a" -lpthread 2>"$tmp/static.err"; then
+        [ -s "$tmp/static.err" ] && fail "static link of cxx_new_handler warns: $(head -2 "$tmp/static.err")"
+        runs_ok "cxx_new_handler linked statically" "$tmp/cxx_new_handler_static"
+    fi
 fi
 echo "test_cxx: ok ($libs libraries: same output as glibc, wrong-size deletes reported, a program's own operator delete honoured, a library's own new and delete kept together, out-of-memory new as libstdc++'s)"

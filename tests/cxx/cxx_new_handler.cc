@@ -5,6 +5,8 @@
 // form (scalar, array, aligned) alike.
 // Sizes no allocator can give (2^62 bytes and more) stand for memory
 // running out.  Prints "cxx_new_handler: ok" or the failed checks.
+// Built with -DCXX_PLUGIN it is a shared library whose cxx_new_handler()
+// runs the same, for a C program that loads it with RTLD_LOCAL.
 // SPDX-License-Identifier: MIT
 #include <cstdint>
 #include <cstdio>
@@ -65,7 +67,11 @@ static void release(Form f, void *p)
     else ::operator delete[](p, std::align_val_t(4096));
 }
 
+#ifdef CXX_PLUGIN
+extern "C" int cxx_new_handler()
+#else
 int main()
+#endif
 {
     // (not SIZE_MAX: libstdc++'s aligned new rounds it up to 0 bytes)
     const std::size_t sizes[] = { SIZE_MAX - 8191, SIZE_MAX / 2, std::size_t(1) << 62 };

@@ -1,59 +1,78 @@
-/* C++ operator new and delete, every form, so that C++ programs allocate
- * and free through hakmem (no hop through libstdc++) and its checks: a
- * sized `delete p` (C++14 sized deallocation) passes the static type's
- * size, which hak_free_sized compares with the block's, so `delete` of
- * the wrong type and `delete` of a new[] array are reported.  The aligned
- * forms take blocks that aligned_alloc rounded up, so they are not
- * size-checked.  new and delete come as a set: with only delete here, a
- * library after hakmem in the lookup order that has its own pair (a pool,
- * tcmalloc linked with -l) would see its new paired with hakmem's delete.
+/* C++ operator new, every form, beside cxx_delete.c's operator delete (new
+ * and delete come as a set: see there), so that C++ programs allocate
+ * through hakmem with no hop through libstdc++.  The array forms call the
+ * scalar ones and the nothrow forms the ones they stand for, through the
+ * symbols, as the standard's defaults do, so that a program's own plain
+ * forms (weak here: a static link beside its definitions keeps theirs)
+ * receive every other form.
  *
- * A program may replace operator new and delete (a pool, a leak tracker,
- * blocks with a header of its own), often only the plain pair.  The
- * standard's default forms then reach its replacement: an array form
- * calls the scalar one, a sized or nothrow delete the plain delete of its
- * family, a nothrow new the plain new (turning its exception into NULL).
- * So does every form here, through the symbols (weak, so a static link
- * beside a program's own definitions keeps theirs), except that a sized
- * delete checks the size itself when the forms it would call are still
- * hakmem's: the test is one load of a GOT entry.
- *
- * C cannot throw std::bad_alloc or catch what a new handler throws: where
- * hakmem has no memory to give, or a nothrow new has to call a program's
- * own operator new, the form hands the request to the next definition of
- * itself in the lookup order (libstdc++'s: dlsym(RTLD_NEXT)), which calls
- * the new handler, throws or returns NULL as the standard says, and
- * allocates through malloc, hakmem's again.  Without one (a static link,
- * libstdc++ loaded with RTLD_LOCAL), hakmem runs the new handler loop
- * itself and throws with libstdc++'s std::__throw_bad_alloc, if the
- * program has them; an exception a new handler throws then passes through
- * a nothrow new, and with no way to throw, the program is told on stderr
- * and aborts.
+ * C cannot catch what a new handler throws: where hakmem has no memory
+ * to give, or a nothrow new has to call a program's own operator new, the
+ * form hands the request to the next definition of itself (the C++
+ * runtime's: dlsym(RTLD_NEXT), or the runtime a library loaded with
+ * RTLD_LOCAL brought), which calls the new handler, throws or returns NULL
+ * as the standard says, and allocates through malloc, hakmem's again.
+ * With none, the scalar forms run the new handler loop themselves and
+ * throw std::bad_alloc through the C++ ABI (a program with no C++ runtime
+ * at all is told on stderr and aborts).  The static archive has this file
+ * as a member of its own (HAK_CXX_ARCHIVE), with the scalar forms only: a
+ * static link takes the rest from the C++ runtime's archive, and they call
+ * these.
  * (std::align_val_t is a size_t enum, std::nothrow_t const& a pointer.)
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 
 #include <dlfcn.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #ifndef HAK_NO_GLIBC_NAMES
 #define CXX_API HAK_API __attribute__((weak))
 
-/* ---- operator new ---- */
-
-/* libstdc++'s, where the program has them (weak: C programs do not). */
+/* The C++ runtime's (libstdc++ or libc++: names of the Itanium C++ ABI):
+ * std::get_new_handler, and what `throw std::bad_alloc()` compiles to.
+ * Weak in libhakmem.so, which C programs load too.  In the static
+ * archive's member of its own (HAK_CXX_ARCHIVE), taken only by programs
+ * that call operator new, they are strong: a static link then takes these
+ * from the runtime's archive, as it would for libstdc++'s own new. */
+#ifdef HAK_CXX_ARCHIVE
+#define CXX_RUNTIME
+#define CXX_HAVE(sym) true
+#else
+#define CXX_RUNTIME __attribute__((weak))
+#define CXX_HAVE(sym) ((sym) != NULL)
+#endif
 typedef void (*NewHandler)(void);
-extern NewHandler _ZSt15get_new_handlerv(void) __attribute__((weak));
-extern void _ZSt17__throw_bad_allocv(void) __attribute__((weak, noreturn));
+extern NewHandler _ZSt15get_new_handlerv(void) CXX_RUNTIME;
+extern void *__cxa_allocate_exception(size_t) CXX_RUNTIME;
+extern void __cxa_throw(void *, void *, void (*)(void *)) CXX_RUNTIME __attribute__((noreturn));
+extern char _ZTISt9bad_alloc[] CXX_RUNTIME; /* its type_info */
+extern char _ZTVSt9bad_alloc[] CXX_RUNTIME; /* its vtable */
+extern void _ZNSt9bad_allocD1Ev(void *) CXX_RUNTIME;
+#ifdef HAK_CXX_ARCHIVE
+/* The runtime is linked in: the handler loop below is the whole of what
+ * its scalar forms would do, and the others are its own. */
+#define NEXT(type, name) ((type)NULL)
+#else
 #pragma weak dlsym
+#pragma weak dlopen
 
 /* The next definition of the form called name, after hakmem's, or NULL;
- * looked up once, on the first failure. */
+ * looked up once, on the first failure.  RTLD_NEXT sees the global scope
+ * only: a C++ library that a C program loaded with RTLD_LOCAL (a Python
+ * extension) brought its C++ runtime in where only a look at that runtime
+ * itself finds it (RTLD_NOLOAD: never loaded here; the handle is kept, so
+ * that the runtime stays while hakmem may call into it). */
 static void *next_form(void *_Atomic *cache, const char *name)
 {
+    static const char *const runtimes[] = { "libstdc++.so.6", "libc++.so.1" };
     void *f = atomic_load_explicit(cache, memory_order_relaxed);
     if (!f && dlsym) {
         f = dlsym(RTLD_NEXT, name);
+        for (unsigned i = 0; !f && dlopen && i < sizeof runtimes / sizeof *runtimes; i++) {
+            void *rt = dlopen(runtimes[i], RTLD_LAZY | RTLD_NOLOAD);
+            f = rt ? dlsym(rt, name) : NULL;
+        }
         atomic_store_explicit(cache, f ? f : (void *)1, memory_order_relaxed);
     }
     return f == (void *)1 ? NULL : f;
@@ -63,13 +82,22 @@ static void *next_form(void *_Atomic *cache, const char *name)
         static void *_Atomic cache;                        \
         (type) next_form(&cache, name);                    \
     })
+#endif
 
 /* No memory and no next definition: std::bad_alloc if the program has it */
 static HAK_COLD void no_memory(void)
 {
-    if (_ZSt17__throw_bad_allocv)
-        _ZSt17__throw_bad_allocv();
-    write_stderr("hakmem: out of memory in operator new, and no std::bad_alloc to throw\n");
+    if (CXX_HAVE(__cxa_allocate_exception) && CXX_HAVE(__cxa_throw) && CXX_HAVE(_ZTISt9bad_alloc) &&
+        CXX_HAVE(_ZTVSt9bad_alloc) && CXX_HAVE(_ZNSt9bad_allocD1Ev)) {
+        /* a std::bad_alloc is its vtable pointer alone, which points past
+         * the vtable's offset-to-top and type_info entries */
+        void **e = __cxa_allocate_exception(sizeof(void *));
+        e[0] = _ZTVSt9bad_alloc + 2 * sizeof(void *);
+        __cxa_throw(e, _ZTISt9bad_alloc, _ZNSt9bad_allocD1Ev);
+    }
+    static const char msg[] = "hakmem: out of memory in operator new, and no std::bad_alloc to throw\n";
+    if (write(2, msg, sizeof msg - 1) < 0) /* (the archive member has no write_fd) */
+        abort();
     abort();
 }
 
@@ -79,7 +107,7 @@ static HAK_COLD void no_memory(void)
 static HAK_NOINLINE void *new_loop(size_t n, size_t al, bool nothrow)
 {
     for (;;) {
-        NewHandler h = _ZSt15get_new_handlerv ? _ZSt15get_new_handlerv() : NULL;
+        NewHandler h = CXX_HAVE(_ZSt15get_new_handlerv) ? _ZSt15get_new_handlerv() : NULL;
         if (!h) {
             if (!nothrow)
                 no_memory();
@@ -108,7 +136,7 @@ static void *new_scalar_aligned(size_t n, size_t al)
     if (likely(p != NULL))
         return p;
     void *(*next)(size_t, size_t) = NEXT(void *(*)(size_t, size_t), "_ZnwmSt11align_val_t");
-    if (next)
+    if (next && n <= SIZE_MAX - al) /* (libstdc++ 12 rounds a size past that up to 0) */
         return next(n, al);
     if (!is_pow2(al))
         no_memory();
@@ -117,7 +145,10 @@ static void *new_scalar_aligned(size_t n, size_t al)
 CXX_API void *_Znwm(size_t n) __attribute__((alias("new_scalar")));
 CXX_API void *_ZnwmSt11align_val_t(size_t n, size_t al) __attribute__((alias("new_scalar_aligned")));
 
-/* The array forms call the scalar ones, as the standard's do. */
+#ifndef HAK_CXX_ARCHIVE
+/* The array forms call the scalar ones, as the standard's do.  (A static
+ * link takes them, and the nothrow forms, from the C++ runtime's archive:
+ * they call the scalar forms, hakmem's, and catch what C cannot.) */
 CXX_API void *_Znam(size_t n);
 CXX_API void *_Znam(size_t n) { return _Znwm(n); }
 CXX_API void *_ZnamSt11align_val_t(size_t n, size_t al);
@@ -158,47 +189,5 @@ CXX_NOTHROW(_ZnwmSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, const void
 CXX_NOTHROW(_ZnamSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, const void *nt), (n, al, nt),
             new_array_aligned_is_ours, _ZnamSt11align_val_t(n, al), hak_aligned_alloc(al, n ? n : 1),
             is_pow2(al) ? new_loop(n ? n : 1, al, true) : NULL)
-
-/* ---- operator delete ---- */
-
-/* The two plain forms, and their addresses as defined here (hidden) */
-static void delete_plain(void *p) { hak_free(p); }
-CXX_API void _ZdlPv(void *p) __attribute__((alias("delete_plain")));
-CXX_API void _ZdaPv(void *p);
-CXX_API void _ZdaPv(void *p) { _ZdlPv(p); }
-extern void delete_array(void *p) __attribute__((visibility("hidden"), alias("_ZdaPv")));
-
-/* Are operator delete(void*) and, for arrays, delete[](void*) hakmem's?
- * The weak symbols are loaded from the GOT: the definition in effect. */
-static inline bool plain_is_ours(void) { return likely(_ZdlPv == delete_plain); }
-static inline bool array_is_ours(void) { return likely(_ZdaPv == delete_array) && plain_is_ours(); }
-
-/* A sized form: checked here while its plain forms are hakmem's */
-#define CXX_SIZED(mangled, ours, plain)        \
-    CXX_API void mangled(void *p, size_t n);   \
-    CXX_API void mangled(void *p, size_t n)    \
-    {                                          \
-        if (ours())                            \
-            hak_free_sized(p, n);              \
-        else                                   \
-            plain(p);                          \
-    }
-CXX_SIZED(_ZdlPvm, plain_is_ours, _ZdlPv)
-CXX_SIZED(_ZdaPvm, array_is_ours, _ZdaPv)
-
-#define CXX_FORWARD(mangled, params, call) \
-    CXX_API void mangled params;           \
-    CXX_API void mangled params { call; }
-
-CXX_FORWARD(_ZdlPvRKSt9nothrow_t, (void *p, const void *nt), _ZdlPv(p))
-CXX_FORWARD(_ZdaPvRKSt9nothrow_t, (void *p, const void *nt), _ZdaPv(p))
-/* The aligned family's plain form, and the rest of it */
-CXX_FORWARD(_ZdlPvSt11align_val_t, (void *p, size_t al), hak_free(p))
-CXX_FORWARD(_ZdaPvSt11align_val_t, (void *p, size_t al), _ZdlPvSt11align_val_t(p, al))
-CXX_FORWARD(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t al), _ZdlPvSt11align_val_t(p, al))
-CXX_FORWARD(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t al), _ZdaPvSt11align_val_t(p, al))
-CXX_FORWARD(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),
-            _ZdlPvSt11align_val_t(p, al))
-CXX_FORWARD(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),
-            _ZdaPvSt11align_val_t(p, al))
+#endif
 #endif

@@ -1,0 +1,66 @@
+/* C++ operator delete, every form, so that C++ programs free through
+ * hakmem's checks: a sized `delete p` (C++14 sized deallocation) passes the
+ * static type's size, which hak_free_sized compares with the block's, so
+ * `delete` of the wrong type and `delete` of a new[] array are reported.
+ * The aligned forms take blocks that aligned_alloc rounded up, so they are
+ * not size-checked.  operator new is cxx_new.c's: new and delete come as a
+ * set, or a library after hakmem in the lookup order that has its own
+ * pair (a pool, tcmalloc linked with -l) would see its new paired with
+ * hakmem's delete.
+ *
+ * A program may replace operator new and delete (a pool, a leak tracker,
+ * blocks with a header of its own), often only the plain pair.  The
+ * standard's default forms then reach its replacement: a sized or nothrow
+ * delete calls the plain delete of its family, an array delete the scalar
+ * one.  So does every form here, through the symbols (weak, so a static
+ * link beside a program's own definitions keeps theirs), except that a
+ * sized delete checks the size itself when the forms it would call are
+ * still hakmem's: the test is one load of a GOT entry.
+ * (std::align_val_t is a size_t enum, std::nothrow_t const& a pointer.)
+ * SPDX-License-Identifier: MIT */
+#include "internal.h"
+
+#ifndef HAK_NO_GLIBC_NAMES
+#define CXX_API HAK_API __attribute__((weak))
+
+/* The two plain forms, and their addresses as defined here (hidden) */
+static void delete_plain(void *p) { hak_free(p); }
+CXX_API void _ZdlPv(void *p) __attribute__((alias("delete_plain")));
+CXX_API void _ZdaPv(void *p);
+CXX_API void _ZdaPv(void *p) { _ZdlPv(p); }
+extern void delete_array(void *p) __attribute__((visibility("hidden"), alias("_ZdaPv")));
+
+/* Are operator delete(void*) and, for arrays, delete[](void*) hakmem's?
+ * The weak symbols are loaded from the GOT: the definition in effect. */
+static inline bool plain_is_ours(void) { return likely(_ZdlPv == delete_plain); }
+static inline bool array_is_ours(void) { return likely(_ZdaPv == delete_array) && plain_is_ours(); }
+
+/* A sized form: checked here while its plain forms are hakmem's */
+#define CXX_SIZED(mangled, ours, plain)        \
+    CXX_API void mangled(void *p, size_t n);   \
+    CXX_API void mangled(void *p, size_t n)    \
+    {                                          \
+        if (ours())                            \
+            hak_free_sized(p, n);              \
+        else                                   \
+            plain(p);                          \
+    }
+CXX_SIZED(_ZdlPvm, plain_is_ours, _ZdlPv)
+CXX_SIZED(_ZdaPvm, array_is_ours, _ZdaPv)
+
+#define CXX_FORWARD(mangled, params, call) \
+    CXX_API void mangled params;           \
+    CXX_API void mangled params { call; }
+
+CXX_FORWARD(_ZdlPvRKSt9nothrow_t, (void *p, const void *nt), _ZdlPv(p))
+CXX_FORWARD(_ZdaPvRKSt9nothrow_t, (void *p, const void *nt), _ZdaPv(p))
+/* The aligned family's plain form, and the rest of it */
+CXX_FORWARD(_ZdlPvSt11align_val_t, (void *p, size_t al), hak_free(p))
+CXX_FORWARD(_ZdaPvSt11align_val_t, (void *p, size_t al), _ZdlPvSt11align_val_t(p, al))
+CXX_FORWARD(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t al), _ZdlPvSt11align_val_t(p, al))
+CXX_FORWARD(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t al), _ZdaPvSt11align_val_t(p, al))
+CXX_FORWARD(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),
+            _ZdlPvSt11align_val_t(p, al))
+CXX_FORWARD(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),
+            _ZdaPvSt11align_val_t(p, al))
+#endif
