@@ -67,13 +67,13 @@ done
 [ "$libs" -gt 0 ] || fail "no library built under out/ (run make)"
 release=$ROOT/out/release
 if [ -f "$release/libhakmem.so" ]; then
-    "$CXX" -O1 -std=c++17 -o "$tmp/cxx_replace_linked" "$ROOT/tests/cxx/cxx_replace.cc" \
+    "$CXX" -O1 -std=c++17 -fsized-deallocation -o "$tmp/cxx_replace_linked" "$ROOT/tests/cxx/cxx_replace.cc" \
         -L"$release" -lhakmem -Wl,-rpath,"$release" || fail "cannot link cxx_replace with -lhakmem"
     replace_runs "linked with -lhakmem" "$tmp/cxx_replace_linked"
 fi
 # A static link needs libstdc++.a and libc.a, which not every machine has
 if [ -f "$release/libhakmem.a" ] &&
-    "$CXX" -O1 -std=c++17 -static -o "$tmp/cxx_replace_static" "$ROOT/tests/cxx/cxx_replace.cc" \
+    "$CXX" -O1 -std=c++17 -fsized-deallocation -static -o "$tmp/cxx_replace_static" "$ROOT/tests/cxx/cxx_replace.cc" \
         "$release/libhakmem.a" -lpthread 2>"$tmp/static.err"; then
     replace_runs "linked statically" "$tmp/cxx_replace_static"
 elif grep -q "multiple definition" "$tmp/static.err"; then
