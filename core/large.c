@@ -144,7 +144,7 @@ void *large_alloc(size_t size, size_t align, bool zero)
      * for alignments above a page the extent starts one page before an
      * aligned address. */
     size_t off = align <= HDR ? HDR : (align <= HAK_PAGE_SIZE ? align : HAK_PAGE_SIZE);
-    if (size > (size_t)PTRDIFF_MAX - off - HAK_PAGE_SIZE - align) {
+    if (align > (size_t)PTRDIFF_MAX / 2 || size > (size_t)PTRDIFF_MAX - off - HAK_PAGE_SIZE - align) {
         errno = ENOMEM;
         return NULL;
     }

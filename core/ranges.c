@@ -328,8 +328,12 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
     uint64_t weighted = age_weight(r->dirty, r->dirty_since, young) +
                         age_weight(dirty, dirty_since, young) +
                         (other ? age_weight(other->dirty, other->dirty_since, young) : 0);
+    /* Purged (reads as zero) only if every part was: a part's dirty count
+     * is an estimate (a carve splits a range's count between its parts
+     * without knowing where the bytes are), and one counted 0 may still
+     * hold data, which calloc must not take for zeros. */
     size_t pages = new_dirty >> HAK_PAGE_SHIFT;
-    uint64_t since = !new_dirty ? 0 : pages ? young - weighted / pages : young;
+    uint64_t since = !young ? 0 : pages ? young - weighted / pages : young;
     uint64_t oldest = r->oldest;
     if (dirty_since && (!oldest || dirty_since < oldest))
         oldest = dirty_since;

@@ -274,8 +274,106 @@ static void reservation_race(void)
     malloc_trim(0);
 }
 
+/* calloc must read zeros whatever the extents did before: a free range is
+ * taken for zero only if all of it was purged.  First the case that got it
+ * wrong (2026-12-06): an aligned carve from the middle of a range split
+ * its count of dirty bytes all to the part below, so the part above,
+ * holding a freed block's bytes, was counted 0 and, merged with the old
+ * place of a block realloc had moved (purged), read as purged.  Then a
+ * random mix of the operations that cut, merge and purge ranges. */
+static size_t nonzero(const char *p, size_t n) /* a byte in every 64, and the last */
+{
+    size_t bad = n && p[n - 1] != 0;
+    for (size_t i = 0; i < n; i += 64)
+        bad += p[i] != 0;
+    return bad;
+}
+static void calloc_zero_after_churn(void)
+{
+    char *h = malloc(100 * MiB); /* a reservation of its own, then free */
+    CHECK(h != NULL, "malloc(100 MiB)");
+    uintptr_t base = (uintptr_t)h & ~(uintptr_t)(2 * MiB - 1);
+    free(h);
+    char *k = malloc(40 * MiB), *q = malloc(5 * MiB);
+    CHECK(k && q, "malloc(40 MiB), malloc(5 MiB)");
+    malloc_trim(0);
+    memset(q, 0xBB, 5 * MiB);
+    free(tu_launder(q));
+    size_t align = 8 * MiB; /* lands between the purged bottom and q's bytes */
+    while (align < 64 * MiB && (((base + align) & ~(align - 1)) - base) < 5 * MiB + 8192)
+        align <<= 1;
+    char *a = memalign(align, MiB);
+    char *k2 = realloc(k, 80 * MiB);
+    char *c = calloc(1, 45 * MiB);
+    CHECK(a && k2 && c, "memalign, realloc, calloc");
+    if (c)
+        CHECK(nonzero(c, 45 * MiB) == 0, "calloc(45 MiB) after an aligned carve and a moving realloc is not zero");
+    free(a);
+    free(k2);
+    free(c);
+
+    enum { SLOTS = 24, OPS = 3000 };
+    char *slot[SLOTS] = { 0 };
+    size_t len[SLOTS] = { 0 };
+    tu_rng r = tu_rng_seed(1206);
+    for (int op = 0; op < OPS; op++) {
+        unsigned i = (unsigned)tu_range(&r, 0, SLOTS - 1);
+        size_t n = tu_range(&r, 64 * KiB, 6 * MiB);
+        switch (tu_range(&r, 0, 5)) {
+        case 0: /* free, after filling it with bytes calloc must not show */
+            if (slot[i])
+                memset(slot[i], 0xBB, len[i]);
+            free(tu_launder(slot[i]));
+            slot[i] = NULL;
+            break;
+        case 1:
+            if (!slot[i]) {
+                slot[i] = memalign((size_t)1 << tu_range(&r, 12, 24), n);
+                len[i] = n;
+                if (slot[i])
+                    memset(slot[i], 0xBB, n);
+            }
+            break;
+        case 2:
+            if (slot[i]) {
+                char *g = realloc(slot[i], n);
+                if (g) {
+                    slot[i] = g;
+                    len[i] = n;
+                    memset(g, 0xBB, n);
+                }
+            }
+            break;
+        case 3:
+            if (!slot[i]) {
+                slot[i] = calloc(1, n);
+                len[i] = n;
+                CHECK(slot[i] && nonzero(slot[i], n) == 0, "calloc(%zu) at operation %d is not zero", n, op);
+                if (slot[i])
+                    memset(slot[i], 0xBB, n);
+            }
+            break;
+        case 4:
+            if (op % 50 == 0)
+                malloc_trim(0);
+            break;
+        default:
+            if (!slot[i]) {
+                slot[i] = malloc(n);
+                len[i] = n;
+                if (slot[i])
+                    memset(slot[i], 0xBB, n);
+            }
+        }
+    }
+    for (unsigned i = 0; i < SLOTS; i++)
+        free(slot[i]);
+    malloc_trim(0);
+}
+
 int main(void)
 {
+    calloc_zero_after_churn();
     trim_rss();
     sizes();
     no_syscalls_steady();
