@@ -162,12 +162,12 @@ int os_last_thread(ProcStat *ps)
     buf[n] = 0;
     const char *c = strrchr(buf, ')'); /* the name may hold spaces and ')' */
     if (!c || c[1] != ' ' || !c[2])
-        return 0;
+        return -1;
     char first_state = c[2];
     c += 2; /* at field 3 */
     for (int field = 3; field < 20; field++)
         if (!(c = strchr(c, ' ')) || !*++c)
-            return 0;
+            return -1;
     long threads = 0;
     while (*c >= '0' && *c <= '9')
         threads = threads * 10 + (*c++ - '0');

@@ -107,32 +107,8 @@ __attribute__((visibility("default"))) int plugin_spike(void)
 EOF
 
 cat >"$TMP/lastthread.c" <<'EOF'
-#include <dirent.h>
 #include <dlfcn.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-
-static int purger_running(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    int found = 0;
-    for (struct dirent *e; d && !found && (e = readdir(d));) {
-        char path[300], comm[32] = "";
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
-        if (f) {
-            if (!fgets(comm, sizeof comm, f))
-                comm[0] = 0;
-            fclose(f);
-        }
-        found = !strncmp(comm, "hakmem-purge", 12);
-    }
-    if (d)
-        closedir(d);
-    return found;
-}
+#include "testutil.h" /* tu_purger_running */
 
 static void *worker(void *plugin)
 {
@@ -142,7 +118,7 @@ static void *worker(void *plugin)
         fprintf(stderr, "lastthread: %s\n", h ? "plugin_spike failed" : dlerror());
         _exit(1);
     }
-    printf("lastthread: purger running %d\n", purger_running());
+    printf("lastthread: purger running %d\n", tu_purger_running());
     fflush(stdout);
     return NULL; /* the process's last thread but hakmem's ends here */
 }
@@ -271,7 +247,7 @@ if ! "$CC" -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror \
     echo "FAIL test_dlclose: building the driver: $(grep -m1 -i error "$TMP/cc.log")"
     exit 1
 fi
-if ! "$CC" -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror \
+if ! "$CC" -O1 -g -std=gnu11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror -I"$ROOT/tests" -I"$ROOT/include" \
         -o "$TMP/lastthread" "$TMP/lastthread.c" -ldl >"$TMP/cc.log" 2>&1; then
     echo "FAIL test_dlclose: building lastthread: $(grep -m1 -i error "$TMP/cc.log")"
     exit 1
