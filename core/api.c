@@ -423,6 +423,16 @@ EXPORT(memalign, hak_memalign);
 EXPORT(valloc, valloc_impl);
 EXPORT(pvalloc, pvalloc_impl);
 EXPORT(malloc_usable_size, hak_usable_size);
+/* glibc's own names for its allocator, which some code calls directly
+ * (a wrapper that means "the real malloc", old runtimes): they too are
+ * hakmem's, so that a block from either name may go to the other. */
+EXPORT(__libc_malloc, hak_malloc);
+EXPORT(__libc_free, hak_free);
+EXPORT(__libc_calloc, hak_calloc);
+EXPORT(__libc_realloc, hak_realloc);
+EXPORT(__libc_memalign, hak_memalign);
+EXPORT(__libc_valloc, valloc_impl);
+EXPORT(__libc_pvalloc, pvalloc_impl);
 
 HAK_API int malloc_trim(size_t pad) { return hak_trim(); }
 HAK_API void malloc_stats(void) { hak_stats_print(); }
@@ -430,6 +440,7 @@ HAK_API void malloc_stats(void) { hak_stats_print(); }
 /* mallopt: glibc's tuning parameters do not apply to hakmem; they are
  * accepted (return 1, "success") and have no effect.  See docs/OPTIONS.md. */
 HAK_API int mallopt(int param, int value) { return 1; }
+EXPORT(__libc_mallopt, mallopt);
 
 /* glibc's struct mallinfo2 / mallinfo layouts (ABI). */
 struct mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,
@@ -460,6 +471,7 @@ HAK_API struct mallinfo mallinfo(void)
                           (int)m.fordblks, (int)m.keepcost };
     return r;
 }
+EXPORT(__libc_mallinfo, mallinfo);
 
 /* malloc_info: glibc's XML report, its whole-process totals with the
  * figures mallinfo2 gives (no <heap> elements: hakmem's heaps are its

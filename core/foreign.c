@@ -1,23 +1,43 @@
 /* Foreign pointers: memory hakmem did not hand out.
  *
- * Under LD_PRELOAD some blocks still come from glibc's malloc: those made
- * by the dynamic loader before hakmem was bound, and those of code that
- * calls __libc_malloc directly.  When the registry does not know a
- * pointer, we look at the glibc chunk header in front of it, but only
- * after mincore() has confirmed that its page is mapped (pages of glibc's
- * arenas are remembered, so repeated foreign frees cost no syscall).  A
- * plausible glibc chunk goes to glibc's own free; anything else is an
- * invalid free.
+ * Under LD_PRELOAD a few blocks may still come from glibc's malloc: those
+ * made before hakmem was bound, or by a library that reached glibc's
+ * allocator by name (hakmem exports glibc's __libc_malloc family too, so
+ * code that calls those directly gets hakmem's blocks).  When the registry
+ * does not know a pointer, we look at the glibc chunk header in front of
+ * it, but only after mincore() has confirmed that its page is mapped
+ * (pages of glibc's arenas are remembered, so repeated foreign frees cost
+ * no syscall).  A plausible glibc chunk goes to glibc's own free; anything
+ * else is an invalid free.
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
-/* Weak: a fully static program (cc -static ... libhakmem.a) must not pull
- * glibc's malloc.o in beside ours, and has no glibc blocks to free.  There
- * __libc_free is NULL and every unknown pointer is an invalid free. */
-extern void __libc_free(void *) __attribute__((weak));
+/* glibc's free, found by name once a foreign pointer comes (__libc_free
+ * is hakmem's own here): the next definition after hakmem's, which is
+ * libc's whether hakmem is preloaded, linked, or loaded by dlopen (its
+ * own dependencies come after it).  None in a fully static program (cc
+ * -static ... libhakmem.a: dlsym is a weak reference that stays
+ * unresolved, so that glibc's malloc.o is not linked in beside ours, and
+ * there are no glibc blocks to free): every unknown pointer is then an
+ * invalid free. */
+#pragma weak dlsym
+typedef void (*FreeFn)(void *);
+static FreeFn glibc_free(void)
+{
+    static void *_Atomic found; /* (void *)1: looked, there is none */
+    void *f = atomic_load_explicit(&found, memory_order_relaxed);
+    if (!f) {
+        f = dlsym ? dlsym(RTLD_NEXT, "__libc_free") : NULL;
+        if (f == (void *)hak_free) /* never hand a block back to ourselves */
+            f = NULL;
+        atomic_store_explicit(&found, f ? f : (void *)1, memory_order_relaxed);
+    }
+    return f == (void *)1 ? NULL : (FreeFn)f;
+}
 
 /* glibc's chunk layout (malloc/malloc.c): a size word before the block,
  * its low bits flags, IS_MMAPPED among them; chunks 16-byte aligned. */
@@ -42,7 +62,9 @@ static bool page_known(uintptr_t page)
 static size_t glibc_usable(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    if (!__libc_free || a < 4096 || (a & (GLIBC_ALIGN - 1)))
+    if (a < 4096 || (a & (GLIBC_ALIGN - 1)))
+        return 0;
+    if (!glibc_free())
         return 0;
     uintptr_t page = align_down(a - 16, HAK_PAGE_SIZE); /* p-16..p-1: one page */
     bool known = page_known(page);
@@ -73,7 +95,7 @@ void foreign_free(void *p)
         return;
     }
     STAT_INC(foreign_frees);
-    __libc_free(p);
+    glibc_free()(p);
 }
 
 size_t foreign_usable(const void *p)
@@ -93,7 +115,7 @@ void *foreign_realloc(void *p, size_t size)
     if (q) {
         memcpy(q, p, usable < size ? usable : size);
         STAT_INC(foreign_frees);
-        __libc_free(p);
+        glibc_free()(p);
     }
     return q;
 }

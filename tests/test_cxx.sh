@@ -52,8 +52,9 @@ for lib in "$ROOT/out/release/libhakmem.so" "$ROOT/out/debug/libhakmem.so" "$ROO
     [ "$got" = "$want" ] || fail "cxx_app with $lib printed '$got', without hakmem '$want'"
     replace_runs "with $lib" env LD_PRELOAD="$lib" "$tmp/cxx_replace"
     # operator new and delete are hakmem's: the program's calls reach them
-    nm -D --defined-only "$lib" | grep -q ' _ZdlPvm$' || fail "$lib does not export operator delete(void*, size_t)"
-    nm -D --defined-only "$lib" | grep -q ' _Znwm$' || fail "$lib does not export operator new(size_t)"
+    syms=$(nm -D --defined-only "$lib") # whole: see test_static.sh
+    grep -q ' _ZdlPvm$' <<<"$syms" || fail "$lib does not export operator delete(void*, size_t)"
+    grep -q ' _Znwm$' <<<"$syms" || fail "$lib does not export operator new(size_t)"
     for misuse in wrong-type array-as-scalar; do
         rc=0
         err=$(LD_PRELOAD=$lib "$tmp/cxx_app" "$misuse" 2>&1 >/dev/null) || rc=$?

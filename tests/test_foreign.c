@@ -3,6 +3,7 @@
  *   test_foreign                 the test
  *   test_foreign --ignore-child  (internal) run with HAKMEM_INVALID_FREE=ignore
  * SPDX-License-Identifier: MIT */
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -10,10 +11,56 @@
 #include <malloc.h>
 #include "testutil.h"
 
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_memalign(size_t, size_t);
-extern void __libc_free(void *);
+/* glibc's allocator itself: __libc_malloc and the rest are hakmem's too
+ * (names some code calls directly), so they are taken from libc.so.6. */
+static void *(*glibc_malloc)(size_t);
+static void *(*glibc_calloc)(size_t, size_t);
+static void *(*glibc_memalign)(size_t, size_t);
+
+static void *libc_symbol(const char *name)
+{
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void *f = libc ? dlsym(libc, name) : NULL;
+    CHECK(f != NULL, "glibc's %s not found", name);
+    return f;
+}
+
+/* __libc_free on a block of hakmem's, __libc_malloc's block freed with
+ * free: one allocator behind both sets of names. */
+static void libc_names(void)
+{
+    extern void *__libc_malloc(size_t);
+    extern void *__libc_calloc(size_t, size_t);
+    extern void *__libc_realloc(void *, size_t);
+    extern void *__libc_memalign(size_t, size_t);
+    extern void __libc_free(void *);
+    static const size_t sizes[] = { 1, 100, 1000, 5000, 60000, 300000, 3 << 20 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        char *p = __libc_malloc(n);
+        CHECK(p && hak_ptr_kind(p) != HAK_KIND_FOREIGN, "__libc_malloc(%zu) not hakmem's", n);
+        if (!p) continue;
+        tu_fill_idx(p, 0, n, i);
+        p = realloc(p, n * 2);
+        CHECK(p && tu_verify_idx(p, n, i) == TU_OK, "realloc(__libc_malloc(%zu)) lost data", n);
+        free(p);
+        p = malloc(n);
+        if (!p) continue;
+        tu_fill_idx(p, 0, n, i);
+        p = __libc_realloc(p, n / 2 + 1);
+        CHECK(p && tu_verify_idx(p, n / 2 + 1, i) == TU_OK, "__libc_realloc(malloc(%zu)) lost data", n);
+        __libc_free(p);
+        unsigned char *c = __libc_calloc(n, 1);
+        size_t nz = 0;
+        for (size_t k = 0; c && k < n; k++) nz += c[k] != 0;
+        CHECK(c && nz == 0, "__libc_calloc(%zu, 1) not zero", n);
+        hak_free(c);
+        p = __libc_memalign(4096, n);
+        CHECK(p && ((uintptr_t)p & 4095) == 0 && hak_ptr_kind(p) != HAK_KIND_FOREIGN,
+              "__libc_memalign(4096, %zu)", n);
+        __libc_free(p);
+    }
+}
 
 static void foreign_blocks(void)
 {
@@ -22,12 +69,12 @@ static void foreign_blocks(void)
     static const size_t sizes[] = { 1, 100, 1000, 5000, 60000, 300000 };
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
         size_t n = sizes[i];
-        /* __libc_malloc, freed with free and with hak_free */
+        /* glibc's malloc, freed with free and with hak_free */
         for (int how = 0; how < 2; how++) {
-            char *p = __libc_malloc(n);
-            CHECK(p != NULL, "__libc_malloc(%zu)", n);
+            char *p = glibc_malloc(n);
+            CHECK(p != NULL, "glibc malloc(%zu)", n);
             if (!p) continue;
-            CHECK(hak_ptr_kind(p) == HAK_KIND_FOREIGN, "kind(__libc_malloc(%zu)) = %d", n,
+            CHECK(hak_ptr_kind(p) == HAK_KIND_FOREIGN, "kind(glibc malloc(%zu)) = %d", n,
                   hak_ptr_kind(p));
             CHECK(malloc_usable_size(p) >= n, "malloc_usable_size(glibc %zu) = %zu", n,
                   malloc_usable_size(p));
@@ -36,14 +83,14 @@ static void foreign_blocks(void)
             (how ? hak_free : free)(p);
             nfree++;
         }
-        /* __libc_calloc: zeroed, realloc'd by hakmem keeps contents */
-        unsigned char *c = __libc_calloc(1, n);
-        CHECK(c != NULL, "__libc_calloc(%zu)", n);
+        /* glibc's calloc: zeroed, realloc'd by hakmem keeps contents */
+        unsigned char *c = glibc_calloc(1, n);
+        CHECK(c != NULL, "glibc calloc(%zu)", n);
         if (c) {
-            CHECK(hak_ptr_kind(c) == HAK_KIND_FOREIGN, "kind(__libc_calloc) = %d", hak_ptr_kind(c));
+            CHECK(hak_ptr_kind(c) == HAK_KIND_FOREIGN, "kind(glibc calloc) = %d", hak_ptr_kind(c));
             size_t nz = 0;
             for (size_t k = 0; k < n; k++) nz += c[k] != 0;
-            CHECK(nz == 0, "__libc_calloc not zero");
+            CHECK(nz == 0, "glibc calloc not zero");
             tu_fill_idx(c, 0, n, i);
             for (int step = 0; step < 4; step++) {
                 size_t m = step == 0 ? n * 3 + 10 : step == 1 ? n / 2 + 1 : step == 2 ? 100000 : 7;
@@ -61,19 +108,19 @@ static void foreign_blocks(void)
             free(c);
         }
         n = sizes[i];
-        /* __libc_memalign */
-        char *a = __libc_memalign(256, n);
-        CHECK(a != NULL && ((uintptr_t)a & 255) == 0, "__libc_memalign(256, %zu)", n);
+        /* glibc's memalign */
+        char *a = glibc_memalign(256, n);
+        CHECK(a != NULL && ((uintptr_t)a & 255) == 0, "glibc memalign(256, %zu)", n);
         if (a) {
-            CHECK(hak_ptr_kind(a) == HAK_KIND_FOREIGN, "kind(__libc_memalign) = %d", hak_ptr_kind(a));
-            CHECK(malloc_usable_size(a) >= n, "usable of __libc_memalign(%zu) = %zu", n,
+            CHECK(hak_ptr_kind(a) == HAK_KIND_FOREIGN, "kind(glibc memalign) = %d", hak_ptr_kind(a));
+            CHECK(malloc_usable_size(a) >= n, "usable of glibc memalign(%zu) = %zu", n,
                   malloc_usable_size(a));
             memset(a, 0x22, n);
             free(a);
             nfree++;
         }
         /* hak_realloc on a glibc block */
-        char *h = __libc_malloc(n);
+        char *h = glibc_malloc(n);
         if (h) {
             tu_fill_idx(h, 0, n, 77);
             char *q = hak_realloc(h, n + 3000);
@@ -221,7 +268,12 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--ignore-child") == 0)
         return ignore_child();
-    foreign_blocks();
+    glibc_malloc = (void *(*)(size_t))libc_symbol("malloc");
+    glibc_calloc = (void *(*)(size_t, size_t))libc_symbol("calloc");
+    glibc_memalign = (void *(*)(size_t, size_t))libc_symbol("memalign");
+    if (glibc_malloc && glibc_calloc && glibc_memalign)
+        foreign_blocks();
+    libc_names();
     invalid_abort();
     invalid_ignore("/proc/self/exe");
     return TU_DONE();

@@ -175,6 +175,49 @@ EOF
     gcc -O2 -Wall -o prog prog.c && ./prog
 }
 
+# glibc's own names for its allocator, which some code calls directly:
+# a block may go from either name to the other (hakmem exports both).
+w_libc_names() {
+    cat > names.c <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+int main(void) {
+    unsigned long sum = 0;
+    for (int i = 0; i < 2000; i++) {
+        size_t n = (size_t)i * 977 % 300000 + 1;
+        char *p = malloc(n);
+        memset(p, 1, n);
+        __libc_free(p);
+        p = __libc_malloc(n);
+        memset(p, 2, n);
+        p = realloc(p, n + 5000);
+        sum += (unsigned char)p[n - 1];
+        free(p);
+        p = malloc(n);
+        memset(p, 3, n);
+        p = __libc_realloc(p, n / 2 + 1);
+        sum += (unsigned char)p[n / 2];
+        __libc_free(p);
+        p = __libc_calloc(1, n);
+        for (size_t k = 0; k < n; k += 61) sum += (unsigned char)p[k];
+        free(p);
+        p = __libc_memalign(256, n);
+        sum += (size_t)p & 255;
+        free(p);
+    }
+    printf("%lu\n", sum);
+    return 0;
+}
+EOF
+    gcc -O1 -o names names.c && ./names
+}
+
 w_redis() {
     local port tries=0 ok=0
     while [ $tries -lt 5 ] && [ $ok -eq 0 ]; do
@@ -295,6 +338,7 @@ check sort sort awk md5sum
 check sqlite3 sqlite3 awk
 check git git awk
 check gcc gcc
+check libc_names gcc
 check redis redis-server redis-cli awk
 
 if [ ${#failures[@]} -gt 0 ]; then

@@ -29,12 +29,20 @@ if ! "$CC" -static -O1 -std=gnu11 -D_GNU_SOURCE -pthread -I"$ROOT/include" \
         -o "$tmp/static_app" "$ROOT/tests/static/static_app.c" "$LIB" 2>"$tmp/ld.log"; then
     fail "static link: $(grep -m 1 -E 'multiple definition|undefined|error' "$tmp/ld.log" || tail -n 1 "$tmp/ld.log")"
 fi
-if readelf -l "$tmp/static_app" | grep -q INTERP; then
+# (Listings are read whole before grep looks at them: with pipefail, a
+# grep -q that stops early makes the lister die of SIGPIPE, and the check
+# would read as "not found".)
+if grep -q INTERP <<<"$(readelf -l "$tmp/static_app")"; then
     fail "the program is not static: it has a program interpreter"
 fi
-# glibc's allocator proper (its arenas and tcache) must not be linked in.
-if nm "$tmp/static_app" | grep -qE ' [tT] (_int_malloc|_int_free|__libc_malloc)$'; then
-    fail "glibc's malloc.o was linked in: $(nm "$tmp/static_app" | grep -m 1 -E ' [tT] (_int_malloc|__libc_malloc)$')"
+# glibc's allocator proper (its arenas and tcache) must not be linked in;
+# its __libc_malloc names are hakmem's own.
+syms=$(nm "$tmp/static_app")
+if grep -qE ' [tT] (_int_malloc|_int_free)$' <<<"$syms"; then
+    fail "glibc's malloc.o was linked in: $(grep -m 1 -E ' [tT] (_int_malloc|_int_free)$' <<<"$syms")"
+fi
+if ! grep -qE ' T __libc_free$' <<<"$syms"; then
+    fail "the program has no __libc_free of hakmem's"
 fi
 
 # The library defines the API and nothing else: every other name is local.
