@@ -111,6 +111,7 @@ void front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep)
     }
     front->free[cls] = b;
     front->room[cls] = (int32_t)(size_classes[cls].front_max - keep);
+    front_publish(h, front, cls);
     if (unlikely(!keep && b != NULL))
         fatal_corruption("thread free list longer than its count (double free?) at", b);
 }

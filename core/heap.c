@@ -148,7 +148,6 @@ static void heap_release(ThreadFront *front);
 static void front_attach(ThreadFront *front, Heap *h, bool counted)
 {
     atomic_store(&h->state, HEAP_ACTIVE);
-    h->front = front;
     large_fronts_share(counted ? __atomic_load_n(&running_heaps, __ATOMIC_RELAXED)
                                : __atomic_add_fetch(&running_heaps, 1, __ATOMIC_RELAXED));
     lock_release(&heaps_mutex);
@@ -337,6 +336,7 @@ void *heap_alloc_slow(size_t size, unsigned cls)
     b->free_mark = 0;
     front->room[cls]++;
     front->allocs[cls]++;
+    front_publish(h, front, cls);
     return b;
 }
 
@@ -421,8 +421,8 @@ static void heap_release(ThreadFront *front)
     for (unsigned cls = 0; cls < HAK_NCLASS; cls++) { /* the TLS goes away */
         h->allocs[cls] += front->allocs[cls];
         front->allocs[cls] = 0;
+        front_publish(h, front, cls);
     }
-    h->front = NULL;
     atomic_store(&h->state, HEAP_BUSY);
     unsigned running = __atomic_sub_fetch(&running_heaps, 1, __ATOMIC_RELAXED);
     large_fronts_share(running);
@@ -578,7 +578,6 @@ void heaps_fork_child(void)
         int st = atomic_load(&h->state);
         if (h != thread_front.heap && (st == HEAP_ACTIVE || st == HEAP_BUSY)) {
             atomic_store(&h->state, HEAP_ORPHAN);
-            h->front = NULL;
         }
     }
     unsigned running = thread_front.heap != NULL;

@@ -371,6 +371,14 @@ static inline uint32_t front_count(const ThreadFront *front, unsigned cls)
                       __atomic_load_n(&front->room[cls], __ATOMIC_RELAXED));
 }
 
+/* The figures of front's class cls that statistics read, for its heap h:
+ * set on the slow paths (refill, flush, the heap given back). */
+static inline void front_publish(Heap *h, const ThreadFront *front, unsigned cls)
+{
+    __atomic_store_n(&h->front_allocs[cls], front->allocs[cls], __ATOMIC_RELAXED);
+    __atomic_store_n(&h->front_held[cls], front_count(front, cls), __ATOMIC_RELAXED);
+}
+
 /* The owner's free of a checked block: onto the thread front (with the
  * free mark), flush past the class's cap.  The block goes in behind the
  * head, so the next malloc of its class does not hand back the block just

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 GlobalStats global_stats;
 
@@ -41,8 +42,10 @@ static uint64_t exit_file[2];
 
 void stats_init(void)
 {
-    if (options.stats && exit_fd < 0 && (exit_fd = os_dup_fd(2)) >= 0 && !os_fd_file(exit_fd, exit_file))
+    if (options.stats && exit_fd < 0 && (exit_fd = os_dup_fd(2)) >= 0 && !os_fd_file(exit_fd, exit_file)) {
+        close(exit_fd);
         exit_fd = -1;
+    }
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
@@ -148,31 +151,31 @@ void heaps_report_remote(void)
     for (unsigned i = 0; i < n; i++) {
         snprintf(buf, sizeof buf, "  heap %u: %llu cross-thread frees sent\n", heap_no[i],
                  (unsigned long long)sent[i]);
-        write_stderr(buf);
+        write_fd(out_fd, buf); /* the report's own descriptor */
     }
 }
 
 /* Bytes in use are summed over the spans of every heap, less the blocks
- * cached in thread fronts.  Other threads change their lists meanwhile:
- * each SuperSlab pointer is checked against the registry before it is
- * followed, the extent lock keeps every reservation mapped, and a heap's
- * front pointer is cleared under heaps_mutex before its thread's TLS goes
- * away; so the figures may be slightly inexact but reading never faults. */
+ * cached in thread fronts: the caller's own front as it is, the others'
+ * as their threads last published them (front_publish), never read from
+ * their TLS.  Other threads change their lists meanwhile: each SuperSlab
+ * pointer is checked against the registry before it is followed, and the
+ * extent lock keeps every reservation mapped; so the figures of other
+ * threads may be slightly inexact but reading never faults. */
 void heaps_stats(struct hak_stats *st, ClassStats *by_class)
 {
     uint64_t out[HAK_NCLASS] = { 0 };
+    const ThreadFront *own = &thread_front;
     lock_acquire(&heaps_mutex);
     extent_lock();
     for (Heap *h = all_heaps; h; h = h->all_next) {
-        ThreadFront *front = h->front;
+        bool mine = h == own->heap;
         for (unsigned c = 0; c < HAK_NCLASS; c++) {
             uint64_t r = __atomic_load_n(&h->refills[c], __ATOMIC_RELAXED);
             uint64_t rf = __atomic_load_n(&h->remote[c], __ATOMIC_RELAXED);
             uint64_t a = h->allocs[c];
-            if (front) {
-                a += __atomic_load_n(&front->allocs[c], __ATOMIC_RELAXED);
-                out[c] -= front_count(front, c);
-            }
+            a += mine ? own->allocs[c] : __atomic_load_n(&h->front_allocs[c], __ATOMIC_RELAXED);
+            out[c] -= mine ? front_count(own, c) : __atomic_load_n(&h->front_held[c], __ATOMIC_RELAXED);
             st->slab_refills += r;
             st->remote_frees += rf;
             if (by_class) {

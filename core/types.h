@@ -185,10 +185,14 @@ typedef struct Heap {
     _Atomic int state;
     struct Heap *all_next;              /* every heap ever made              */
     struct Heap *abandoned_next;
-    struct ThreadFront *front;          /* its thread's front while it runs  */
-    /* Statistics, written by the owner only, on slow paths. */
+    /* Statistics, written by the owner only, on slow paths.  Nobody reads
+     * another thread's front, whose TLS may be gone: a thread that ends
+     * in a way that skips its exit hook never clears a pointer to it. */
     uint64_t  refills[HAK_NCLASS];
     uint64_t  allocs[HAK_NCLASS];       /* mallocs of exited threads         */
+    uint64_t  front_allocs[HAK_NCLASS]; /* its front's mallocs and blocks    */
+    uint32_t  front_held[HAK_NCLASS];   /* held, as of its last refill or    */
+                                        /* flush of the class                */
     uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
                                         /* blocks of other heaps             */
     uint64_t  superslabs_live;

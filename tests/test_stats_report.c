@@ -1,7 +1,8 @@
 /* HAKMEM_STATS=1's report at exit: it reaches stderr as it was at start-up
  * even when the program closed descriptor 2 before exit (coreutils do),
  * and it is never written into a file the program opened under the number
- * of hakmem's copy of stderr after closing that copy.  Each case runs in
+ * of hakmem's copy of stderr after closing that copy, or under 2 after
+ * closing stderr.  Each case runs in
  * this program re-executed with HAKMEM_STATS=1, stderr on a pipe.
  * SPDX-License-Identifier: MIT */
 #include <fcntl.h>
@@ -9,9 +10,20 @@
 #include <unistd.h>
 #include "testutil.h"
 
+static void *blocks[1000];
+static void *producer(void *arg)
+{
+    for (int i = 0; i < 1000; i++)
+        blocks[i] = malloc(64);
+    return arg;
+}
+
 /* The child's part: mode "close" closes stderr before it exits; mode
- * "reuse" closes every descriptor above stderr (hakmem's copy among them)
- * and writes a file of its own, which takes the lowest free number. */
+ * "reopen" frees another thread's blocks (so that the report has its lines
+ * of cross-thread frees), closes stderr and writes a file of its own under
+ * number 2; mode "reuse" closes every descriptor above stderr (hakmem's
+ * copy among them) and writes a file of its own, which takes the lowest
+ * free number. */
 static int child(const char *mode, const char *path)
 {
     free(tu_launder(malloc(100)));
@@ -19,12 +31,35 @@ static int child(const char *mode, const char *path)
         close(2);
         return 0;
     }
+    if (!strcmp(mode, "reopen")) {
+        for (int i = 0; i < 5000; i++) /* a heap of its own: no take-over */
+            free(tu_launder(malloc(32)));
+        pthread_t t;
+        if (pthread_create(&t, NULL, producer, NULL) != 0 || pthread_join(t, NULL) != 0)
+            return 1;
+        for (int i = 0; i < 1000; i++)
+            free(blocks[i]);
+        close(2);
+        int f = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+        return f == 2 && write(f, "mine\n", 5) == 5 ? 0 : 1;
+    }
     for (int fd = 3; fd < 1024; fd++)
         close(fd);
     int f = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
     if (f < 0 || write(f, "mine\n", 5) != 5)
         return 1;
     return 0; /* f stays open: the report at exit could see it */
+}
+
+/* Does the file at path hold exactly want? */
+static bool file_is(const char *path, const char *want)
+{
+    char file[256] = { 0 };
+    int f = open(path, O_RDONLY);
+    ssize_t n = f >= 0 ? read(f, file, sizeof file - 1) : -1;
+    if (f >= 0)
+        close(f);
+    return n == (ssize_t)strlen(want) && !strcmp(file, want);
 }
 
 /* Run mode; its stderr goes to out. */
@@ -67,16 +102,16 @@ int main(int argc, char **argv)
     CHECK(strstr(out, "hakmem") && strstr(out, "peak RSS"),
           "no report at exit after the program closed stderr: \"%.80s\"", out);
 
+    st = run(self, "reopen", path, out, sizeof out);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child (reopen) exited with status %d", st);
+    CHECK(strstr(out, "cross-thread frees sent") && strstr(out, "peak RSS"),
+          "no whole report at exit after the program reopened descriptor 2: \"%.80s\"", out);
+    CHECK(file_is(path, "mine\n"), "the program's file under descriptor 2 got part of the report");
+
     st = run(self, "reuse", path, out, sizeof out);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child (reuse) exited with status %d", st);
     CHECK(strstr(out, "peak RSS") != NULL, "no report on stderr when the copy was closed");
-    char file[256] = { 0 };
-    f = open(path, O_RDONLY);
-    ssize_t n = f >= 0 ? read(f, file, sizeof file - 1) : -1;
-    if (f >= 0)
-        close(f);
-    CHECK(n == 5 && !strcmp(file, "mine\n"),
-          "the program's own file holds %zd bytes (the report went into it?): \"%.40s\"", n, file);
+    CHECK(file_is(path, "mine\n"), "the program's own file holds more than its line (the report went into it?)");
     unlink(path);
     return TU_DONE();
 }

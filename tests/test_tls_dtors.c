@@ -13,6 +13,10 @@
  * 2000 threads, at most CONC at a time, on stacks that are made
  * inaccessible once the thread is joined (so a read of a dead thread's TLS
  * faults); each keeps a few blocks alive that main frees after joining it.
+ * Then threads whose first allocator call comes in the last destructor
+ * round, after hakmem's key was looked at for the last time: their heaps
+ * are never given back (nothing tells hakmem the thread is gone), and the
+ * statistics must still not read their dead TLS.
  * SPDX-License-Identifier: MIT */
 #include <limits.h>
 #include <malloc.h>
@@ -85,6 +89,26 @@ __attribute__((constructor(101))) static void early_key(void)
     pthread_key_create(&key_early, dtor_early);
 }
 
+/* Allocates in the last round only: the thread's first allocator call. */
+static pthread_key_t key_last_round;
+static void dtor_last_round(void *v)
+{
+    if (--rounds_left_late > 0) {
+        pthread_setspecific(key_last_round, v);
+        return;
+    }
+    void *volatile p = malloc(100);
+    free(p);
+    __atomic_add_fetch(&dtor_calls, 1, __ATOMIC_RELAXED);
+}
+
+static void *thread_last_round(void *arg)
+{
+    rounds_left_late = PTHREAD_DESTRUCTOR_ITERATIONS;
+    pthread_setspecific(key_last_round, (void *)1);
+    return arg;
+}
+
 static void *thread_main(void *arg)
 {
     tseed = (uint64_t)(uintptr_t)arg * 1000003;
@@ -112,7 +136,7 @@ static void free_kept(void)
 static void *dead_stacks[THREADS + 200];
 static int ndead;
 
-static void run_threads(int first, int n)
+static void run_threads_of(void *(*fn)(void *), int first, int n)
 {
     for (int i = 0; i < n; i += CONC) {
         pthread_t t[CONC];
@@ -127,7 +151,7 @@ static void run_threads(int first, int n)
             pthread_attr_t a;
             pthread_attr_init(&a);
             pthread_attr_setstack(&a, stk[j], STACK_SIZE);
-            int rc = pthread_create(&t[j], &a, thread_main, (void *)(uintptr_t)(first + i + j));
+            int rc = pthread_create(&t[j], &a, fn, (void *)(uintptr_t)(first + i + j));
             pthread_attr_destroy(&a);
             CHECK(rc == 0, "pthread_create: %s", strerror(rc));
             if (rc) t[j] = 0;
@@ -146,6 +170,8 @@ static void run_threads(int first, int n)
             free_kept(); /* main frees what the last threads left */
     }
 }
+
+static void run_threads(int first, int n) { run_threads_of(thread_main, first, n); }
 
 static void on_fatal(int sig)
 {
@@ -221,6 +247,20 @@ int main(void)
     s = tu_stats();
     CHECK(s.heaps_created <= CONC + 8, "heaps_created %llu at the end",
           (unsigned long long)s.heaps_created);
+
+    phase = "threads whose first malloc is in the last destructor round";
+    /* (its destructor counts rounds with rounds_left_late: it is the
+     * thread's only key in use) */
+    CHECK(pthread_key_create(&key_last_round, dtor_last_round) == 0, "pthread_key_create");
+    unsigned long calls0 = __atomic_load_n(&dtor_calls, __ATOMIC_RELAXED);
+    run_threads_of(thread_last_round, 6000, 40);
+    CHECK(__atomic_load_n(&dtor_calls, __ATOMIC_RELAXED) - calls0 == 40,
+          "%lu of 40 last-round mallocs ran", __atomic_load_n(&dtor_calls, __ATOMIC_RELAXED) - calls0);
+    phase = "hak_stats_get() after threads that allocated in their last destructor round";
+    s = tu_stats();
+    phase = "mallinfo2() after threads that allocated in their last destructor round";
+    struct mallinfo2 mi = mallinfo2();
+    CHECK(mi.arena > 0, "mallinfo2 reports no memory");
     alarm(0);
     for (int i = 0; i < ndead; i++)
         munmap(dead_stacks[i], STACK_SIZE);
