@@ -1,8 +1,12 @@
 /* Thousands of short-lived threads (waves of 32) that allocate, free most
  * of it and hand a few live blocks to main.  Heaps of exited threads must
- * be reused and SuperSlabs must not pile up.
+ * be reused and SuperSlabs must not pile up.  Then waves of 4 threads
+ * beside a thread that calls malloc_trim without pause: a thread that
+ * starts while the trim collects the abandoned heaps must still find one
+ * to adopt, or heaps multiply (about 400 after 5,000 waves).
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
+#include <stdatomic.h>
 #include "testutil.h"
 
 enum { WAVE = 32, MIN_THREADS = 3000, PER_THREAD = 300, HANDOFF = 3 };
@@ -18,6 +22,47 @@ static void churn_thread(int idx, void *ctx)
     tu_short_life(base, PER_THREAD, HANDOFF, 256, 2048, 4, hand_off);
     if (hand_off)
         __atomic_add_fetch(&handed_off, HANDOFF, __ATOMIC_RELAXED);
+}
+
+static _Atomic int trimming;
+static void *trimmer(void *arg)
+{
+    while (atomic_load(&trimming))
+        malloc_trim(0);
+    return arg;
+}
+
+static void short_thread(int idx, void *ctx)
+{
+    for (int i = 0; i < 50; i++)
+        free(tu_launder(malloc(100 + i * 10)));
+    void *keep = malloc(200);
+    CHECK(keep != NULL, "malloc(200)");
+    if (keep) {
+        tu_fill(keep, 200, (uint64_t)idx);
+        tu_handoff_push(keep, 200, (uint64_t)idx);
+    }
+}
+
+/* Heaps made while threads start beside a trimmer. */
+static void churn_beside_trim(void)
+{
+    struct hak_stats s0 = tu_stats();
+    atomic_store(&trimming, 1);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, trimmer, NULL) == 0, "pthread_create");
+    for (int wave = 0; wave < 3000 && tu_failures() < 20; wave++)
+        tu_run_threads(4, short_thread, NULL);
+    atomic_store(&trimming, 0);
+    pthread_join(t, NULL);
+    struct hak_stats s1 = tu_stats();
+    CHECK(s1.heaps_created - s0.heaps_created <= 8,
+          "%llu heaps made by 3000 waves of 4 threads beside malloc_trim: a thread that started "
+          "while the trim collected the abandoned heaps made a new one",
+          (unsigned long long)(s1.heaps_created - s0.heaps_created));
+    size_t bad = 0;
+    tu_handoff_free_all(512, &bad);
+    CHECK(bad == 0, "%zu handed-off blocks corrupted", bad);
 }
 
 int main(void)
@@ -62,5 +107,6 @@ int main(void)
     CHECK(bad == 0, "%zu of %zu handed-off blocks corrupted", bad, freed);
     CHECK(freed == handed_off && freed == (size_t)MIN_THREADS * HANDOFF,
           "freed %zu handed-off blocks, expected %zu", freed, handed_off);
+    churn_beside_trim();
     return TU_DONE();
 }
