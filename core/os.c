@@ -98,6 +98,12 @@ bool os_move_pages(void *old, size_t len, void *dst)
         STAT_INC(os_failures);
         return false;
     }
+    /* The kernel leaves the old range a mapping of its own, which never
+     * merges back: a fresh one in its place (still ours, so MAP_FIXED
+     * replaces nothing anyone else has) merges with the reservation around
+     * it, so that moves do not pile mappings up towards vm.max_map_count.
+     * If this fails, the old mapping stays, empty: nothing is lost. */
+    map_anon(old, len, MAP_FIXED);
     return true;
 }
 
