@@ -16,27 +16,36 @@
 #include <errno.h>
 #include <string.h>
 
-/* glibc's free, found by name once a foreign pointer comes (__libc_free
- * is hakmem's own here): the next definition after hakmem's, which is
- * libc's whether hakmem is preloaded, linked, or loaded by dlopen (its
- * own dependencies come after it).  None in a fully static program (cc
- * -static ... libhakmem.a: dlsym is a weak reference that stays
- * unresolved, so that glibc's malloc.o is not linked in beside ours, and
- * there are no glibc blocks to free): every unknown pointer is then an
- * invalid free. */
+/* glibc's free: __libc_free is hakmem's own here, so glibc's is looked up
+ * by name: the next definition after hakmem's (preloaded, linked, or
+ * loaded by dlopen: libc comes after it), else the first one (hakmem a
+ * dependency of a library that libc came before); never hakmem's own.
+ * Once, when hakmem starts: a lookup inside a free would clear a
+ * dlerror() the program has not read yet.  None in a fully static
+ * program (cc -static ... libhakmem.a: there are no glibc blocks, and
+ * glibc's malloc.o must not be linked in beside ours): every unknown
+ * pointer is then an invalid free. */
 #pragma weak dlsym
 typedef void (*FreeFn)(void *);
+static void *_Atomic glibc_free_found; /* (void *)1: looked, there is none */
+
 static FreeFn glibc_free(void)
 {
-    static void *_Atomic found; /* (void *)1: looked, there is none */
-    void *f = atomic_load_explicit(&found, memory_order_relaxed);
-    if (!f) {
+    void *f = atomic_load_explicit(&glibc_free_found, memory_order_relaxed);
+    if (!f) { /* (a foreign pointer before hakmem's constructor ran) */
         f = dlsym ? dlsym(RTLD_NEXT, "__libc_free") : NULL;
-        if (f == (void *)hak_free) /* never hand a block back to ourselves */
+        if ((!f || f == (void *)hak_free) && dlsym)
+            f = dlsym(RTLD_DEFAULT, "__libc_free");
+        if (f == (void *)hak_free)
             f = NULL;
-        atomic_store_explicit(&found, f ? f : (void *)1, memory_order_relaxed);
+        atomic_store_explicit(&glibc_free_found, f ? f : (void *)1, memory_order_relaxed);
     }
     return f == (void *)1 ? NULL : (FreeFn)f;
+}
+
+__attribute__((constructor)) static void foreign_start(void)
+{
+    glibc_free();
 }
 
 /* glibc's chunk layout (malloc/malloc.c): a size word before the block,

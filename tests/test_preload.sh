@@ -218,6 +218,28 @@ EOF
     gcc -O1 -o names names.c && ./names
 }
 
+# A failed dlopen, then a free of one of glibc's own blocks, then dlerror():
+# the free must not clear the error the program has not read yet (hakmem
+# looks glibc's free up by name, once, when it starts, not inside a free).
+w_dlerror() {
+    cat > dlerr.c <<'EOF'
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void *(*glibc_malloc)(size_t) = libc ? (void *(*)(size_t))dlsym(libc, "malloc") : NULL;
+    void *p = glibc_malloc ? glibc_malloc(100) : NULL;
+    void *h = dlopen("/nonexistent/libx.so", RTLD_NOW);
+    free(p);
+    const char *e = dlerror();
+    printf("%p %s\n", h, e ? e : "(error lost)");
+    return 0;
+}
+EOF
+    gcc -O1 -o dlerr dlerr.c && ./dlerr
+}
+
 w_redis() {
     local port tries=0 ok=0
     while [ $tries -lt 5 ] && [ $ok -eq 0 ]; do
@@ -339,6 +361,7 @@ check sqlite3 sqlite3 awk
 check git git awk
 check gcc gcc
 check libc_names gcc
+check dlerror gcc
 check redis redis-server redis-cli awk
 
 if [ ${#failures[@]} -gt 0 ]; then
