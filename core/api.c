@@ -333,8 +333,8 @@ HAK_API void *hak_aligned_alloc(size_t align, size_t size)
 
 HAK_API void *hak_memalign(size_t align, size_t size)
 {
-    if (!is_pow2(align)) { /* glibc rounds a bad alignment up */
-        if (align > ((size_t)1 << 62)) {
+    if (!is_pow2(align)) { /* glibc rounds a bad alignment up (ENOMEM for 2^63) */
+        if (align > ((size_t)1 << 63)) {
             errno = EINVAL;
             return NULL;
         }

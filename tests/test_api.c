@@ -193,6 +193,17 @@ static void test_memalign(const struct api *volatile A)
         CHECK(out == (void *)0x5678, "%s posix_memalign(align=%zu) modified *out", A->name, bad[i]);
         if (rc == 0) A->free(out);
     }
+    /* memalign rounds a bad alignment up to a power of two, as glibc: one
+     * above 2^63 is EINVAL, one that rounds up to 2^63 finds no memory */
+    static const struct { size_t align; int err; } huge[] = {
+        { ((size_t)1 << 62) + 1, ENOMEM }, { (size_t)1 << 63, ENOMEM },
+        { ((size_t)1 << 63) + 1, EINVAL }, { SIZE_MAX, EINVAL } };
+    for (size_t i = 0; i < sizeof huge / sizeof *huge; i++) {
+        errno = 0;
+        void *m = A->memalign(huge[i].align, 16);
+        CHECK(!m && errno == huge[i].err, "%s memalign(%#zx, 16) = %p, errno %d, want NULL, %d",
+              A->name, huge[i].align, m, errno, huge[i].err);
+    }
     static const size_t sizes[] = { 1, 100, 5000, 100000 };
     for (size_t al = sizeof(void *); al <= ((size_t)4 << 20); al <<= 1) {
         for (size_t i = 0; i < 4; i++) {
