@@ -414,6 +414,10 @@ HAK_API int hak_trim(void)
 EXPORT(malloc, hak_malloc);
 EXPORT(free, hak_free);
 EXPORT(free_sized, hak_free_sized);
+/* C23's free of a block of aligned_alloc, which glibc has from 2.43 on: a
+ * program preloaded with hakmem must reach ours with our blocks.  The
+ * size is not checked: an aligned block's class is its alignment's. */
+HAK_API void free_aligned_sized(void *p, size_t alignment, size_t size) { hak_free(p); }
 EXPORT(calloc, hak_calloc);
 EXPORT(realloc, hak_realloc);
 EXPORT(reallocarray, hak_reallocarray);

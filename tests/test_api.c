@@ -448,6 +448,32 @@ static void test_glibc_extras(void)
     CHECK(1, "malloc_stats returned");
 }
 
+/* C23's free_aligned_sized (glibc 2.43; not in older headers) frees what
+ * aligned_alloc gave, at every tier: what is in use does not grow. */
+void free_aligned_sized(void *p, size_t alignment, size_t size);
+static void test_free_aligned_sized(void)
+{
+    static const size_t sizes[] = { 100, 3000, 40000, 200000 };
+    for (size_t al = 16; al <= 8192; al <<= 3) {
+        for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+            struct hak_stats s0 = tu_stats();
+            for (int k = 0; k < 2000; k++) {
+                char *p = aligned_alloc(al, sizes[i]);
+                CHECK(p && ((uintptr_t)p & (al - 1)) == 0, "aligned_alloc(%zu, %zu)", al, sizes[i]);
+                if (!p) break;
+                p[0] = p[sizes[i] - 1] = 1;
+                free_aligned_sized(tu_launder(p), al, sizes[i]);
+            }
+            struct hak_stats s1 = tu_stats();
+            uint64_t in0 = s0.tiny_bytes_in_use + s0.mid_bytes_in_use + s0.large_bytes_in_use;
+            uint64_t in1 = s1.tiny_bytes_in_use + s1.mid_bytes_in_use + s1.large_bytes_in_use;
+            CHECK(in1 <= in0 + 16 * sizes[i] + (64 << 10),
+                  "free_aligned_sized(%zu, %zu) freed nothing: %llu bytes in use, %llu before", al,
+                  sizes[i], (unsigned long long)in1, (unsigned long long)in0);
+        }
+    }
+}
+
 int main(void)
 {
     const struct api *apis[] = { &libc_api, &hak_api };
@@ -467,5 +493,6 @@ int main(void)
     test_kinds();
     test_page_alloc();
     test_glibc_extras();
+    test_free_aligned_sized();
     return TU_DONE();
 }
