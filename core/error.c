@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,14 +11,16 @@
 
 void write_fd(int fd, const char *msg)
 {
+    int saved = errno; /* the statistics at exit, malloc_stats */
     size_t len = strlen(msg);
     while (len) {
         ssize_t n = write(fd, msg, len);
         if (n <= 0)
-            return;
+            break;
         msg += n;
         len -= (size_t)n;
     }
+    errno = saved;
 }
 
 void fatal_corruption(const char *what, const void *addr)

@@ -26,6 +26,7 @@
 #include "ranges.h"
 #include "registry.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -348,6 +349,7 @@ void purger_start(void)
     }
     if (!atomic_exchange(&purger_wanted, false))
         return; /* another thread got there first */
+    int saved = errno; /* the malloc that starts it leaves errno alone */
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -366,6 +368,7 @@ void purger_start(void)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&a);
+    errno = saved;
 }
 
 /* dirty_since: the time the range became free, or 0 if it reads as zero;

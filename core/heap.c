@@ -44,6 +44,7 @@ static unsigned running_heaps;
 
 static void runtime_init(void)
 {
+    int saved = errno; /* a first malloc that succeeds leaves errno alone */
     /* The kernel gives every process 16 random bytes (AT_RANDOM). */
     const unsigned char *rnd = (const unsigned char *)getauxval(AT_RANDOM);
     uint64_t r = 0;
@@ -75,6 +76,7 @@ static void runtime_init(void)
     __atomic_store_n(&runtime_ready, true, __ATOMIC_RELEASE);
     if (options.verbose)
         options_print();
+    errno = saved;
 }
 
 /* ------------------------------------------------------------------ */

@@ -28,26 +28,36 @@ static bool fault_now(void)
             return false;
     if (c < 0)
         return false;
-    if (atomic_fetch_sub(&fault_remaining, 1) > 0)
-        return true;
-    atomic_store(&fault_countdown, -1);
-    return false;
+    if (atomic_fetch_sub(&fault_remaining, 1) <= 0) {
+        atomic_store(&fault_countdown, -1);
+        return false;
+    }
+    errno = ENOMEM; /* as the kernel would set it: failed() must not pass it on */
+    return true;
 }
 #else
 static inline bool fault_now(void) { return false; }
 #endif
 
+/* A failed call is counted and leaves errno as it was: every caller falls
+ * back (realloc copies, a purge waits) or sets ENOMEM itself, and a
+ * malloc, realloc or free that succeeds leaves the program's errno alone
+ * (POSIX requires it of free). */
+static void failed(int saved_errno)
+{
+    STAT_INC(os_failures);
+    errno = saved_errno;
+}
+
 static void *map_anon(void *hint, size_t len, int extra_flags)
 {
     STAT_INC(os_mmap);
-    if (fault_now()) {
-        STAT_INC(os_failures);
-        return NULL;
-    }
-    void *p = mmap(hint, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags, -1, 0);
+    int saved = errno;
+    void *p = fault_now() ? MAP_FAILED
+                          : mmap(hint, len, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags, -1, 0);
     if (p == MAP_FAILED) {
-        STAT_INC(os_failures);
+        failed(saved);
         return NULL;
     }
     return p;
@@ -56,8 +66,9 @@ static void *map_anon(void *hint, size_t len, int extra_flags)
 void os_unmap(void *p, size_t len)
 {
     STAT_INC(os_munmap);
+    int saved = errno;
     if (munmap(p, len) != 0)
-        STAT_INC(os_failures);
+        failed(saved);
 }
 
 void *os_map_aligned(size_t len, size_t align)
@@ -79,8 +90,9 @@ void *os_map_aligned(size_t len, size_t align)
 bool os_purge(void *p, size_t len)
 {
     STAT_INC(os_madvise);
+    int saved = errno;
     if (fault_now() || madvise(p, len, MADV_DONTNEED) != 0) {
-        STAT_INC(os_failures);
+        failed(saved);
         return false;
     }
     return true;
@@ -89,13 +101,9 @@ bool os_purge(void *p, size_t len)
 bool os_move_pages(void *old, size_t len, void *dst)
 {
     STAT_INC(os_mremap);
-    if (fault_now()) {
-        STAT_INC(os_failures);
-        return false;
-    }
-    void *r = mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
-    if (r == MAP_FAILED) {
-        STAT_INC(os_failures);
+    int saved = errno;
+    if (fault_now() || mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst) == MAP_FAILED) {
+        failed(saved);
         return false;
     }
     /* The kernel leaves the old range a mapping of its own, which never
@@ -110,8 +118,9 @@ bool os_move_pages(void *old, size_t len, void *dst)
 bool os_protect(void *p, size_t len, bool accessible)
 {
     STAT_INC(os_mprotect);
+    int saved = errno;
     if (mprotect(p, len, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
-        STAT_INC(os_failures);
+        failed(saved);
         return false;
     }
     return true;
@@ -182,7 +191,10 @@ int os_last_thread(ProcStat *ps)
 
 bool os_random(void *buf, size_t len)
 {
-    return getrandom(buf, len, GRND_NONBLOCK) == (ssize_t)len;
+    int saved = errno; /* ENOSYS under some filters, EAGAIN early at boot */
+    bool ok = getrandom(buf, len, GRND_NONBLOCK) == (ssize_t)len;
+    errno = saved;
+    return ok;
 }
 
 int os_dup_fd(int fd)

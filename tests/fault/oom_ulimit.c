@@ -52,6 +52,9 @@ static int add(void *p, size_t n, const char *what)
         nulls++;
         return 0;
     }
+    /* hakmem's own failed mmaps (a reservation too big for the limit, then
+     * a smaller one) are not the program's business */
+    CHECK(e == 0, "%s(%zu) succeeded but set errno %d (%s)", what, n, e, strerror(e));
     CHECK(malloc_usable_size(p) >= n, "%s(%zu): usable %zu", what, n, malloc_usable_size(p));
     if (nblk == MAXB) {
         free(p);

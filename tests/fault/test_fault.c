@@ -121,6 +121,9 @@ static int good(void *p, size_t size, size_t align, const char *what)
         nulls++;
         return 0;
     }
+    /* a failed mmap or mremap that hakmem fell back from is not the
+     * program's business (fault injection sets ENOMEM as the kernel does) */
+    CHECK(e == 0, "%s %s(%zu) succeeded but set errno %d (%s)", A->name, what, size, e, strerror(e));
     successes++;
     CHECK((uintptr_t)p % align == 0, "%s %s(%zu) = %p not %zu-aligned", A->name, what, size, p, align);
     CHECK(A->usable(p) >= size, "%s %s(%zu): usable %zu", A->name, what, size, A->usable(p));
