@@ -425,8 +425,8 @@ static void superslabs_purge_free(Heap *h)
 
 static void heap_release(ThreadFront *front)
 {
-    Heap *h = front->heap;
     quarantine_flush(front);
+    Heap *h = front->heap; /* (after the flush, as in heap_trim) */
     front_give_back(h, front);
     large_front_flush(&h->large);
     front->heap = NULL;
@@ -463,10 +463,13 @@ bool heaps_running(void)
 void heap_trim(void)
 {
     ThreadFront *front = &thread_front;
-    Heap *h = front->heap;
-    if (!h)
+    if (!front->heap)
         return;
+    /* first, and the heap read after it: a block the flush frees into an
+     * abandoned heap takes that heap over (heap_take_over), which gives
+     * the one the thread had up */
     quarantine_flush(front);
+    Heap *h = front->heap;
     front_give_back(h, front);
     large_front_flush(&h->large);
     heap_collect(h);

@@ -2,6 +2,7 @@
  * guard pages around large blocks, random order of fresh blocks.
  * Built only against out/secure/libhakmem.a.
  * SPDX-License-Identifier: MIT */
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <malloc.h>
@@ -105,8 +106,58 @@ static void random_order(void)
     }
 }
 
+/* malloc_trim while the quarantine holds a block of a heap whose thread
+ * has exited: the flush frees it into that heap, which takes the heap over
+ * (heap_take_over), and the trim must go on with the heap taken over,
+ * not the one given up (which it took for its own and aborted on:
+ * "corrupted thread free list").  In a thread of its own, young enough
+ * to take a heap over. */
+static void *alloc_four(void *arg)
+{
+    unsigned char **b = arg;
+    for (int i = 0; i < 4; i++) {
+        b[i] = malloc(64);
+        memset(b[i], 0x5a, 64);
+    }
+    return NULL;
+}
+
+static void *trim_after_take_over(void *arg)
+{
+    void *mine = malloc(64); /* a heap of its own */
+    unsigned char *b[4];
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, alloc_four, b) == 0, "pthread_create");
+    pthread_join(t, NULL); /* its heap is abandoned */
+    struct hak_stats before, after;
+    hak_stats_get(&before);
+    free(b[0]); /* into the quarantine */
+    malloc_trim(0);
+    hak_stats_get(&after);
+    CHECK(after.heaps_taken_over == before.heaps_taken_over + 1, "taken over %llu -> %llu",
+          (unsigned long long)before.heaps_taken_over, (unsigned long long)after.heaps_taken_over);
+    for (int i = 1; i < 4; i++) {
+        int intact = 1;
+        for (int k = 0; k < 64; k++)
+            intact &= b[i][k] == 0x5a;
+        CHECK(intact, "block %d changed", i);
+        free(b[i]);
+    }
+    free(mine);
+    void *p[200];
+    for (int i = 0; i < 200; i++)
+        p[i] = malloc(16 + (size_t)i * 8);
+    for (int i = 0; i < 200; i++)
+        free(p[i]);
+    malloc_trim(0);
+    return arg;
+}
+
 int main(void)
 {
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, trim_after_take_over, NULL) == 0, "pthread_create");
+    pthread_join(t, NULL);
     canaries();
     guards();
     random_order();
