@@ -162,7 +162,7 @@ static bool small_live(const void *p, size_t *usable)
     return harden_live(ss, s, p, usable);
 #else
     *usable = s->cls >= HAK_NCLASS_TINY ? mid_usable(p, span_block_size(s)) : span_block_size(s);
-    return ((const Block *)p)->free_mark != free_mark_value;
+    return ((const Block *)p)->free_mark != block_mark(p);
 #endif
 }
 

@@ -37,7 +37,7 @@ static HAK_NOINLINE void front_free_odd(SuperSlab *ss, Block *b, unsigned cls)
         return;
     }
     ThreadFront *front = &thread_front;
-    if (b->free_mark == free_mark_value) {
+    if (b->free_mark == block_mark(b)) {
         Heap *h = front->heap;
         uint32_t cap = span_capacity(s);
         uintptr_t tf = atomic_load_explicit(&s->thread_free, memory_order_acquire);
@@ -62,7 +62,7 @@ void front_free_slow(SuperSlab *ss, Block *b, unsigned cls, uint32_t off)
      * block here failed the offset or the mark test already, and
      * HAK_NO_CLASS (the header, free slabs, pages not carved) passes no
      * offset (its div_magic is 0). */
-    if (MID_CANARY && offset_is_block(cls, off) && b->free_mark != free_mark_value &&
+    if (MID_CANARY && offset_is_block(cls, off) && b->free_mark != block_mark(b) &&
         mid_check_common(b, size_classes[cls].block_size)) {
         front_push(&thread_front, cls, b);
         return;
@@ -205,14 +205,14 @@ static __attribute__((noinline)) void span_free_remote_slow(SuperSlab *ss, Span 
      * otherwise.  Without this, a block freed here twice with other
      * frees between, the first already taken back by its owner, would be
      * on two lists at once and handed out twice. */
-    if (unlikely(b->free_mark == free_mark_value)) {
+    if (unlikely(b->free_mark == block_mark(b))) {
         invalid_free_report("double free", b);
         return;
     }
     if (s->cls >= HAK_NCLASS_TINY)
         mid_check(b, span_block_size(s));
     if (mine) mine->remote[s->cls]++; else STAT_INC(remote_frees_exited);
-    b->free_mark = free_mark_value;
+    b->free_mark = block_mark(b);
     span_free_remote_push(ss, s, b);
 }
 
@@ -225,9 +225,9 @@ void span_free_remote(SuperSlab *ss, Span *s, Block *b)
     ThreadFront *front = &thread_front;
     Heap *mine = front->heap;
     if (likely(mine && front->reclaim_tries >= RECLAIM_WINDOW && block_is_valid_fast(ss, s, b) &&
-               b->free_mark != free_mark_value)) {
+               b->free_mark != block_mark(b))) {
         mine->remote[s->cls]++;
-        b->free_mark = free_mark_value;
+        b->free_mark = block_mark(b);
         span_free_remote_push(ss, s, b);
         return;
     }

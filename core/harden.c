@@ -244,7 +244,7 @@ static void quarantine_release(Block *b)
     /* It came in zeroed but for the mark.  Going back to a free list
      * rewrites the link and the mark, so they are checked here; the rest
      * of it is checked by the malloc that takes it. */
-    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != free_mark_value)))
+    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != block_mark(b))))
         fatal_corruption("write after free (a block in quarantine was changed) at", b);
     SuperSlab *ss = superslab_of(b);
     release_checked(ss, b, ss->page_cls[page_index(b)]);
@@ -258,7 +258,7 @@ static void quarantine_audit(ThreadFront *front)
     if (!b || !HAK_HARDEN_ZERO_ON_FREE)
         return;
     size_t room = span_block_size(span_of(superslab_of(b), b)) - HAK_CANARY_SIZE;
-    if (b->next_enc != 0 || b->free_mark != free_mark_value ||
+    if (b->next_enc != 0 || b->free_mark != block_mark(b) ||
         !bytes_are((char *)b + 16, (room < 80 ? room : 80) - 16, 0))
         fatal_corruption("write after free (a block in quarantine was changed) at", b);
 }
@@ -298,7 +298,7 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
     /* A thread without a heap (or past giving it up) has nobody to flush
      * its quarantine at exit: its frees go straight through. */
     if (front->heap && !front->exited) {
-        b->free_mark = free_mark_value;
+        b->free_mark = block_mark(b);
         uint64_t r = front->quarantine_rng;
         if (!r)
             r = process_secret ^ (uintptr_t)front;

@@ -128,7 +128,7 @@ static inline Block *block_pop_next(const Block *b)
 {
     Block *n = block_next_fast(b);
 #if HAK_HARDEN_ZERO_ON_FREE
-    if (unlikely(b->free_mark != free_mark_value ||
+    if (unlikely(b->free_mark != block_mark(b) ||
                  (n && ((uintptr_t)n & (HAK_MIN_ALIGN - 1) || registry_kind(n) != CHUNK_SUPERSLAB))))
         fatal_corruption("write after free (a free block's link or mark was overwritten) at", b);
 #endif

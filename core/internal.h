@@ -107,6 +107,14 @@ void options_print(void);
 /* ---- free-list link encoding ---- */
 extern HAK_HIDDEN uintptr_t process_secret;
 extern HAK_HIDDEN uintptr_t free_mark_value; /* see Block in types.h; never 0 */
+/* The free mark of the block at b: bound to its address, so that a mark
+ * copied elsewhere is no mark where it lands.  Memory that held freed
+ * blocks and is then handed out uninitialised (a large block carved over
+ * an old SuperSlab) still carries their marks, and realloc down to the
+ * slab tiers copies its first bytes into a live small block, which a
+ * plain mark made look freed (a false "double free" abort).  Never 0:
+ * free_mark_value is odd, a block's address even. */
+static inline uintptr_t block_mark(const void *b) { return free_mark_value ^ (uintptr_t)b; }
 extern HAK_HIDDEN uint64_t tail_pattern;      /* canaries' byte, in every lane */
 /* Links are stored XOR-ed with a per-process secret, so a stray or hostile
  * write into a freed block cannot aim a later malloc at a chosen address.
@@ -389,7 +397,7 @@ static inline void front_publish(Heap *h, const ThreadFront *front, unsigned cls
 static inline void front_push(ThreadFront *front, unsigned cls, Block *b)
 {
     Block *head = front->free[cls];
-    b->free_mark = free_mark_value;
+    b->free_mark = block_mark(b);
     if (likely(head != NULL)) {
         b->next_enc = head->next_enc; /* same secret: the link moves as it is */
         block_set_next(head, b);
@@ -421,7 +429,7 @@ static inline void slab_free(SuperSlab *ss, Block *b, unsigned page)
         unsigned slab = page >> (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT);
         uint32_t off = (uint32_t)((addr - ((uintptr_t)ss->span_head[slab] << HAK_SLAB_SHIFT)) &
                                   (HAK_CHUNK_SIZE - 1));
-        if (unlikely(!offset_is_block_fast(cls, off) || b->free_mark == free_mark_value)) {
+        if (unlikely(!offset_is_block_fast(cls, off) || b->free_mark == block_mark(b))) {
             front_free_slow(ss, b, cls, off);
             return;
         }

@@ -198,7 +198,7 @@ static Block *link_blocks(char *p, size_t bs, const uint16_t *order, uint32_t fr
     for (uint32_t i = to; i-- > from;) {
         Block *b = (Block *)(p + (order ? order[i] : i) * bs);
         block_set_next(b, head);
-        b->free_mark = free_mark_value;
+        b->free_mark = block_mark(b);
         head = b;
     }
     return head;

@@ -77,7 +77,8 @@
  * stored XOR-encoded with a per-process secret, and every decoded link is
  * checked to stay inside the same SuperSlab, so that a stray write into a
  * freed block cannot steer a later malloc to an arbitrary address.  The
- * second word holds free_mark_value, a random per-process value, while the
+ * second word holds its free mark (block_mark: a random per-process value
+ * XOR the block's address) while the
  * block is free, and is cleared when malloc hands it out: a free() that
  * finds the mark is most likely a double free, and is checked (free.c,
  * front_free_slow) before anything is written. */

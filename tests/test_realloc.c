@@ -3,6 +3,7 @@
  * many large blocks grown by realloc leave.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include "testutil.h"
 
@@ -260,8 +261,59 @@ static void moves_keep_mappings(void)
         free(v[j]);
 }
 
+/* realloc of a large block down to the slab tiers copies its first bytes,
+ * written or not; made from memory that held freed small blocks, the
+ * unwritten ones still hold their free marks (every 64 bytes here), and
+ * the small block they land in is live all the same: its owner reallocs
+ * it, another thread frees it (before 2026-12-07: "realloc of a pointer
+ * that is not an allocated block", "double free", abort). */
+static void *free_small_blocks(void *arg)
+{
+    enum { n = (6 << 20) / 64 };
+    void **v = malloc(n * sizeof *v);
+    for (int i = 0; i < n; i++)
+        v[i] = malloc(64);
+    for (int i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+    return arg; /* at exit its SuperSlabs, now empty, go back to the extents */
+}
+
+static void *free_it(void *p)
+{
+    free(p);
+    return NULL;
+}
+
+static void realloc_over_freed_blocks(void)
+{
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, free_small_blocks, NULL) == 0, "pthread_create");
+    pthread_join(t, NULL);
+    char *p[24];
+    for (int k = 0; k < 24; k++) {
+        p[k] = malloc(300 * 1024);
+        memcpy(p[k], "header!", 8); /* the only bytes the program writes */
+    }
+    for (int k = 0; k < 24; k++) {
+        char *q = realloc(p[k], 40);
+        CHECK(q && memcmp(q, "header!", 8) == 0, "realloc(300 KiB -> 40) lost the first bytes");
+        if (!q)
+            continue;
+        if (k & 1) {
+            CHECK(pthread_create(&t, NULL, free_it, q) == 0, "pthread_create");
+            pthread_join(t, NULL);
+        } else {
+            q = realloc(q, 20);
+            CHECK(q && memcmp(q, "header!", 8) == 0, "realloc(40 -> 20) lost the first bytes");
+            free(q);
+        }
+    }
+}
+
 int main(void)
 {
+    realloc_over_freed_blocks(); /* first: the memory it needs is fresh from one thread's frees */
     chain(realloc, "realloc", 1);
     chain(hak_realloc, "hak_realloc", 2);
     tiers();
