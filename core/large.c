@@ -110,8 +110,11 @@ static void guards_set(char *ext, size_t len, bool on)
  * malloc that takes the extent back checks it, so a write through a
  * dangling pointer to the start of a freed large block (its first
  * fields, its vtable) is reported; two stores and two loads on paths of
- * a few hundred instructions. */
-static inline uintptr_t freed_mark(const char *ext) { return free_mark_value ^ (uintptr_t)ext; }
+ * a few hundred instructions.  The complement of a small block's mark for
+ * the same address (block_mark), so that it is no small block's mark
+ * anywhere, even copied: ~(v ^ ext) is v ^ r only for r = ~ext, which is
+ * no user address. */
+static inline uintptr_t freed_mark(const char *ext) { return ~block_mark(ext); }
 static void freed_mark_set(char *ext)
 {
     uintptr_t *m = (uintptr_t *)(ext + HDR);
@@ -243,8 +246,8 @@ void *large_realloc(void *p, size_t size)
     if (HAK_GUARD_SIZE) /* guard pages do not move: allocate, copy, free */
         return realloc_by_copy(p, usable, size, false);
     size_t need = align_up(off + size, HAK_PAGE_SIZE);
-    if (need <= h->extent_len) { /* shrink in place, give the tail back */
-        if (need < h->extent_len) {
+    if (need <= h->extent_len) { /* in place: a shrink gives the tail back */
+        if (need < h->extent_len && size < h->size) {
             extent_free(h->extent + need, h->extent_len - need);
             large_cache_drop_extent(h->extent_len - need);
             large_resize(heap_large_front(), -(int64_t)(h->extent_len - need));
@@ -268,17 +271,26 @@ void *large_realloc(void *p, size_t size)
     if (old_len >= MREMAP_MIN) {
         /* Move the pages, not the bytes.  The old range stays mapped (empty)
          * throughout: at no moment is there a hole in hakmem's address
-         * space that another thread's mmap could be given. */
+         * space that another thread's mmap could be given.  The new extent
+         * has room to grow by half again (pages nobody touches until the
+         * block grows into them), so that a block grown in small steps moves
+         * O(log n) times: moved to an extent of its exact size, placed at
+         * the top of a free range (extent.c), it moved on every step, each
+         * move costing its whole size (a buffer grown 8 KiB at a time to
+         * 72 MiB: 1,795 moves, 12 s; glibc 0.09 s). */
         char *old = h->extent; /* h moves with the pages */
-        char *ext = extent_alloc(need, HAK_PAGE_SIZE, 0, NULL);
+        size_t len = need + align_up(need / 2, HAK_PAGE_SIZE);
+        char *ext = len > need ? extent_alloc(len, HAK_PAGE_SIZE, 0, NULL) : NULL;
+        if (!ext)
+            ext = extent_alloc(len = need, HAK_PAGE_SIZE, 0, NULL);
         if (ext && os_move_pages(old, old_len, ext)) {
             extent_free_purged(old, old_len);
-            large_cache_new_extent(need - old_len);
-            large_resize(heap_large_front(), (int64_t)(need - old_len));
-            return place(ext, need, off, size);
+            large_cache_new_extent(len - old_len);
+            large_resize(heap_large_front(), (int64_t)(len - old_len));
+            return place(ext, len, off, size);
         }
         if (ext)
-            extent_free(ext, need);
+            extent_free(ext, len);
         STAT_INC(fallbacks); /* copy instead */
     }
     return realloc_by_copy(p, usable, size, false);
