@@ -80,12 +80,14 @@ out/%/libhakmem.so: $$(OBJ_$$*)
 # The static library is one relocatable object whose hidden symbols are made
 # local: a program linking it sees only the API (include/hakmem.h and the
 # glibc names), so none of hakmem's internal names can clash with its own.
+# dlopen (core/dlopen.c) is the shared library's alone: a program linked
+# with the archive keeps libc's.
 # C++'s operator new is a member of its own (core/cxx_new.c,
 # HAK_CXX_ARCHIVE), which only programs that call it take: its references
 # to the C++ runtime are strong, so that a static link takes the runtime's
 # std::bad_alloc and new handler in.
 out/%/libhakmem.a: $$(OBJ_$$*) out/%/obj/cxx_new_archive.o
-	rm -f $@ && ld -r -o out/$*/hakmem.o $(filter-out %/cxx_new.o %/cxx_new_archive.o,$^) && \
+	rm -f $@ && ld -r -o out/$*/hakmem.o $(filter-out %/cxx_new.o %/cxx_new_archive.o %/dlopen.o,$^) && \
 	    objcopy --localize-hidden out/$*/hakmem.o && ar rcs $@ out/$*/hakmem.o out/$*/obj/cxx_new_archive.o
 out/%/obj/cxx_new_archive.o: core/cxx_new.c $(HDR) | out/%/obj
 	$(CC_$*) $(CFLAGS_$*) -DHAK_CXX_ARCHIVE -c $< -o $@ && objcopy --localize-hidden $@

@@ -240,6 +240,64 @@ EOF
     gcc -O1 -o dlerr dlerr.c && ./dlerr
 }
 
+# A plugin loaded with RTLD_DEEPBIND (as php loads its extensions) frees
+# the program's blocks and hands it its own: with the flag, the plugin
+# binds to glibc's malloc and free, and glibc's free of a hakmem block
+# crashes (php died at startup), so hakmem's dlopen clears it.  The plugin
+# is found by bare name through the program's RUNPATH: dlopen must still
+# see the program as its caller.
+w_deepbind() {
+    mkdir sub
+    cat > plug.c <<'EOF'
+#include <stdlib.h>
+#include <string.h>
+void plug_free(void *p) { free(p); }
+void *plug_realloc(void *p, size_t n) { return realloc(p, n); }
+char *plug_strdup(const char *s) { return strdup(s); }
+void *plug_malloc(size_t n) { void *p = malloc(n); memset(p, 7, n); return p; }
+EOF
+    cat > deep.c <<'EOF'
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    void *h = dlopen("libplug.so", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (!h) { printf("dlopen: %s\n", dlerror()); return 1; }
+    void (*pfree)(void *) = (void (*)(void *))dlsym(h, "plug_free");
+    void *(*prealloc)(void *, size_t) = (void *(*)(void *, size_t))dlsym(h, "plug_realloc");
+    char *(*pstrdup)(const char *) = (char *(*)(const char *))dlsym(h, "plug_strdup");
+    void *(*pmalloc)(size_t) = (void *(*)(size_t))dlsym(h, "plug_malloc");
+    unsigned long sum = 0;
+    for (int i = 0; i < 3000; i++) {
+        size_t n = (size_t)i * 7919 % 400000 + 1;
+        char *p = malloc(n);
+        memset(p, i, n);
+        p = prealloc(p, n + 100);
+        sum += (unsigned char)p[n - 1];
+        pfree(p);
+        unsigned char *q = pmalloc(n);
+        sum += q[n - 1];
+        q = realloc(q, n / 2 + 1);
+        free(q);
+        char *s = pstrdup("plugin");
+        sum += strlen(s);
+        free(s);
+    }
+    printf("%lu\n", sum);
+    return dlclose(h);
+}
+EOF
+    gcc -O1 -shared -fPIC -o sub/libplug.so plug.c &&
+        gcc -O1 -o deep deep.c -Wl,--enable-new-dtags,-rpath,'$ORIGIN/sub' && ./deep
+}
+
+# php loads its extensions with RTLD_DEEPBIND (w_deepbind).
+w_php() {
+    php -r '$a = []; for ($i = 0; $i < 200000; $i++) $a["k$i"] = str_repeat("x", $i % 50);
+            ksort($a); echo count($a), " ", md5(serialize($a)), " ", count(get_loaded_extensions()) > 0, "\n";'
+}
+
 w_redis() {
     local port tries=0 ok=0
     while [ $tries -lt 5 ] && [ $ok -eq 0 ]; do
@@ -362,6 +420,8 @@ check git git awk
 check gcc gcc
 check libc_names gcc
 check dlerror gcc
+check deepbind gcc
+check php php
 check redis redis-server redis-cli awk
 
 if [ ${#failures[@]} -gt 0 ]; then
