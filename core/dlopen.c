@@ -26,21 +26,30 @@ _Static_assert(RTLD_DEEPBIND == 8, "the jump below clears bit 3");
 
 HAK_HIDDEN dlopen_fn *next_dlopen;
 
-/* No dlopen after hakmem's (it cannot happen with glibc): fail as dlopen does. */
+/* The thunk below, by a name nobody can interpose: `dlopen` itself, read
+ * in C, is whatever the GOT holds, libc's where hakmem was loaded after
+ * it in its own scope (by dlopen, or reached by a later RTLD_DEEPBIND
+ * load), and compared with that every dlopen failed. */
+HAK_HIDDEN extern char dlopen_thunk[];
+
+/* No dlopen after hakmem's (it cannot happen with glibc): fail as dlopen
+ * does, with dlerror() saying why (the failed lookup's message). */
 static void *dlopen_missing(const char *file, int mode)
 {
     (void)file;
     (void)mode;
+    (void)dlsym(RTLD_NEXT, "dlopen");
     return NULL;
 }
 
-/* The next definition of dlopen after hakmem's: libc's.  Looked up on the
- * first call (a library's constructor may call dlopen before hakmem's
- * have run). */
+/* libc's dlopen (next_definition: the next one after hakmem's, else the
+ * first, where libc was loaded before hakmem).  Looked up on the first
+ * call (a library's constructor may call dlopen before hakmem's have
+ * run). */
 HAK_HIDDEN dlopen_fn *dlopen_resolve(void)
 {
-    dlopen_fn *f = (dlopen_fn *)dlsym(RTLD_NEXT, "dlopen");
-    if (!f || f == (dlopen_fn *)dlopen)
+    dlopen_fn *f = (dlopen_fn *)next_definition("dlopen", dlopen_thunk);
+    if (!f)
         f = dlopen_missing;
     __atomic_store_n(&next_dlopen, f, __ATOMIC_RELEASE);
     return f;
@@ -52,7 +61,10 @@ HAK_HIDDEN dlopen_fn *dlopen_resolve(void)
 __asm__(".text\n"
         ".globl dlopen\n"
         ".type dlopen, @function\n"
+        ".globl dlopen_thunk\n"
+        ".hidden dlopen_thunk\n"
         "dlopen:\n"
+        "dlopen_thunk:\n"
         "    endbr64\n"
         "    movq next_dlopen(%rip), %rax\n"
         "    testq %rax, %rax\n"

@@ -26,6 +26,14 @@
  * glibc's malloc.o must not be linked in beside ours): every unknown
  * pointer is then an invalid free. */
 #pragma weak dlsym
+void *next_definition(const char *name, const void *own)
+{
+    void *f = dlsym ? dlsym(RTLD_NEXT, name) : NULL;
+    if ((!f || f == own) && dlsym)
+        f = dlsym(RTLD_DEFAULT, name);
+    return f == own ? NULL : f;
+}
+
 typedef void (*FreeFn)(void *);
 static void *_Atomic glibc_free_found; /* (void *)1: looked, there is none */
 
@@ -33,11 +41,7 @@ static FreeFn glibc_free(void)
 {
     void *f = atomic_load_explicit(&glibc_free_found, memory_order_relaxed);
     if (!f) { /* (a foreign pointer before hakmem's constructor ran) */
-        f = dlsym ? dlsym(RTLD_NEXT, "__libc_free") : NULL;
-        if ((!f || f == (void *)hak_free) && dlsym)
-            f = dlsym(RTLD_DEFAULT, "__libc_free");
-        if (f == (void *)hak_free)
-            f = NULL;
+        f = next_definition("__libc_free", (void *)hak_free);
         atomic_store_explicit(&glibc_free_found, f ? f : (void *)1, memory_order_relaxed);
     }
     return f == (void *)1 ? NULL : (FreeFn)f;

@@ -529,6 +529,11 @@ void   large_stats(struct hak_stats *st);
 
 /* ---- foreign pointers (foreign.c) ---- */
 void   foreign_free(void *p);
+/* The definition of name after hakmem's (preloaded, linked, loaded by
+ * dlopen: libc's comes after it), else the first one (hakmem a dependency
+ * of a library that libc was loaded before); never own, hakmem's own
+ * definition; NULL if none (a static program). */
+void  *next_definition(const char *name, const void *own);
 size_t foreign_usable(const void *p);   /* 0 if not a glibc block */
 void  *foreign_realloc(void *p, size_t size);
 

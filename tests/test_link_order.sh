@@ -6,7 +6,9 @@
 # hak_realloc.  hakmem must find glibc's own free though libc came first
 # (dlsym RTLD_NEXT from hakmem sees nothing after it), and hand the
 # blocks back: the library before this test aborted with "realloc of a
-# pointer hakmem did not allocate".
+# pointer hakmem did not allocate".  hakmem's own dlopen (core/dlopen.c),
+# loaded after libc's, must still reach libc's: it took libc's for
+# itself and failed every call, dlerror() NULL.
 #
 # Env: ROOT (repo root), HAK_TEST_LIB, HAK_TEST_DEBUG_LIB (set by tests/run.sh).
 # SPDX-License-Identifier: MIT
@@ -22,8 +24,18 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/hakmem-link-order.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
 cat >"$TMP/lib.c" <<'EOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stddef.h>
 #include "hakmem.h"
+/* hakmem's dlopen, called by name from its own object */
+int lib_dlopen(void)
+{
+    Dl_info di; /* hakmem's file, found by one of its functions */
+    void *self = dladdr((void *)hak_free, &di) ? dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD) : NULL;
+    void *(*hak_dlopen)(const char *, int) = self ? (void *(*)(const char *, int))dlsym(self, "dlopen") : NULL;
+    return hak_dlopen && hak_dlopen("libm.so.6", RTLD_NOW | RTLD_DEEPBIND) != NULL;
+}
 void lib_release(void *p) { hak_free(p); }
 void *lib_grow(void *p, size_t n) { return hak_realloc(p, n); }
 size_t lib_usable(void *p) { return hak_usable_size(p); }
@@ -35,8 +47,10 @@ cat >"$TMP/app.c" <<'EOF'
 void lib_release(void *p);
 void *lib_grow(void *p, size_t n);
 size_t lib_usable(void *p);
+int lib_dlopen(void);
 int main(void)
 {
+    if (!lib_dlopen()) { puts("hakmem's dlopen failed"); return 1; }
     for (int i = 0; i < 100; i++) {
         size_t n = 1 + (size_t)i * 997;
         char *s = malloc(n); /* glibc's */
