@@ -327,7 +327,9 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
 /* Extents wait resident (PROT_NONE, so refaulting them costs nothing when
  * they are reused) up to LARGE_QUARANTINE_RESIDENT bytes; past it they
  * are purged. */
-typedef struct LargeWait { char *ext; size_t len; const void *p; bool resident; } LargeWait;
+/* used: the bytes from ext the block may have written (up to its last
+ * page; the room to grow past it never held its data). */
+typedef struct LargeWait { char *ext; size_t len, used; const void *p; bool resident; } LargeWait;
 static Lock lq_lock = LOCK_INIT;
 static LargeWait lq[LARGE_QUARANTINE];
 static unsigned lq_next;
@@ -352,12 +354,12 @@ static void large_release(LargeWait w)
             return;
         }
         if (HAK_HARDEN_ZERO_ON_FREE) /* its old contents must not come back */
-            memset(w.ext, 0, w.len);
+            memset(w.ext, 0, w.used);
     }
     extent_free(w.ext, w.len);
 }
 
-void large_quarantine_put(char *ext, size_t len, const void *p)
+void large_quarantine_put(char *ext, size_t len, size_t used, const void *p)
 {
     lock_acquire(&lq_lock);
     bool resident = lq_resident + len <= LARGE_QUARANTINE_RESIDENT;
@@ -373,7 +375,7 @@ void large_quarantine_put(char *ext, size_t len, const void *p)
     os_protect(ext, len, false);   /* any access faults; may fail (counted) */
     lock_acquire(&lq_lock);
     LargeWait out = lq[lq_next];
-    lq[lq_next] = (LargeWait){ ext, len, p, resident };
+    lq[lq_next] = (LargeWait){ ext, len, used, p, resident };
     lq_next = (lq_next + 1) % LARGE_QUARANTINE;
     if (out.ext && out.resident)
         lq_resident -= out.len;

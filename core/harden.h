@@ -111,8 +111,9 @@ static inline void harden_carve(SuperSlab *ss, Span *s, char *p, uint32_t n) { }
 /* Really free every block of the thread's quarantine (thread exit, trim). */
 void   quarantine_flush(ThreadFront *front);
 /* Large blocks: a freed extent waits PROT_NONE; a free of one that waits
- * is a double free. */
-void   large_quarantine_put(char *ext, size_t len, const void *p);
+ * is a double free.  used: the bytes from ext its block may have written
+ * (zeroed when it leaves). */
+void   large_quarantine_put(char *ext, size_t len, size_t used, const void *p);
 bool   large_quarantined(const void *p);
 void   large_quarantine_flush(void);
 #else

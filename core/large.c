@@ -66,10 +66,23 @@ bool large_was_freed(const void *p)
     return h && h->cookie == cookie(h, LARGE_FREED);
 }
 
-/* Up to the guard page, or the end of the extent. */
+/* The end of the page that holds the block's last byte.  In the hardened
+ * build its end guard begins there and runs to the end of the extent
+ * (one page when the block is made; more when a realloc left it room to
+ * grow), all PROT_NONE. */
+static inline char *last_page_end(const char *p, size_t size)
+{
+    return (char *)align_up((uintptr_t)p + (size ? size : 1), HAK_PAGE_SIZE);
+}
+
+/* The bytes from p that belong to the block: up to its guard, or the end
+ * of its extent.  The canary stops at the end of the last page too: the
+ * room a realloc leaves to grow into is never armed nor touched. */
 static size_t large_room(const LargeHeader *h, const void *p)
 {
-    return (size_t)(h->extent + h->extent_len - HAK_GUARD_SIZE - (const char *)p);
+    const char *end = HAK_GUARD_SIZE || HAK_HARDEN_CANARY ? last_page_end(p, h->size)
+                                                          : h->extent + h->extent_len;
+    return (size_t)(end - (const char *)p);
 }
 
 /* What the program asked for, in every build: the bytes after it are the
@@ -94,15 +107,15 @@ static inline __attribute__((always_inline)) void large_check(const LargeHeader 
 }
 
 /* Hardened build: the first and last page of the extent are made
- * inaccessible while the block lives.  A failure (too many mappings) leaves
- * the block unguarded and is counted as a fallback. */
-static void guards_set(char *ext, size_t len, bool on)
+ * inaccessible while the block lives (a free needs not undo it: the
+ * extents and the quarantine keep free memory PROT_NONE).  A failure (too
+ * many mappings) leaves the block unguarded and is counted as a fallback. */
+static void guards_on(char *ext, size_t len)
 {
-    if (!HAK_GUARD_SIZE)
-        return;
-    if (!os_protect(ext, HAK_GUARD_SIZE, !on) ||
-        !os_protect(ext + len - HAK_GUARD_SIZE, HAK_GUARD_SIZE, !on))
-        STAT_INC(fallbacks);
+    if (HAK_GUARD_SIZE) {
+        os_guard(ext, HAK_GUARD_SIZE);
+        os_guard(ext + len - HAK_GUARD_SIZE, HAK_GUARD_SIZE);
+    }
 }
 
 /* A freed extent waiting in the large cache holds a mark where the data
@@ -171,7 +184,7 @@ void *large_alloc(size_t size, size_t align, bool zero)
     off += HAK_GUARD_SIZE;
     if (HAK_GUARD_SIZE && align <= HDR) /* end the block at its guard page */
         off = align_down(len - HAK_GUARD_SIZE - room, align);
-    guards_set(ext, len, true);
+    guards_on(ext, len);
     void *p = place(ext, len, off, size);
     if (zero && !zeroed)
         memset(p, 0, size);
@@ -193,10 +206,9 @@ void large_free(void *p)
     LargeFront *f = heap_large_front();
     large_count(f, false, -(int64_t)h->extent_len);
 #if HAK_HARDEN_QUARANTINE
-    large_quarantine_put(h->extent, h->extent_len, p);
+    large_quarantine_put(h->extent, h->extent_len, (size_t)((char *)p - h->extent) + large_room(h, p), p);
     return;
 #endif
-    guards_set(h->extent, h->extent_len, false);
     /* Only blocks at the start of their extent are cached, as only those
      * are taken from the cache: aligned ones are placed by the extents. */
     char *ext = h->extent;
@@ -243,15 +255,24 @@ void *large_realloc(void *p, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    if (HAK_GUARD_SIZE) /* guard pages do not move: allocate, copy, free */
+    /* Builds that guard or zero freed memory shrink by copying: the old
+     * block then goes through free, which guards and zeroes all of it. */
+    if (size < h->size && (HAK_GUARD_SIZE || HAK_HARDEN_ZERO_ON_FREE))
         return realloc_by_copy(p, usable, size, false);
-    size_t need = align_up(off + size, HAK_PAGE_SIZE);
+    /* The extent's length that holds the block (and its end guard). */
+    size_t need = align_up(off + size, HAK_PAGE_SIZE) + HAK_GUARD_SIZE;
+    char *old_end = last_page_end(p, h->size), *new_end = last_page_end(p, size);
     if (need <= h->extent_len) { /* in place: a shrink gives the tail back */
         if (need < h->extent_len && size < h->size) {
             extent_free(h->extent + need, h->extent_len - need);
             large_cache_drop_extent(h->extent_len - need);
             large_resize(heap_large_front(), -(int64_t)(h->extent_len - need));
             h->extent_len = need;
+        }
+        /* the hardened build grows into the room its guard covered */
+        if (HAK_GUARD_SIZE && new_end > old_end && !os_protect(old_end, (size_t)(new_end - old_end), true)) {
+            STAT_INC(fallbacks);
+            return realloc_by_copy(p, usable, size, false);
         }
         h->size = size;
         seal(h);
@@ -261,11 +282,20 @@ void *large_realloc(void *p, size_t size)
     size_t old_len = h->extent_len;
     if (extent_grow(h->extent + old_len, need - old_len)) { /* grow in place */
         h->extent_len = need;
+        large_cache_new_extent(need - old_len);
+        large_resize(heap_large_front(), (int64_t)(need - old_len));
+        if (HAK_GUARD_SIZE) { /* the guard moves to the new end */
+            os_guard(new_end, (size_t)(h->extent + need - new_end));
+            if (!os_protect(old_end, (size_t)(new_end - old_end), true)) {
+                STAT_INC(fallbacks);
+                os_guard(old_end, (size_t)(new_end - old_end));
+                seal(h); /* the block as it was, in a longer extent */
+                return realloc_by_copy(p, usable, size, false);
+            }
+        }
         h->size = size;
         seal(h);
         large_arm(h, p);
-        large_cache_new_extent(need - old_len);
-        large_resize(heap_large_front(), (int64_t)(need - old_len));
         return p;
     }
     if (old_len >= MREMAP_MIN) {
@@ -273,18 +303,29 @@ void *large_realloc(void *p, size_t size)
          * throughout: at no moment is there a hole in hakmem's address
          * space that another thread's mmap could be given.  The new extent
          * has room to grow by half again (pages nobody touches until the
-         * block grows into them), so that a block grown in small steps moves
-         * O(log n) times: moved to an extent of its exact size, placed at
-         * the top of a free range (extent.c), it moved on every step, each
-         * move costing its whole size (a buffer grown 8 KiB at a time to
-         * 72 MiB: 1,795 moves, 12 s; glibc 0.09 s). */
-        char *old = h->extent; /* h moves with the pages */
+         * block grows into them; PROT_NONE in the hardened build, where
+         * they extend the end guard), so that a block grown in small steps
+         * moves O(log n) times: moved to an extent of its exact size,
+         * placed at the top of a free range (extent.c), it moved on every
+         * step, each move costing its whole size (a buffer grown 8 KiB at a
+         * time to 72 MiB: 1,795 moves, 12 s; glibc 0.09 s; the hardened
+         * build copied on every step: 16 MiB, 13.8 s).  The hardened build
+         * moves the pages between its guards. */
+        char *old_ext = h->extent; /* h moves with the pages */
+        char *from = old_ext + HAK_GUARD_SIZE;
+        size_t moved = HAK_GUARD_SIZE ? (size_t)(old_end - from) : old_len;
         size_t len = need + align_up(need / 2, HAK_PAGE_SIZE);
         char *ext = len > need ? extent_alloc(len, HAK_PAGE_SIZE, 0, NULL) : NULL;
         if (!ext)
             ext = extent_alloc(len = need, HAK_PAGE_SIZE, 0, NULL);
-        if (ext && os_move_pages(old, old_len, ext)) {
-            extent_free_purged(old, old_len);
+        if (ext && os_move_pages(from, moved, ext + HAK_GUARD_SIZE)) {
+            if (HAK_GUARD_SIZE) { /* the guards may hold what earlier blocks left */
+                extent_free(old_ext, old_len);
+                os_guard(ext, HAK_GUARD_SIZE);
+                os_guard(ext + need - HAK_GUARD_SIZE, len - need + HAK_GUARD_SIZE);
+            } else { /* all of it moved: what is left reads as zero */
+                extent_free_purged(old_ext, old_len);
+            }
             large_cache_new_extent(len - old_len);
             large_resize(heap_large_front(), (int64_t)(len - old_len));
             return place(ext, len, off, size);

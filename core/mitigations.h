@@ -8,16 +8,19 @@
  * nothing measurable on tiny blocks and is always on.
  *
  *   CANARY          a small block's bytes from the requested size to its
- *                   end, and a large block's up to its guard page (the
- *                   default build checks its first 32), hold a pattern; the block's last word holds a canary that
+ *                   end, and a large block's to the end of its last page
+ *                   (the default build checks its first 32), hold a
+ *                   pattern; a small block's last word holds a canary that
  *                   encodes the requested size.  free() checks the pattern,
  *                   the canary, and the canary of the block just before
  *                   (an underflow writes there): "block overflow" or
  *                   "block underflow".  malloc_usable_size is then the
  *                   requested size.
  *   GUARD_PAGES     large blocks sit between PROT_NONE pages and end at the
- *                   second one; the last page of every span and the rest
- *                   of each SuperSlab's header slab are PROT_NONE too.
+ *                   second one (a block grown by realloc ends in the page
+ *                   before it, and the guard covers the room it has left
+ *                   to grow into); the last page of every span and the
+ *                   rest of each SuperSlab's header slab are PROT_NONE too.
  *   RANDOM_ORDER    fresh blocks are linked in a shuffled order.
  *   QUARANTINE      a freed block waits in a per-thread quarantine, which
  *                   gives it back at a random later free; a freed large

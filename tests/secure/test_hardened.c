@@ -82,6 +82,71 @@ static void guards(void)
     CHECK(tu_stats().os_mprotect > 0, "no guard pages were set");
 }
 
+/* A block grown by realloc in small steps grows in place or moves its
+ * pages (not copied on every step, which made growth quadratic): it keeps
+ * its guards all the same.  The step is not a page multiple, so that the
+ * block ends inside a page and the bytes past it are the canary's (a
+ * block that was copied ended at its guard page: a byte past it faulted;
+ * now free reports it). */
+static char *grown(size_t n)
+{
+    char *p = malloc(n);
+    for (size_t s = n; p && s < 3 * n; s += 8192 + 48) {
+        char *q = realloc(p, s);
+        if (!q)
+            abort();
+        p = q;
+        memset(p, 0x5a, s);
+    }
+    return tu_launder(p);
+}
+static void grown_overflow_byte(size_t n)
+{
+    char *p = grown(n);
+    p[malloc_usable_size(p)] = 1; /* the canary's first byte */
+    free(tu_launder(p));
+}
+static void grown_overflow_far(size_t n)
+{
+    volatile char *p = grown(n);
+    /* past the last page: the guard, and the room to grow it covers */
+    p[malloc_usable_size((void *)p) + 4096 + n / 4] = 1;
+}
+static void grown_underflow(size_t n)
+{
+    char *p = grown(n);
+    volatile char *hdr_page = (char *)((uintptr_t)(p - 64) & ~(uintptr_t)4095);
+    hdr_page[-1] = 1;
+}
+static void grown_use_after_free(size_t n)
+{
+    char *p = grown(n);
+    uintptr_t dangling = (uintptr_t)p;
+    free(p);
+    ((volatile char *)dangling)[n / 2] = 1; /* it waits PROT_NONE in the quarantine */
+}
+
+static void grown_guards(void)
+{
+    static const size_t sizes[] = { 60000, 300000, 1 << 20, 3 << 20 };
+    char err[512];
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        int st = tu_in_child(grown_overflow_byte, n, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && (WTERMSIG(st) == SIGSEGV || (WTERMSIG(st) == SIGABRT && strstr(err, "overflow"))),
+              "1-byte overflow of a block grown from %zu bytes not caught (status %#x: %s)", n, st, err);
+        st = tu_in_child(grown_overflow_far, n, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+              "overflow past the last page of a block grown from %zu bytes did not fault (status %#x)", n, st);
+        st = tu_in_child(grown_underflow, n, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+              "underflow of a block grown from %zu bytes did not fault (status %#x)", n, st);
+        st = tu_in_child(grown_use_after_free, n, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+              "write after free of a block grown from %zu bytes did not fault (status %#x)", n, st);
+    }
+}
+
 static void random_order(void)
 {
     /* 64 fresh blocks of a class nothing else uses here: in the default
@@ -160,6 +225,7 @@ int main(void)
     pthread_join(t, NULL);
     canaries();
     guards();
+    grown_guards();
     random_order();
     return TU_DONE();
 }
