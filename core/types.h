@@ -197,6 +197,9 @@ typedef struct Heap {
     uint64_t  remote[HAK_NCLASS];       /* frees this heap's thread sent to  */
                                         /* blocks of other heaps             */
     uint64_t  superslabs_live;
+#if HAK_DEBUG
+    uint64_t  checks_due;               /* refills to its next heap_validate */
+#endif
     int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see span.c        */
     LargeFront large;
     ZeroChunk *zero;                    /* its malloc(0) blocks' chunks      */

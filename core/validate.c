@@ -2,7 +2,8 @@
  * the counts add up, each span is on the list its state says, and the
  * SuperSlab, page and class tables agree with it.  They run where a bug
  * would first show (a span handed to a front or given back, a heap
- * adopted, collected, trimmed or given up, and every 64th refill) and
+ * adopted, collected, trimmed or given up, and once per 16 refills for
+ * each SuperSlab the heap holds: heap.c) and
  * end in assert_failed at the first thing wrong.  Only the heap's
  * owner calls them, so what they read does not change meanwhile (other
  * threads only push on thread_free and the delayed list, not read here).

@@ -5,8 +5,8 @@
  * into the same SuperSlab, so the list checks of the release build accept
  * it).  The front now holds one block fewer than it counts.  Blocks of
  * another class are then allocated until the thread has refilled many
- * times: a refill validates the heap every 64 refills of a class, and the
- * validator must report the front's count.  The control runs the same
+ * times: the heap is validated once per 16 refills for each SuperSlab it
+ * holds, and the validator must report the front's count.  The control runs the same
  * steps without the overwrite and must not be reported.  Built and run
  * for the debug build only (tests/debug).
  * SPDX-License-Identifier: MIT */
