@@ -20,7 +20,9 @@ TESTSRC := $(wildcard tests/test_*.c)
 # release, debug: the libraries; secure: the hardened library (canaries,
 #   guard pages, random order; installed as libhakmem-secure.so, see
 #   docs/ARCHITECTURE.md); fault: the debug build with -DHAK_FAULT_INJECTION
-#   (hak_fault_inject);
+#   (hak_fault_inject); zerofree: CANARY and ZERO_ON_FREE alone, without
+#   the quarantine and guard pages (core/mitigations.h), so that a
+#   mitigation is tested apart from the others that usually come with it;
 # ubsan, tsan, fuzz: clang builds without the glibc names
 #   (-DHAK_NO_GLIBC_NAMES): the sanitizer runtime interposes malloc itself,
 #   so their drivers call hak_* only.  (-Wno-unused-function: valloc and
@@ -30,9 +32,10 @@ TESTSRC := $(wildcard tests/test_*.c)
 # and test binaries.
 SAN_CC  ?= clang
 NOGLIBC := -DHAK_NO_GLIBC_NAMES -Wno-unused-function
-VARIANTS := release debug secure fault ubsan tsan fuzz
+VARIANTS := release debug secure fault zerofree ubsan tsan fuzz
 CFLAGS_secure := $(CFLAGS_release) -DHAK_SECURE
 CFLAGS_fault  := $(CFLAGS_debug) -DHAK_FAULT_INJECTION
+CFLAGS_zerofree := $(CFLAGS_debug) -DHAK_HARDEN_CANARY=1 -DHAK_HARDEN_ZERO_ON_FREE=1
 SANFLAGS_ubsan := -fsanitize=undefined -fno-sanitize-recover=all
 SANFLAGS_tsan  := -fsanitize=thread
 CFLAGS_ubsan  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) $(SANFLAGS_ubsan)
@@ -42,6 +45,7 @@ CC_release := $(CC)
 CC_debug   := $(CC)
 CC_secure  := $(CC)
 CC_fault   := $(CC)
+CC_zerofree := $(CC)
 CC_ubsan   := $(SAN_CC)
 CC_tsan    := $(SAN_CC)
 CC_fuzz    := $(SAN_CC)
@@ -52,6 +56,7 @@ TESTDIRS_release := tests tests/fault
 TESTDIRS_debug   := tests tests/fault tests/debug
 TESTDIRS_secure  := tests tests/secure
 TESTDIRS_fault   := tests/fault
+TESTDIRS_zerofree := tests/zerofree
 TESTDIRS_ubsan   := tests/sanitize
 TESTDIRS_tsan    := tests/sanitize
 
@@ -121,7 +126,7 @@ HAVE_SAN := $(shell printf 'int main(void){return 0;}' | \
 # (oom_ulimit allocates until malloc fails: run.sh runs it only under a
 # small ulimit -v.)
 CHECK_BINS := $(SECURE_TESTS:%=out/secure/tests/%) out/fault/tests/test_fault out/release/tests/oom_ulimit out/debug/tests/oom_ulimit \
-              out/debug/tests/test_validate \
+              out/debug/tests/test_validate out/zerofree/tests/test_zero_on_free \
               $(if $(HAVE_SAN),$(SAN_BINS))
 
 .PHONY: fault sanitize fuzz fuzz-run

@@ -205,14 +205,16 @@ void large_free(void *p)
     h->cookie ^= LARGE_LIVE ^ LARGE_FREED; /* cookie(h, LARGE_FREED): h is live */
     LargeFront *f = heap_large_front();
     large_count(f, false, -(int64_t)h->extent_len);
+    char *ext = h->extent;
+    size_t len = h->extent_len, room = large_room(h, p);
 #if HAK_HARDEN_QUARANTINE
-    large_quarantine_put(h->extent, h->extent_len, (size_t)((char *)p - h->extent) + large_room(h, p), p);
+    large_quarantine_put(ext, len, (size_t)((char *)p - ext) + room, p); /* zeroed as it leaves */
     return;
 #endif
+    if (HAK_HARDEN_ZERO_ON_FREE) /* its contents must not come back (the header stays: "freed") */
+        memset(p, 0, room);
     /* Only blocks at the start of their extent are cached, as only those
      * are taken from the cache: aligned ones are placed by the extents. */
-    char *ext = h->extent;
-    size_t len = h->extent_len;
     bool cached = false;
     if (!HAK_GUARD_SIZE && (char *)p == ext + HDR) {
         freed_mark_set(ext);
@@ -235,6 +237,25 @@ static void *realloc_by_copy(void *p, size_t usable, size_t size, bool slab_tier
         large_free(p);
     }
     return q;
+}
+
+/* The extent a realloc moved a block's pages out of.  The quarantine takes
+ * it as it takes a freed block's: the old address waits PROT_NONE, so that
+ * a pointer kept from before the realloc faults and its free is a double
+ * free, instead of reaching the block the next malloc puts there.  There
+ * is nothing to zero: the moved pages read as zero, and the block never
+ * wrote its guards (which may hold what earlier blocks left there). */
+static void moved_from_free(char *ext, size_t len, const void *old_p)
+{
+#if HAK_HARDEN_QUARANTINE
+    large_cache_new_extent(len); /* held until the quarantine lets it go */
+    large_quarantine_put(ext, len, 0, old_p);
+#else
+    if (HAK_GUARD_SIZE)
+        extent_free(ext, len);
+    else
+        extent_free_purged(ext, len); /* all of it moved */
+#endif
 }
 
 void *large_realloc(void *p, size_t size)
@@ -319,12 +340,10 @@ void *large_realloc(void *p, size_t size)
         if (!ext)
             ext = extent_alloc(len = need, HAK_PAGE_SIZE, 0, NULL);
         if (ext && os_move_pages(from, moved, ext + HAK_GUARD_SIZE)) {
-            if (HAK_GUARD_SIZE) { /* the guards may hold what earlier blocks left */
-                extent_free(old_ext, old_len);
+            moved_from_free(old_ext, old_len, p);
+            if (HAK_GUARD_SIZE) {
                 os_guard(ext, HAK_GUARD_SIZE);
                 os_guard(ext + need - HAK_GUARD_SIZE, len - need + HAK_GUARD_SIZE);
-            } else { /* all of it moved: what is left reads as zero */
-                extent_free_purged(old_ext, old_len);
             }
             large_cache_new_extent(len - old_len);
             large_resize(heap_large_front(), (int64_t)(len - old_len));

@@ -16,6 +16,7 @@
 # Prints one line per workload: name, then millions of instructions for
 # glibc, hakmem, mimalloc, jemalloc, tcmalloc.
 set -u
+export PERL_HASH_SEED=0 PYTHONHASHSEED=0 # the same run every time
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF=$ROOT/scripts/callgrind_programs.sh
 

@@ -111,6 +111,10 @@ done
 # pass (tests/debug).
 run_bin debug/test_validate 300 out/debug/tests/test_validate
 
+# A build with CANARY and ZERO_ON_FREE alone (no quarantine, no guard
+# pages): freed blocks of every tier come back zeroed.
+run_bin zerofree/test_zero_on_free 300 out/zerofree/tests/test_zero_on_free
+
 # Fault injection build (HAK_FAULT_INJECTION): every tier under failing
 # mmap/madvise/mremap.
 run_bin fault/test_fault 300 out/fault/tests/test_fault

@@ -126,6 +126,45 @@ static void grown_use_after_free(size_t n)
     ((volatile char *)dangling)[n / 2] = 1; /* it waits PROT_NONE in the quarantine */
 }
 
+/* A block that realloc moved (its pages, with mremap) leaves its old
+ * address in the quarantine, as a freed block does: through a pointer kept
+ * from before the realloc, a read faults and a free is a double free
+ * (until 2026-12-07 the old extent went straight back to the extents, so
+ * that the next malloc of its size was put there: the stale pointer read
+ * it, and its free freed it without a word). */
+static char *moved(size_t n, char **old)
+{
+    char *q = NULL;
+    /* until one cannot grow in place (the blocks that did stay) */
+    for (int tries = 0; tries < 64 && q == *old; tries++) {
+        char *a = malloc(n), *b = malloc(n);
+        if (!a || !b)
+            abort();
+        *old = a < b ? a : b; /* the lower one, more likely to be blocked */
+        memset(*old, 0x5a, n);
+        q = realloc(*old, 2 * n);
+        if (!q)
+            abort();
+    }
+    char *v = malloc(n); /* where the old block was, if it were free */
+    memset(v, 0x56, n);
+    return q;
+}
+static void moved_stale_read(size_t n)
+{
+    char *old = NULL, *q = moved(n, &old);
+    sink = ((volatile char *)tu_launder(old))[100];
+    if (q != old)
+        _exit(3); /* it moved and nothing faulted */
+    _exit(4); /* it did not move */
+}
+static void moved_stale_free(size_t n)
+{
+    char *old = NULL, *q = moved(n, &old);
+    free(tu_launder(old));
+    _exit(q != old ? 3 : 4);
+}
+
 static void grown_guards(void)
 {
     static const size_t sizes[] = { 60000, 300000, 1 << 20, 3 << 20 };
@@ -144,6 +183,14 @@ static void grown_guards(void)
         st = tu_in_child(grown_use_after_free, n, err, sizeof err);
         CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
               "write after free of a block grown from %zu bytes did not fault (status %#x)", n, st);
+    }
+    for (size_t n = 1 << 20; n <= 4 << 20; n *= 2) {
+        int st = tu_in_child(moved_stale_read, n, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+              "a read through the old address of a %zu-byte block realloc moved did not fault (status %#x)", n, st);
+        st = tu_in_child(moved_stale_free, n, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "double free"),
+              "a free of the old address of a %zu-byte block realloc moved: status %#x (%s)", n, st, err);
     }
 }
 

@@ -1,0 +1,73 @@
+/* ZERO_ON_FREE without the quarantine (and without guard pages): a build
+ * with -DHAK_HARDEN_CANARY=1 -DHAK_HARDEN_ZERO_ON_FREE=1 alone.  What a
+ * block held must not come back in a block malloc hands out later, in
+ * any tier, and a realloc that shrinks a large block must not leave its
+ * old tail behind either.  Until 2026-12-07 only the quarantine zeroed
+ * freed large blocks, so that without it their contents came back (a
+ * freed 200,000-byte block's bytes in the next malloc of its size).
+ * Built and run for the zerofree variant only (tests/zerofree).
+ * SPDX-License-Identifier: MIT */
+#include "testutil.h"
+
+#define OLD 0x77
+
+static size_t old_bytes(const unsigned char *p, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += p[i] == OLD;
+    return k;
+}
+
+static void freed_then_malloc(size_t n)
+{
+    for (int round = 0; round < 8; round++) {
+        unsigned char *p = malloc(n);
+        CHECK(p != NULL, "malloc(%zu)", n);
+        if (!p)
+            return;
+        memset(p, OLD, n);
+        free(tu_launder(p));
+        unsigned char *q = malloc(n), *r = malloc(n);
+        CHECK(q && r, "malloc(%zu)", n);
+        if (!q || !r)
+            return;
+        size_t kq = old_bytes(q, n), kr = old_bytes(r, n);
+        CHECK(kq == 0 && kr == 0, "%zu-byte blocks after a free of one: %zu and %zu bytes of its contents", n,
+              kq, kr);
+        free(q);
+        free(r);
+    }
+}
+
+static void shrunk_then_malloc(size_t n, size_t to)
+{
+    unsigned char *p = malloc(n);
+    CHECK(p != NULL, "malloc(%zu)", n);
+    if (!p)
+        return;
+    memset(p, OLD, n);
+    unsigned char *q = realloc(tu_launder(p), to);
+    CHECK(q != NULL && old_bytes(q, to) == to, "realloc(%zu -> %zu) kept the contents", n, to);
+    unsigned char *r = malloc(n);
+    CHECK(r != NULL, "malloc(%zu)", n);
+    if (r) {
+        size_t k = old_bytes(r, n);
+        CHECK(k == 0, "a %zu-byte block after a realloc down to %zu: %zu bytes of the old contents", n, to, k);
+    }
+    free(q);
+    free(r);
+}
+
+int main(void)
+{
+    unsigned m = hak_mitigations();
+    CHECK((m & HAK_MIT_ZERO_ON_FREE) && !(m & HAK_MIT_QUARANTINE) && !(m & HAK_MIT_GUARD_PAGES),
+          "built with ZERO_ON_FREE alone (mitigations %#x)", m);
+    static const size_t sizes[] = { 24, 100, 1000, 20000, 60000, 200000, 300000, 1 << 20, (3 << 20) + 123 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        freed_then_malloc(sizes[i]);
+    shrunk_then_malloc(1 << 20, 300000);
+    shrunk_then_malloc(4 << 20, 1 << 20);
+    return TU_DONE();
+}
