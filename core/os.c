@@ -98,14 +98,50 @@ bool os_purge(void *p, size_t len)
     return true;
 }
 
-bool os_move_pages(void *old, size_t len, void *dst)
+static bool move_range(char *old, size_t len, char *dst)
 {
     STAT_INC(os_mremap);
-    int saved = errno;
-    if (fault_now() || mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst) == MAP_FAILED) {
-        failed(saved);
-        return false;
+    return !fault_now() &&
+           mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst) != MAP_FAILED;
+}
+
+/* Before Linux 6.17 a move must not span mappings (EFAULT), and a block's
+ * pages often do: a block moved before is a mapping of its own, and the
+ * room it grew into is the reservation's.  The halves of such a range are
+ * moved apart then, down to ranges inside one mapping (O(log n) calls per
+ * boundary).  Once a part has moved there is no going back: a part that
+ * cannot move (out of mappings) is copied, so that all of it is at dst. */
+static void move_halves(char *old, size_t len, char *dst);
+static void move_parts(char *old, size_t len, char *dst)
+{
+    if (move_range(old, len, dst))
+        return;
+    if (errno == EFAULT && len > HAK_PAGE_SIZE) {
+        move_halves(old, len, dst);
+        return;
     }
+    STAT_INC(os_failures);
+    STAT_INC(fallbacks);
+    memcpy(dst, old, len);
+}
+static void move_halves(char *old, size_t len, char *dst)
+{
+    size_t half = align_down(len / 2, HAK_PAGE_SIZE);
+    move_parts(old, half, dst);
+    move_parts(old + half, len - half, dst + half);
+}
+
+bool os_move_pages(void *old, size_t len, void *dst)
+{
+    int saved = errno;
+    if (!move_range(old, len, dst)) {
+        if (errno != EFAULT || len <= HAK_PAGE_SIZE) { /* nothing moved: the caller copies */
+            failed(saved);
+            return false;
+        }
+        move_halves(old, len, dst);
+    }
+    errno = saved;
     /* The kernel leaves the old range a mapping of its own, which never
      * merges back: a fresh one in its place (still ours, so MAP_FIXED
      * replaces nothing anyone else has) merges with the reservation around

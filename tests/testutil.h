@@ -16,6 +16,7 @@
  *   tu_mixed_size, tu_churn sizes across the tiers; a background churn
  *   tu_short_life           what a short-lived thread allocates and frees
  *   tu_mark_sparse / _lost  a pattern for blocks too big to fill
+ *   tu_grow_by_steps / tu_grown_lost  a buffer grown by realloc in steps
  *   tu_realloc_round        grow and shrink a marked big block, racing ...
  *   tu_mapping_churn        ... mmap/munmap of marked mappings
  *   tu_stress_seconds()     STRESS_SECONDS from the environment (default 2)
@@ -518,6 +519,38 @@ static inline __attribute__((unused)) void tu_short_life(uint64_t seed, int per,
             free(b[i]);
     }
     TU_COUNT(1);
+}
+
+/* A buffer grown by realloc step bytes at a time from *n bytes up to max,
+ * one byte a page written as it grows (the page's number), as a program
+ * appends to a growing buffer.  Stops once its address has changed more
+ * than limit times (so that a regression fails at once, not after a
+ * quadratic run), and returns the count of changes; *n is the size
+ * reached.  tu_grown_lost counts the pages whose byte was lost. */
+static inline __attribute__((unused)) unsigned tu_grow_by_steps(unsigned char **p, size_t *n, size_t max,
+                                                               size_t step, unsigned limit)
+{
+    unsigned changes = 0;
+    while (*n < max && changes <= limit) {
+        size_t old = *n;
+        unsigned char *q = realloc(*p, *n + step);
+        CHECK(q != NULL, "realloc(%zu)", *n + step);
+        if (!q)
+            break;
+        *n += step;
+        changes += q != *p;
+        *p = q;
+        for (size_t i = (old + 4095) & ~(size_t)4095; i < *n; i += 4096)
+            q[i] = (unsigned char)(i >> 12);
+    }
+    return changes;
+}
+static inline __attribute__((unused)) int tu_grown_lost(const unsigned char *p, size_t n)
+{
+    int lost = 0;
+    for (size_t i = 0; i < n; i += 4096)
+        lost += p[i] != (unsigned char)(i >> 12);
+    return lost;
 }
 
 /* A sparse pattern for blocks too big to fill: the first and the last

@@ -1,0 +1,117 @@
+/* realloc's page moves as kernels before 6.17 allow them.  There mremap
+ * refuses (EFAULT) to move a range that spans more than one mapping, and
+ * the pages of a large block often do from its second move on (the block
+ * moved before is a mapping of its own, the room it grew into is the
+ * reservation's; in the hardened build its guards split it too).  This
+ * program defines mremap itself, which hakmem's static library then
+ * calls: it refuses such moves as those kernels do, and passes the rest
+ * on.  A buffer grown 8 KiB at a time to 64 MiB must still move its pages
+ * every time (until 2026-12-07 each refused move was copied instead:
+ * "fallbacks", 3 of 7), keep its contents, and change address as rarely
+ * as on a new kernel; and keep its contents when parts of a move fail.
+ * SPDX-License-Identifier: MIT */
+#include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include "testutil.h"
+
+static unsigned refused, passed, fail_every, failed_parts;
+
+/* How many mappings [start, end) touches, from /proc/self/maps (read
+ * without allocating: this runs inside realloc). */
+static int mappings_in(uintptr_t start, uintptr_t end)
+{
+    static char buf[1 << 20];
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof buf - 1 && (r = read(fd, buf + n, sizeof buf - 1 - n)) > 0)
+        n += (size_t)r;
+    close(fd);
+    buf[n] = 0;
+    int count = 0;
+    for (char *line = buf; *line;) {
+        char *dash;
+        uintptr_t lo = strtoul(line, &dash, 16), hi = strtoul(dash + 1, NULL, 16);
+        count += lo < end && hi > start;
+        char *nl = strchr(line, '\n');
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
+    return count;
+}
+
+void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    void *dst = va_arg(ap, void *);
+    va_end(ap);
+    if (mappings_in((uintptr_t)old, (uintptr_t)old + old_len) > 1) {
+        refused++;
+        errno = EFAULT;
+        return MAP_FAILED;
+    }
+    if (fail_every && ++passed % fail_every == 0) { /* out of mappings */
+        failed_parts++;
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    passed += !fail_every;
+    return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, dst);
+}
+
+/* In a child of its own, so that it starts from an empty heap and its
+ * block has to move.  fail: every fail-th move of a part fails too (out of
+ * mappings, ENOMEM): a move that got some of the pages across copies the
+ * rest, and one that got none copies the block (fallbacks). */
+static void grow_phase(size_t fail)
+{
+    fail_every = (unsigned)fail;
+    unsigned long failures = tu_failures(); /* the parent's, inherited */
+    struct hak_stats before, after;
+    size_t n = 60000;
+    unsigned char *p = malloc(n), *keep = malloc(3 << 20); /* something in the way */
+    memset(keep, 1, 3 << 20);
+    for (size_t i = 0; i < n; i += 4096)
+        p[i] = (unsigned char)(i >> 12);
+    hak_stats_get(&before);
+    unsigned limit = 24, changes = tu_grow_by_steps(&p, &n, 64u << 20, 8192, limit);
+    int lost = tu_grown_lost(p, n);
+    hak_stats_get(&after);
+    free(p);
+    free(keep);
+    CHECK(lost == 0, "%d pages lost their contents", lost);
+    CHECK(changes <= limit, "the buffer changed address %u times by %zu KiB", changes, n >> 10);
+    CHECK(refused > 0, "no move spanned mappings (%u passed): the test tests nothing", passed);
+    if (fail)
+        CHECK(failed_parts > 0, "no part failed (%u refused, %u passed): the test tests nothing", refused, passed);
+    else
+        CHECK(after.fallbacks == before.fallbacks,
+              "%llu moves copied instead (%u refused as before Linux 6.17, %u passed)",
+              (unsigned long long)(after.fallbacks - before.fallbacks), refused, passed);
+    _exit(tu_failures() != failures);
+}
+
+int main(void)
+{
+    /* MREMAP_DONTUNMAP needs Linux 5.7: without it every move copies */
+    char *probe = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (probe == MAP_FAILED ||
+        (void *)syscall(SYS_mremap, probe, 4096, 4096, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                        probe + 4096) == MAP_FAILED) {
+        printf("test_realloc_old_kernel: this kernel has no MREMAP_DONTUNMAP (before 5.7)\n");
+        return 77;
+    }
+    munmap(probe, 8192);
+    char err[2048];
+    int st = tu_in_child(grow_phase, 0, err, sizeof err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "moves refused as before Linux 6.17 (status %#x):\n%s", st, err);
+    st = tu_in_child(grow_phase, 2, err, sizeof err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "every other part failing too (status %#x):\n%s", st, err);
+    return TU_DONE();
+}
