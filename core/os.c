@@ -9,7 +9,9 @@
 #include <sys/syscall.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <time.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -105,41 +107,102 @@ static bool move_range(char *old, size_t len, char *dst)
            mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst) != MAP_FAILED;
 }
 
-/* Before Linux 6.17 a move must not span mappings (EFAULT), and a block's
- * pages often do: a block moved before is a mapping of its own, and the
- * room it grew into is the reservation's.  The halves of such a range are
- * moved apart then, down to ranges inside one mapping (O(log n) calls per
- * boundary).  Once a part has moved there is no going back: a part that
- * cannot move (out of mappings) is copied, so that all of it is at dst. */
-static void move_halves(char *old, size_t len, char *dst);
-static void move_parts(char *old, size_t len, char *dst)
+/* Can mremap move a range that spans mappings?  Since Linux 6.17.  Before,
+ * it refuses (EFAULT), and only after it has unmapped the destination: a
+ * hole in a reservation, which another thread's mmap could be given. */
+static bool moves_span_mappings(void)
 {
-    if (move_range(old, len, dst))
-        return;
-    if (errno == EFAULT && len > HAK_PAGE_SIZE) {
-        move_halves(old, len, dst);
-        return;
+    static _Atomic int answer; /* 0 unknown, 1 no, 2 yes */
+    int a = atomic_load_explicit(&answer, memory_order_relaxed);
+    if (!a) {
+        struct utsname u;
+        unsigned long major = 0, minor = 0;
+        if (uname(&u) == 0) {
+            char *dot;
+            major = strtoul(u.release, &dot, 10);
+            if (*dot == '.')
+                minor = strtoul(dot + 1, NULL, 10);
+        }
+        a = major > 6 || (major == 6 && minor >= 17) ? 2 : 1;
+        atomic_store_explicit(&answer, a, memory_order_relaxed);
     }
-    STAT_INC(os_failures);
-    STAT_INC(fallbacks);
-    memcpy(dst, old, len);
+    return a == 2;
 }
-static void move_halves(char *old, size_t len, char *dst)
+
+/* The end of the mapping that holds p, from /proc/self/maps, read in
+ * pieces into the stack (no malloc here); 0 if it cannot be read. */
+static uintptr_t mapping_end(uintptr_t p)
 {
-    size_t half = align_down(len / 2, HAK_PAGE_SIZE);
-    move_parts(old, half, dst);
-    move_parts(old + half, len - half, dst + half);
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[4096];
+    size_t have = 0;
+    uintptr_t end = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + have, sizeof buf - 1 - have);
+        if (r <= 0)
+            break;
+        have += (size_t)r;
+        buf[have] = 0;
+        char *line = buf, *nl;
+        while ((nl = strchr(line, '\n'))) { /* whole lines: "lo-hi perms ..." */
+            char *dash;
+            uintptr_t lo = strtoul(line, &dash, 16), hi = strtoul(dash + 1, NULL, 16);
+            if (lo <= p && p < hi) {
+                end = hi;
+                goto done;
+            }
+            line = nl + 1;
+        }
+        have = (size_t)(buf + have - line); /* a line cut short: keep it */
+        memmove(buf, line, have);
+        if (have == sizeof buf - 1)
+            break; /* no line is that long */
+    }
+done:
+    close(fd);
+    return end;
 }
 
 bool os_move_pages(void *old, size_t len, void *dst)
 {
     int saved = errno;
-    if (!move_range(old, len, dst)) {
-        if (errno != EFAULT || len <= HAK_PAGE_SIZE) { /* nothing moved: the caller copies */
-            failed(saved);
-            return false;
+    char *from = old, *to = dst, *end = from + len;
+    /* Before 6.17 a block's pages, which often span mappings (a block
+     * moved before is a mapping of its own, the room it grew into the
+     * reservation's), move one mapping at a time; once a part has moved
+     * there is no going back, and a part that cannot move is copied. */
+    bool parts = !moves_span_mappings();
+    while (from < end) {
+        size_t part = (size_t)(end - from);
+        if (parts) {
+            uintptr_t e = mapping_end((uintptr_t)from);
+            if (!e && from == (char *)old) { /* no /proc: copy */
+                failed(saved);
+                return false;
+            }
+            if (e && e < (uintptr_t)end)
+                part = e - (uintptr_t)from;
         }
-        move_halves(old, len, dst);
+        if (!move_range(from, part, to)) {
+            /* EFAULT comes after the destination was unmapped (a part
+             * that spans mappings after all): it is ours again unless
+             * another thread's mmap took the hole meanwhile, which hakmem
+             * cannot undo */
+            if (parts && errno == EFAULT && map_anon(to, part, MAP_FIXED_NOREPLACE) != to)
+                fatal_corruption("a concurrent mmap took part of the extent realloc moves a block to, at", to);
+            if (from == (char *)old) { /* nothing moved: the caller copies */
+                failed(saved);
+                return false;
+            }
+            STAT_INC(os_failures);
+            STAT_INC(fallbacks);
+            memcpy(to, from, (size_t)(end - from));
+            break;
+        }
+        from += part;
+        to += part;
     }
     errno = saved;
     /* The kernel leaves the old range a mapping of its own, which never

@@ -20,9 +20,9 @@ void  os_unmap(void *p, size_t len);
 bool  os_purge(void *p, size_t len);
 /* Move the pages of [old, old+len) to dst (replacing what was there);
  * the old range stays mapped and reads as zero (MREMAP_DONTUNMAP, then
- * mapped afresh so that it merges with its neighbours again); a range
- * that spans mappings, which kernels before 6.17 do not move at once, is
- * moved in parts.  False if nothing could be moved, e.g. on kernels before
+ * mapped afresh so that it merges with its neighbours again); on kernels
+ * before 6.17, which do not move a range that spans mappings, a mapping
+ * at a time.  False if nothing could be moved, e.g. on kernels before
  * 5.7: the caller then copies. */
 bool  os_move_pages(void *old, size_t len, void *dst);
 /* Make [p, p+len) inaccessible (guard pages) or accessible again. */
