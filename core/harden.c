@@ -354,7 +354,7 @@ static void large_release(LargeWait w)
             return;
         }
         if (HAK_HARDEN_ZERO_ON_FREE) /* its old contents must not come back */
-            memset(w.ext, 0, w.used);
+            os_zero(w.ext, w.used);
     }
     extent_free(w.ext, w.len);
 }

@@ -212,7 +212,7 @@ void large_free(void *p)
     return;
 #endif
     if (HAK_HARDEN_ZERO_ON_FREE) /* its contents must not come back (the header stays: "freed") */
-        memset(p, 0, room);
+        os_zero(p, room);
     /* Only blocks at the start of their extent are cached, as only those
      * are taken from the cache: aligned ones are placed by the extents. */
     bool cached = false;

@@ -100,6 +100,56 @@ bool os_purge(void *p, size_t len)
     return true;
 }
 
+/* Zeroing by memset would fault in every page of a block the program
+ * never touched (a buffer sized for the worst case, a read buffer used in
+ * part): a 4 KiB fault for a page that already reads as zero.  So past a
+ * few pages, mincore says which pages are resident: those are cleared in
+ * place (they are reused without faulting), the others are purged, which
+ * is nearly free where nothing is mapped and drops what was swapped out
+ * (mincore calls that not resident, yet it holds the old contents). */
+#define ZERO_BATCH_PAGES 1024 /* mincore's vector, on the stack */
+
+static void zero_pages(char *p, size_t pages)
+{
+    unsigned char vec[ZERO_BATCH_PAGES];
+    int saved = errno;
+    STAT_INC(os_mincore);
+    if (mincore(p, pages * HAK_PAGE_SIZE, vec) != 0) {
+        errno = saved;
+        memset(p, 0, pages * HAK_PAGE_SIZE);
+        return;
+    }
+    for (size_t i = 0, j; i < pages; i = j) {
+        bool resident = vec[i] & 1;
+        for (j = i + 1; j < pages && (bool)(vec[j] & 1) == resident; j++)
+            ;
+        char *run = p + i * HAK_PAGE_SIZE;
+        size_t len = (j - i) * HAK_PAGE_SIZE;
+        if (resident || !os_purge(run, len))
+            memset(run, 0, len);
+    }
+}
+
+void os_zero(void *p, size_t len)
+{
+    char *a = p, *end = a + len;
+    char *first = (char *)align_up((uintptr_t)a, HAK_PAGE_SIZE);
+    char *last = (char *)align_down((uintptr_t)end, HAK_PAGE_SIZE);
+    if (len < 16 * HAK_PAGE_SIZE || first >= last) {
+        memset(a, 0, len);
+        return;
+    }
+    memset(a, 0, (size_t)(first - a));
+    for (char *q = first; q < last;) {
+        size_t pages = (size_t)(last - q) / HAK_PAGE_SIZE;
+        if (pages > ZERO_BATCH_PAGES)
+            pages = ZERO_BATCH_PAGES;
+        zero_pages(q, pages);
+        q += pages * HAK_PAGE_SIZE;
+    }
+    memset(last, 0, (size_t)(end - last));
+}
+
 static bool move_range(char *old, size_t len, char *dst)
 {
     STAT_INC(os_mremap);

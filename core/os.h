@@ -18,6 +18,9 @@ void *os_map_aligned(size_t len, size_t align);
 void  os_unmap(void *p, size_t len);
 /* Give the pages back; they read as zero afterwards. */
 bool  os_purge(void *p, size_t len);
+/* Make [p, p+len) read as zero; past a few pages, without faulting in the
+ * pages that are not resident (they are purged instead). */
+void  os_zero(void *p, size_t len);
 /* Move the pages of [old, old+len) to dst (replacing what was there);
  * the old range stays mapped and reads as zero (MREMAP_DONTUNMAP, then
  * mapped afresh so that it merges with its neighbours again); on kernels

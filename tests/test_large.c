@@ -150,7 +150,7 @@ static void tail_canary(void)
 static void trim_rss(void)
 {
     malloc_trim(0);
-    size_t start = tu_rss();
+    size_t start = tu_rss_bytes();
     enum { NL = 224, NM = 3200 };
     static void *l[NL], *m[NM];
     for (int i = 0; i < NL; i++) { /* 896 MiB of 4 MiB blocks */
@@ -163,13 +163,13 @@ static void trim_rss(void)
         CHECK(m[i] != NULL, "malloc(40 KiB)");
         if (m[i]) memset(m[i], i, 40 * 1024);
     }
-    size_t peak = tu_rss();
+    size_t peak = tu_rss_bytes();
     CHECK(peak >= start + 900 * MiB, "RSS %zu MiB did not grow by the 1 GiB burst (start %zu MiB)",
           peak / MiB, start / MiB);
     for (int i = 0; i < NL; i++) free(l[i]);
     for (int i = 0; i < NM; i++) free(m[i]);
     malloc_trim(0);
-    size_t end = tu_rss();
+    size_t end = tu_rss_bytes();
     CHECK(end <= start + 64 * MiB, "RSS after free + malloc_trim(0) is %zu MiB, started at %zu MiB "
           "(peak %zu MiB)", end / MiB, start / MiB, peak / MiB);
 }

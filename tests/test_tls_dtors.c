@@ -196,19 +196,19 @@ int main(void)
     run_threads(0, 100);
     free_kept();
     malloc_trim(0);
-    size_t rss0 = tu_rss();
+    size_t rss0 = tu_rss_bytes();
 
     phase = "the first half of the threads";
     run_threads(100, THREADS / 2);
     free_kept();
     malloc_trim(0);
-    size_t rss1 = tu_rss();
+    size_t rss1 = tu_rss_bytes();
 
     phase = "the second half of the threads";
     run_threads(100 + THREADS / 2, THREADS / 2);
     free_kept();
     malloc_trim(0);
-    size_t rss2 = tu_rss();
+    size_t rss2 = tu_rss_bytes();
 
     unsigned long calls = __atomic_load_n(&dtor_calls, __ATOMIC_RELAXED);
     unsigned long expect = (unsigned long)(THREADS + 100) * (2 + 2 * PTHREAD_DESTRUCTOR_ITERATIONS);

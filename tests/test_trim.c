@@ -112,7 +112,7 @@ static void spike(int cross, size_t rss0)
         sizes[nblocks++] = n;
         total += n;
     }
-    size_t rss_peak = tu_rss();
+    size_t rss_peak = tu_rss_bytes();
     if (!cross) {
         size_t lim[2] = { 0, nblocks };
         free_range(lim);
@@ -130,7 +130,7 @@ static void spike(int cross, size_t rss0)
     free(blocks);
     free(sizes);
     malloc_trim(0);
-    size_t rss = tu_rss();
+    size_t rss = tu_rss_bytes();
     CHECK(rss_peak >= rss0 + SPIKE / 2, "the spike did not show in RSS (%zu -> %zu KiB)",
           rss0 >> 10, rss_peak >> 10);
     CHECK(rss <= rss0 + TRIM_SLACK,
@@ -177,13 +177,13 @@ int main(void)
     alarm(120);
     /* (b) first, in a fresh process.  RSS is sampled every 500 threads:
      * it must stay under RSS_CAP. */
-    size_t rss_start = tu_rss();
+    size_t rss_start = tu_rss_bytes();
     size_t warm = 0, late = 0, mid = 0;
     char traj[400];
     size_t tl = 0;
     for (int k = 0; k < THREADS / SAMPLE; k++) {
         run_threads(k * SAMPLE, SAMPLE);
-        size_t r = tu_rss();
+        size_t r = tu_rss_bytes();
         if (tl < sizeof traj)
             tl += (size_t)snprintf(traj + tl, sizeof traj - tl, " %.1f", r / 1048576.0);
         if (k == 0) warm = r;
@@ -197,7 +197,7 @@ int main(void)
           warm / 1048576.0, SAMPLE, mid / 1048576.0, THREADS / 2, late / 1048576.0, THREADS / 2,
           rss_start / 1048576.0, SAMPLE, traj);
     malloc_trim(0);
-    size_t rss_t = tu_rss();
+    size_t rss_t = tu_rss_bytes();
     CHECK(rss_t <= rss_start + TRIM_SLACK,
           "RSS %.1f MiB after %d short threads and malloc_trim(0) (%.1f MiB before them)",
           rss_t / 1048576.0, THREADS, rss_start / 1048576.0);
@@ -205,6 +205,6 @@ int main(void)
     /* (a) measured from a trimmed state */
     spike(0, rss_t);
     malloc_trim(0);
-    spike(1, tu_rss());
+    spike(1, tu_rss_bytes());
     return TU_DONE();
 }

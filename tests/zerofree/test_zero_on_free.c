@@ -2,7 +2,8 @@
  * with -DHAK_HARDEN_CANARY=1 -DHAK_HARDEN_ZERO_ON_FREE=1 alone.  What a
  * block held must not come back in a block malloc hands out later, in
  * any tier, and a realloc that shrinks a large block must not leave its
- * old tail behind either.  Until 2026-12-07 only the quarantine zeroed
+ * old tail behind either; zeroing must not fault in the pages of a block
+ * that the program never touched.  Until 2026-12-07 only the quarantine zeroed
  * freed large blocks, so that without it their contents came back (a
  * freed 200,000-byte block's bytes in the next malloc of its size).
  * Built and run for the zerofree variant only (tests/zerofree).
@@ -75,5 +76,17 @@ int main(void)
         freed_then_malloc(sizes[i]);
     shrunk_then_malloc(1 << 20, 300000);
     shrunk_then_malloc(4 << 20, 1 << 20);
+    /* Zeroing a big block leaves the pages the program never wrote alone
+     * (they read as zero already), and what it wrote does not come back
+     * in the block placed there next. */
+    size_t n = (size_t)32 << 20, grew = tu_zeroing_growth(n, OLD);
+    CHECK(grew < n / 4, "the free of a %zu-byte block written on every third page added %zu bytes of RSS", n, grew);
+    unsigned char *q = malloc(n);
+    CHECK(q != NULL, "malloc(%zu)", n);
+    if (q) {
+        size_t k = old_bytes(q, n);
+        CHECK(k == 0, "a %zu-byte block after the free of one: %zu bytes of its contents", n, k);
+        free(q);
+    }
     return TU_DONE();
 }
