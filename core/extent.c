@@ -397,11 +397,13 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
     size_t slack = align > HAK_PAGE_SIZE ? align : 0;
     size_t need = len > SIZE_MAX / 2 - offset - slack ? 0 /* impossible */
                   : align_up(len + offset + slack, HAK_CHUNK_SIZE);
+    /* A reservation of the request's own size is one block's: the kernel
+     * judges it (os_map_aligned). */
     if (need > want) want = need;
-    void *p = need ? os_map_aligned(want, HAK_CHUNK_SIZE) : NULL;
+    void *p = need ? os_map_aligned(want, HAK_CHUNK_SIZE, want == need) : NULL;
     if (!p && need && want > need) {
         want = need; /* low on address space: try the bare minimum */
-        p = os_map_aligned(want, HAK_CHUNK_SIZE);
+        p = os_map_aligned(want, HAK_CHUNK_SIZE, true);
     }
     extent_lock();
     if (!p)

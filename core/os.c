@@ -51,13 +51,14 @@ static void failed(int saved_errno)
     errno = saved_errno;
 }
 
-static void *map_anon(void *hint, size_t len, int extra_flags)
+/* Mappings are MAP_NORESERVE, address space that is touched as it is
+ * used, except those made for one block (judged): see os_map_aligned. */
+static void *map_anon(void *hint, size_t len, int extra_flags, bool judged)
 {
     STAT_INC(os_mmap);
     int saved = errno;
-    void *p = fault_now() ? MAP_FAILED
-                          : mmap(hint, len, PROT_READ | PROT_WRITE,
-                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags, -1, 0);
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | (judged ? 0 : MAP_NORESERVE) | extra_flags;
+    void *p = fault_now() ? MAP_FAILED : mmap(hint, len, PROT_READ | PROT_WRITE, flags, -1, 0);
     if (p == MAP_FAILED) {
         failed(saved);
         return NULL;
@@ -73,11 +74,11 @@ void os_unmap(void *p, size_t len)
         failed(saved);
 }
 
-void *os_map_aligned(size_t len, size_t align)
+void *os_map_aligned(size_t len, size_t align, bool judged)
 {
     /* Over-map by the alignment and trim both ends: mmap has no alignment
      * argument.  This happens once per reservation, never per allocation. */
-    char *raw = map_anon(NULL, len + align, 0);
+    char *raw = map_anon(NULL, len + align, 0, judged);
     if (!raw)
         return NULL;
     char *p = (char *)align_up((uintptr_t)raw, align);
@@ -106,28 +107,16 @@ bool os_purge(void *p, size_t len)
  * few pages, mincore says which pages are resident: those are cleared in
  * place (they are reused without faulting), the others are purged, which
  * is nearly free where nothing is mapped and drops what was swapped out
- * (mincore calls that not resident, yet it holds the old contents). */
+ * (mincore calls that not resident, yet it holds the old contents).  Runs
+ * of either kind are cleared or purged whole, across mincore's batches:
+ * memset is fastest on one long run (non-temporal stores past the cache
+ * size). */
 #define ZERO_BATCH_PAGES 1024 /* mincore's vector, on the stack */
 
-static void zero_pages(char *p, size_t pages)
+static void zero_run(char *run, size_t len, bool resident)
 {
-    unsigned char vec[ZERO_BATCH_PAGES];
-    int saved = errno;
-    STAT_INC(os_mincore);
-    if (mincore(p, pages * HAK_PAGE_SIZE, vec) != 0) {
-        errno = saved;
-        memset(p, 0, pages * HAK_PAGE_SIZE);
-        return;
-    }
-    for (size_t i = 0, j; i < pages; i = j) {
-        bool resident = vec[i] & 1;
-        for (j = i + 1; j < pages && (bool)(vec[j] & 1) == resident; j++)
-            ;
-        char *run = p + i * HAK_PAGE_SIZE;
-        size_t len = (j - i) * HAK_PAGE_SIZE;
-        if (resident || !os_purge(run, len))
-            memset(run, 0, len);
-    }
+    if (len && (resident || !os_purge(run, len)))
+        memset(run, 0, len);
 }
 
 void os_zero(void *p, size_t len)
@@ -140,14 +129,28 @@ void os_zero(void *p, size_t len)
         return;
     }
     memset(a, 0, (size_t)(first - a));
+    memset(last, 0, (size_t)(end - last));
+    char *run = first; /* the run of pages of one kind not yet cleared */
+    bool resident = true;
+    unsigned char vec[ZERO_BATCH_PAGES];
     for (char *q = first; q < last;) {
         size_t pages = (size_t)(last - q) / HAK_PAGE_SIZE;
         if (pages > ZERO_BATCH_PAGES)
             pages = ZERO_BATCH_PAGES;
-        zero_pages(q, pages);
-        q += pages * HAK_PAGE_SIZE;
+        int saved = errno;
+        STAT_INC(os_mincore);
+        if (mincore(q, pages * HAK_PAGE_SIZE, vec) != 0) {
+            errno = saved;
+            memset(vec, 1, pages); /* cleared like resident pages */
+        }
+        for (size_t i = 0; i < pages; i++, q += HAK_PAGE_SIZE)
+            if ((bool)(vec[i] & 1) != resident) {
+                zero_run(run, (size_t)(q - run), resident);
+                run = q;
+                resident = !resident;
+            }
     }
-    memset(last, 0, (size_t)(end - last));
+    zero_run(run, (size_t)(last - run), resident);
 }
 
 static bool move_range(char *old, size_t len, char *dst)
@@ -240,7 +243,7 @@ bool os_move_pages(void *old, size_t len, void *dst)
              * that spans mappings after all): it is ours again unless
              * another thread's mmap took the hole meanwhile, which hakmem
              * cannot undo */
-            if (parts && errno == EFAULT && map_anon(to, part, MAP_FIXED_NOREPLACE) != to)
+            if (parts && errno == EFAULT && map_anon(to, part, MAP_FIXED_NOREPLACE, false) != to)
                 fatal_corruption("a concurrent mmap took part of the extent realloc moves a block to, at", to);
             if (from == (char *)old) { /* nothing moved: the caller copies */
                 failed(saved);
@@ -260,7 +263,7 @@ bool os_move_pages(void *old, size_t len, void *dst)
      * replaces nothing anyone else has) merges with the reservation around
      * it, so that moves do not pile mappings up towards vm.max_map_count.
      * If this fails, the old mapping stays, empty: nothing is lost. */
-    map_anon(old, len, MAP_FIXED);
+    map_anon(old, len, MAP_FIXED, false);
     return true;
 }
 

@@ -13,8 +13,13 @@
 #include "internal.h"
 
 /* Reserve len bytes aligned to align (a power of two >= page size);
- * the memory reads as zero.  NULL on failure. */
-void *os_map_aligned(size_t len, size_t align);
+ * the memory reads as zero.  NULL on failure.  Reservations are address
+ * space (MAP_NORESERVE), which the kernel's overcommit heuristic does not
+ * judge; a mapping made for one block is `judged`, as the program's own
+ * mmap would be, so that a request larger than memory and swap fails
+ * with ENOMEM, as under glibc, instead of succeeding and getting the
+ * process killed when it is touched. */
+void *os_map_aligned(size_t len, size_t align, bool judged);
 void  os_unmap(void *p, size_t len);
 /* Give the pages back; they read as zero afterwards. */
 bool  os_purge(void *p, size_t len);

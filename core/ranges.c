@@ -36,7 +36,7 @@ static FreeRange *node_get(void)
         pool_ready = true;
     }
     if (!pool_free) {
-        FreeRange *blk = os_map_aligned(POOL_BYTES, HAK_PAGE_SIZE);
+        FreeRange *blk = os_map_aligned(POOL_BYTES, HAK_PAGE_SIZE, false);
         if (!blk)
             return NULL;
         for (size_t i = 0; i < POOL_BYTES / sizeof *blk; i++) {
@@ -108,8 +108,8 @@ static void hash_del(FreeRange *r)
 static void hash_grow(void)
 {
     size_t on = hash_size(), n = 2 * on, bytes = align_up(n * sizeof(FreeRange *), HAK_PAGE_SIZE);
-    FreeRange **st = os_map_aligned(bytes, HAK_PAGE_SIZE);
-    FreeRange **et = st ? os_map_aligned(bytes, HAK_PAGE_SIZE) : NULL;
+    FreeRange **st = os_map_aligned(bytes, HAK_PAGE_SIZE, false);
+    FreeRange **et = st ? os_map_aligned(bytes, HAK_PAGE_SIZE, false) : NULL;
     if (!et) {
         if (st)
             os_unmap(st, bytes);

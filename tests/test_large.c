@@ -1,9 +1,11 @@
 /* Large tier (> 52 KiB): sizes up to 256 MiB, no syscalls in a stable
- * alloc/free pattern, realloc grow/shrink, malloc_trim returns memory.
+ * alloc/free pattern, realloc grow/shrink, malloc_trim returns memory,
+ * requests larger than memory fail.
  * SPDX-License-Identifier: MIT */
 #include <malloc.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include "testutil.h"
 
@@ -196,6 +198,46 @@ static void aligned_huge(void)
     malloc_trim(0);
 }
 
+/* A request larger than memory and swap fails with ENOMEM, as under
+ * glibc, whose mmap of it the kernel refuses unless the overcommit policy
+ * is "always" (vm.overcommit_memory 1).  Until 2026-12-07 every mapping
+ * was MAP_NORESERVE, which the default policy does not judge: the request
+ * succeeded, and the program was killed when it used the memory
+ * (python3's bytearray(30 GiB) raises MemoryError under glibc). */
+static void larger_than_memory(void)
+{
+    char mode = '0';
+    int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &mode, 1) != 1)
+            mode = '0';
+        close(fd);
+    }
+    struct sysinfo si;
+    if (mode == '1' || sysinfo(&si) != 0) {
+        printf("SKIP larger_than_memory: vm.overcommit_memory is 1 (or no sysinfo)\n");
+        return;
+    }
+    size_t n = ((size_t)si.totalram + si.totalswap) * si.mem_unit + (size_t)(1 << 30);
+    errno = 0;
+    void *p = malloc(n);
+    CHECK(!p && errno == ENOMEM, "malloc(%zu), more than memory and swap: %p, errno %d", n, p, errno);
+    free(p);
+    errno = 0;
+    p = calloc(n / 4096, 4096);
+    CHECK(!p && errno == ENOMEM, "calloc of %zu bytes: %p, errno %d", n / 4096 * 4096, p, errno);
+    free(p);
+    p = NULL;
+    int rc = posix_memalign(&p, MiB, n);
+    CHECK(rc == ENOMEM && !p, "posix_memalign(1 MiB, %zu) = %d", n, rc);
+    char *q = malloc(100000);
+    strcpy(q, "kept");
+    errno = 0;
+    void *r = realloc(q, n);
+    CHECK(!r && errno == ENOMEM && strcmp(q, "kept") == 0, "realloc to %zu: %p, errno %d", n, r, errno);
+    free(r ? r : q);
+}
+
 /* malloc and free keep errno (POSIX: free shall not modify it), also
  * when their lock is contended and a thread sleeps on its futex, whose
  * system call fails with EAGAIN whenever the lock was released first.
@@ -380,6 +422,7 @@ int main(void)
     realloc_large();
     tail_canary();
     aligned_huge();
+    larger_than_memory();
     errno_kept();
     reservation_race();
     return TU_DONE();

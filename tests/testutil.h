@@ -315,9 +315,16 @@ static inline size_t tu_zeroing_growth(size_t n, int pattern)
     unsigned char *p = malloc(n);
     if (!p)
         return SIZE_MAX;
+    /* in small pages: a huge page would make the untouched pages resident */
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+    madvise((void *)a, ((uintptr_t)p + n - a) & ~(uintptr_t)4095, MADV_NOHUGEPAGE);
     for (size_t i = 0; i + 64 <= n; i += 3 * 4096)
         memset(p + i, pattern, 64);
     size_t before = tu_rss_bytes();
+    if (!before) { /* no telling */
+        free(p);
+        return SIZE_MAX;
+    }
     free(tu_launder(p));
     for (int i = 0; i < 48; i++)
         free(tu_launder(malloc(200000)));

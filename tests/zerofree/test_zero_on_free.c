@@ -8,9 +8,34 @@
  * freed 200,000-byte block's bytes in the next malloc of its size).
  * Built and run for the zerofree variant only (tests/zerofree).
  * SPDX-License-Identifier: MIT */
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include "testutil.h"
 
 #define OLD 0x77
+
+/* The library's mincore and madvise are these (a static link takes the
+ * program's own).  With `unresident`, mincore reports every page as not
+ * resident, as it does the pages that are swapped out, which hold their
+ * contents all the same: a free must purge such pages, not skip them.
+ * With `refuse_purge` too, madvise(MADV_DONTNEED) fails, and the free must
+ * clear them itself. */
+static volatile int unresident, refuse_purge;
+int mincore(void *addr, size_t len, unsigned char *vec)
+{
+    long r = syscall(SYS_mincore, addr, len, vec);
+    if (r == 0 && unresident)
+        memset(vec, 0, (len + 4095) / 4096);
+    return (int)r;
+}
+int madvise(void *addr, size_t len, int advice)
+{
+    if (refuse_purge && advice == MADV_DONTNEED) {
+        errno = EINVAL;
+        return -1;
+    }
+    return (int)syscall(SYS_madvise, addr, len, advice);
+}
 
 /* Bytes of whole 8-byte words that still hold the old pattern: a single
  * byte of it may be chance (the freed mark a cached extent holds at the
@@ -66,6 +91,31 @@ static void shrunk_then_malloc(size_t n, size_t to)
     free(r);
 }
 
+/* A block whose pages all look swapped out (unresident) when it is freed:
+ * the block placed there next must not hold its contents. */
+static void swapped_out_then_malloc(size_t n, int refuse)
+{
+    unsigned char *p = malloc(n);
+    CHECK(p != NULL, "malloc(%zu)", n);
+    if (!p)
+        return;
+    memset(p, OLD, n);
+    unresident = 1;
+    refuse_purge = refuse;
+    free(tu_launder(p));
+    unresident = refuse_purge = 0;
+    /* (the large cache hands a block just freed out second) */
+    unsigned char *q = malloc(n), *r = malloc(n);
+    CHECK(q == p || r == p, "two mallocs of %zu did not reuse the block just freed: nothing to test", n);
+    unsigned char *b[2] = { q, r };
+    for (int i = 0; i < 2; i++) {
+        size_t k = b[i] ? old_bytes(b[i], n) : 0;
+        CHECK(k == 0, "a %zu-byte block after the free of one that looked swapped out%s: %zu bytes of its "
+                      "contents", n, refuse ? " (and could not be purged)" : "", k);
+        free(b[i]);
+    }
+}
+
 int main(void)
 {
     unsigned m = hak_mitigations();
@@ -76,6 +126,10 @@ int main(void)
         freed_then_malloc(sizes[i]);
     shrunk_then_malloc(1 << 20, 300000);
     shrunk_then_malloc(4 << 20, 1 << 20);
+    for (int refuse = 0; refuse < 2; refuse++) {
+        swapped_out_then_malloc(200000, refuse);
+        swapped_out_then_malloc(8 << 20, refuse);
+    }
     /* Zeroing a big block leaves the pages the program never wrote alone
      * (they read as zero already), and what it wrote does not come back
      * in the block placed there next. */
