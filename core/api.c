@@ -441,9 +441,19 @@ EXPORT(__libc_pvalloc, pvalloc_impl);
 HAK_API int malloc_trim(size_t pad) { return hak_trim(); }
 HAK_API void malloc_stats(void) { hak_stats_print(); }
 
-/* mallopt: glibc's tuning parameters do not apply to hakmem; they are
- * accepted (return 1, "success") and have no effect.  See docs/OPTIONS.md. */
-HAK_API int mallopt(int param, int value) { return 1; }
+/* mallopt: glibc's tuning parameters do not apply to hakmem and have no
+ * effect (docs/OPTIONS.md); the answer is glibc's: 0 for the values it
+ * refuses (M_MXFAST outside 0..160, M_MMAP_THRESHOLD above 32 MiB), 1,
+ * "success", otherwise. */
+HAK_API int mallopt(int param, int value)
+{
+    enum { MXFAST = 1, MMAP_THRESHOLD = -3 }; /* <malloc.h>'s M_* */
+    if (param == MXFAST)
+        return value >= 0 && value <= 160;
+    if (param == MMAP_THRESHOLD)
+        return (size_t)value <= (size_t)32 << 20;
+    return 1;
+}
 EXPORT(__libc_mallopt, mallopt);
 
 /* glibc's struct mallinfo2 / mallinfo layouts (ABI). */
@@ -460,7 +470,7 @@ HAK_API struct mallinfo2 mallinfo2(void)
     mi.arena = st.bytes_mapped;                         /* bytes reserved from the OS */
     mi.hblks = st.large_allocs - st.large_frees;        /* live large blocks */
     mi.hblkhd = st.large_bytes_in_use;                  /* their bytes */
-    mi.uordblks = st.tiny_bytes_in_use + st.mid_bytes_in_use + st.large_bytes_in_use;
+    mi.uordblks = st.tiny_bytes_in_use + st.mid_bytes_in_use; /* as glibc's: not in hblkhd */
     mi.fordblks = st.bytes_cached;                      /* free bytes kept for reuse */
     mi.keepcost = st.bytes_dirty;                       /* of which still resident */
     mi.usmblks = st.peak_rss;
@@ -503,11 +513,13 @@ HAK_API int malloc_info(int options, FILE *fp)
              "</malloc>\n",
              m.fordblks, m.hblks, m.hblkhd, m.arena, m.usmblks > m.arena ? m.usmblks : m.arena, m.arena,
              m.arena);
+    int saved = errno; /* fileno of a stream with no descriptor sets it */
     int fd = fileno(fp);
     if (fd >= 0 && fflush(fp) == 0)
         write_fd(fd, buf);
     else if (fd < 0)
         fputs(buf, fp);
+    errno = saved;
     return 0;
 }
 #endif /* HAK_NO_GLIBC_NAMES */

@@ -367,12 +367,15 @@ static void test_page_alloc(void)
 
 static void test_glibc_extras(void)
 {
-    /* mallopt: any return value, must not crash */
-    mallopt(M_MMAP_THRESHOLD, 1 << 20);
-    mallopt(M_TRIM_THRESHOLD, 1 << 20);
-    mallopt(M_ARENA_MAX, 4);
-    mallopt(12345, 1);
-    CHECK(1, "mallopt returned");
+    /* mallopt: no effect, glibc's answers (0 where glibc refuses the value) */
+    static const struct { int param, value, want; } opts[] = {
+        { M_MMAP_THRESHOLD, 1 << 20, 1 }, { M_MMAP_THRESHOLD, 64 << 20, 0 }, { M_MMAP_THRESHOLD, -1, 0 },
+        { M_TRIM_THRESHOLD, 1 << 20, 1 }, { M_ARENA_MAX, 4, 1 },            { M_MXFAST, 64, 1 },
+        { M_MXFAST, 1000000, 0 },         { M_MXFAST, -1, 0 },               { 12345, 1, 1 },
+    };
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
+        CHECK(mallopt(opts[i].param, opts[i].value) == opts[i].want, "mallopt(%d, %d) != %d", opts[i].param,
+              opts[i].value, opts[i].want);
 
     enum { K = 2000 };
     void *blk[K];
@@ -380,6 +383,7 @@ static void test_glibc_extras(void)
         blk[k] = malloc(16 + (k % 50) * 40);
         if (blk[k]) memset(blk[k], 1, 16);
     }
+    struct mallinfo2 mi0 = mallinfo2();
     void *big = malloc(4 << 20);
     if (big) memset(big, 1, 4 << 20);
     struct mallinfo2 mi = mallinfo2();
@@ -389,12 +393,18 @@ static void test_glibc_extras(void)
           mi.uordblks, mi.arena, mi.hblkhd);
     CHECK(mi.uordblks + mi.hblkhd >= (size_t)1 << 20,
           "mallinfo2 in-use %zu + %zu < 1 MiB while >= 5 MiB are live", mi.uordblks, mi.hblkhd);
+    /* as glibc's: a large (there mmapped) block is in hblkhd, not in
+     * uordblks, so that the two add up to what is in use */
+    CHECK(mi.hblkhd - mi0.hblkhd >= (size_t)4 << 20 && mi.uordblks - mi0.uordblks < (size_t)1 << 20,
+          "mallinfo2 after malloc(4 MiB): uordblks %zu -> %zu, hblkhd %zu -> %zu", mi0.uordblks, mi.uordblks,
+          mi0.hblkhd, mi.hblkhd);
     /* malloc_info: glibc's XML, with the bytes reserved as its "system
      * current" and the live large block among "mmap" */
     char *xml = NULL;
     size_t xml_len = 0;
     FILE *f = open_memstream(&xml, &xml_len);
-    CHECK(f && malloc_info(0, f) == 0, "malloc_info(0, f) fails");
+    errno = 0;
+    CHECK(f && malloc_info(0, f) == 0 && errno == 0, "malloc_info(0, f) fails or sets errno (%d)", errno);
     if (f) fclose(f);
     static const char head[] = "<malloc version=\"1\">\n", current[] = "<system type=\"current\" size=\"",
                       mmap_total[] = "<total type=\"mmap\" count=\"";

@@ -51,14 +51,22 @@ static size_t old_bytes(const unsigned char *p, size_t n)
     return k;
 }
 
+/* A block of n bytes, all of them the old pattern. */
+static unsigned char *old_block(size_t n)
+{
+    unsigned char *p = malloc(n);
+    CHECK(p != NULL, "malloc(%zu)", n);
+    if (p)
+        memset(p, OLD, n);
+    return p;
+}
+
 static void freed_then_malloc(size_t n)
 {
     for (int round = 0; round < 8; round++) {
-        unsigned char *p = malloc(n);
-        CHECK(p != NULL, "malloc(%zu)", n);
+        unsigned char *p = old_block(n);
         if (!p)
             return;
-        memset(p, OLD, n);
         free(tu_launder(p));
         unsigned char *q = malloc(n), *r = malloc(n);
         CHECK(q && r, "malloc(%zu)", n);
@@ -74,11 +82,9 @@ static void freed_then_malloc(size_t n)
 
 static void shrunk_then_malloc(size_t n, size_t to)
 {
-    unsigned char *p = malloc(n);
-    CHECK(p != NULL, "malloc(%zu)", n);
+    unsigned char *p = old_block(n);
     if (!p)
         return;
-    memset(p, OLD, n);
     unsigned char *q = realloc(tu_launder(p), to);
     CHECK(q != NULL && old_bytes(q, to) == (to & ~(size_t)7), "realloc(%zu -> %zu) kept the contents", n, to);
     unsigned char *r = malloc(n);
@@ -95,11 +101,9 @@ static void shrunk_then_malloc(size_t n, size_t to)
  * the block placed there next must not hold its contents. */
 static void swapped_out_then_malloc(size_t n, int refuse)
 {
-    unsigned char *p = malloc(n);
-    CHECK(p != NULL, "malloc(%zu)", n);
+    unsigned char *p = old_block(n);
     if (!p)
         return;
-    memset(p, OLD, n);
     unresident = 1;
     refuse_purge = refuse;
     free(tu_launder(p));
