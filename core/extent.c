@@ -47,6 +47,66 @@ static size_t      bytes_mapped;
 static uint64_t    last_decay_ms;
 static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) */
 
+/* The decay time adapts to the program (internal.h, decay_time): memory
+ * that decay purged and that an allocation takes back soon after was
+ * purged too early (the program frees it, pauses, and uses it again: a
+ * worker between requests, a loop with a sleep).  Its pages fault in
+ * again, so the decay time doubles, up to DECAY_MAX_FACTOR times
+ * HAKMEM_DECAY_MS; after DECAY_CALM_FACTOR times that with no such
+ * allocation it halves, back to HAKMEM_DECAY_MS.  A program that frees
+ * memory for good (an interpreter's peak, an idle pool) keeps the short
+ * one.  The last RECENT_PURGES ranges that decay purged say where such an
+ * allocation would land; only allocations of purged memory look (they
+ * fault pages in anyway), under the lock. */
+_Atomic uint64_t decay_lengthened_ms; /* 0: HAKMEM_DECAY_MS */
+static uint64_t    decay_changed_ms;
+typedef struct RecentPurge { uintptr_t start, end; uint64_t ms; size_t taken; } RecentPurge;
+static RecentPurge recent_purges[RECENT_PURGES];
+static unsigned    recent_purge_next;
+
+static uint64_t decay_max_ms(void) { return (uint64_t)options.decay_ms * DECAY_MAX_FACTOR; }
+
+static void decay_set(uint64_t ms, uint64_t now)
+{
+    atomic_store_explicit(&decay_lengthened_ms, ms > (uint64_t)options.decay_ms ? ms : 0,
+                          memory_order_relaxed);
+    decay_changed_ms = now;
+}
+
+/* decay_now purged [start, end) at now. */
+static void purge_noted(uintptr_t start, uintptr_t end, uint64_t now)
+{
+    recent_purges[recent_purge_next] = (RecentPurge){ start, end, now, 0 };
+    recent_purge_next = (recent_purge_next + 1) % RECENT_PURGES;
+}
+
+/* An allocation takes [start, end) from purged memory: was it purged by
+ * decay so recently that a longer decay time would have kept it?  Decay
+ * was too short if the program takes back most of what it purged (a
+ * block reused now and then in memory purged for good says nothing). */
+static void decay_check_refault(uintptr_t start, uintptr_t end)
+{
+    uint64_t now = os_now_ms(), decay = decay_time();
+    size_t purged = 0, taken = 0;
+    for (unsigned i = 0; i < RECENT_PURGES; i++) {
+        RecentPurge *p = &recent_purges[i];
+        if (!p->ms || now - p->ms + decay >= decay_max_ms())
+            continue;
+        uintptr_t lo = p->start > start ? p->start : start, hi = p->end < end ? p->end : end;
+        if (lo < hi) /* (taken twice, it counts once) */
+            p->taken = p->taken + (hi - lo) < p->end - p->start ? p->taken + (hi - lo) : p->end - p->start;
+        purged += p->end - p->start;
+        taken += p->taken;
+    }
+    if (!purged || taken < purged / 2)
+        return;
+    /* Once for all that decay purged until now: the rest of it being taken
+     * back is the same pause. */
+    memset(recent_purges, 0, sizeof recent_purges);
+    decay_set(decay * 2 < decay_max_ms() ? decay * 2 : decay_max_ms(), now);
+    STAT_INC(decay_lengthened);
+}
+
 void extent_lock(void) { lock_acquire(&ext_lock); }
 void extent_unlock(void) { lock_release(&ext_lock); }
 
@@ -96,12 +156,19 @@ static uint64_t decay_now(uint64_t now)
 {
     uint64_t next = 0;
     last_decay_ms = now;
+    if (atomic_load_explicit(&decay_lengthened_ms, memory_order_relaxed) &&
+        now - decay_changed_ms >= DECAY_CALM_FACTOR * decay_max_ms())
+        decay_set(decay_time() / 2, now);
+    uint64_t decay = decay_time();
     for (FreeRange *r = ranges_dirty(), *n; r; r = n) {
         n = r->dirty_next; /* a purge takes r off the list */
-        if (now - r->dirty_since >= (uint64_t)options.decay_ms)
-            range_purge(r);
-        else if (!next || r->dirty_since + (uint64_t)options.decay_ms < next)
-            next = r->dirty_since + (uint64_t)options.decay_ms;
+        if (now - r->dirty_since >= decay) {
+            uintptr_t start = r->start, end = r->start + r->len;
+            if (range_purge(r))
+                purge_noted(start, end, now);
+        } else if (!next || r->dirty_since + decay < next) {
+            next = r->dirty_since + decay;
+        }
     }
     purge_over_cap();
     return range_bytes_dirty ? (next ? next : now + 1) : 0;
@@ -112,7 +179,7 @@ static uint64_t decay_now(uint64_t now)
  * cache's without a purger. */
 static uint64_t decay_period(void)
 {
-    return options.decay_ms / 4 ? (uint64_t)options.decay_ms / 4 : 1;
+    return decay_time() / 4 ? decay_time() / 4 : 1;
 }
 
 /* Inside extent operations (never on the malloc/free fast path): the full
@@ -217,7 +284,7 @@ static void *purger_main(void *unused)
                 continue;
             }
             atomic_store(&purger_idle, false);
-            next = now + (uint64_t)options.decay_ms;
+            next = now + decay_time();
         }
         if (next < now + decay_period())
             next = now + decay_period();
@@ -479,6 +546,8 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     } else {
         range_remove(f);
     }
+    if (!r.dirty_since && options.decay_ms)
+        decay_check_refault(at, at + len);
     /* A program that holds PURGER_MIN_DIRTY may free it all and never call
      * malloc again: it gets the purger now, at its next malloc slow path
      * (free never starts a thread), not at one after the frees. */
@@ -594,5 +663,6 @@ void extent_stats(struct hak_stats *st)
     st->bytes_cached += range_bytes_free;
     st->bytes_dirty += range_bytes_dirty;
     st->bytes_purged += range_bytes_purged;
+    st->decay_ms = decay_time();
     extent_unlock();
 }

@@ -459,6 +459,15 @@ void  extent_fork_prepare(void);              /* grow_lock, then ext_lock */
 void  extent_fork_parent(void);
 void  extent_fork_child(void);
 void  extent_stats(struct hak_stats *st);
+/* The decay time in effect: HAKMEM_DECAY_MS, lengthened (extent.c) while
+ * the program takes back soon what decay purged; 0 with HAKMEM_DECAY_MS=0. */
+extern HAK_HIDDEN _Atomic uint64_t decay_lengthened_ms;
+static inline uint64_t decay_time(void)
+{
+    uint64_t d = atomic_load_explicit(&decay_lengthened_ms, memory_order_relaxed);
+    return d ? d : (uint64_t)options.decay_ms;
+}
+
 /* The purger thread (extent.c) is wanted once hakmem holds 16 MiB, in
  * use or waiting for decay; it is started at the end of a malloc that reached the slow
  * path or the extents, never inside one (pthread_create allocates), and
@@ -547,7 +556,7 @@ void  *foreign_realloc(void *p, size_t size);
     X(os_mprotect) X(os_failures)                                            \
     X(superslabs_mapped) X(superslabs_reused)                                \
     X(heaps_created) X(heaps_adopted) X(heaps_taken_over)                    \
-    X(large_fronts_decayed)                                                  \
+    X(large_fronts_decayed) X(decay_lengthened)                              \
     X(foreign_frees) X(invalid_frees)                                        \
     X(fallbacks) /* a faster way failed, a slower one served */
 typedef struct GlobalStats {

@@ -455,7 +455,7 @@ void large_front_flush(LargeFront *f)
  * a decay time later. */
 uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle)
 {
-    uint64_t decay = (uint64_t)options.decay_ms;
+    uint64_t decay = decay_time();
     if (!front_claim(f, FRONT_PURGER))
         return now + decay;
     uint64_t due = 0, since = f->seen_ms;
@@ -507,7 +507,7 @@ bool large_front_held(LargeFront *f)
  * ones are pushed back.  Returns when the next one is due (0: none). */
 uint64_t large_cache_decay(bool all)
 {
-    uint64_t now = os_now_ms(), next_due = 0, decay = (uint64_t)options.decay_ms;
+    uint64_t now = os_now_ms(), next_due = 0, decay = decay_time();
     for (unsigned i = 0; i < LARGE_NSHARD; i++) {
         Shard *s = &shards[i];
         if (!atomic_load_explicit(&s->bytes, RELAXED))

@@ -11,7 +11,7 @@
 extern char **environ;
 
 Options options = {
-    .stats = 0, .verbose = 0, .invalid_free = 0, .decay_ms = 1000, .cache_max_mb = 1024,
+    .stats = 0, .verbose = 0, .invalid_free = 0, .decay_ms = 250, .cache_max_mb = 1024,
 };
 
 typedef struct OptionDesc {

@@ -85,8 +85,10 @@ HAK_API void hak_stats_print(void)
     LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu reused from the cache\n",
          (unsigned long long)st.superslabs_live, (unsigned long long)st.superslabs_mapped,
          (unsigned long long)st.superslabs_reused);
-    LINE("  memory: %.2f MiB reserved, %.2f MiB cached free (%.2f MiB not yet purged), %.2f MiB purged\n",
-         mib(st.bytes_mapped), mib(st.bytes_cached), mib(st.bytes_dirty), mib(st.bytes_purged));
+    LINE("  memory: %.2f MiB reserved, %.2f MiB cached free (%.2f MiB not yet purged), %.2f MiB purged;"
+         " decay %llu ms (lengthened %llu times)\n",
+         mib(st.bytes_mapped), mib(st.bytes_cached), mib(st.bytes_dirty), mib(st.bytes_purged),
+         (unsigned long long)st.decay_ms, (unsigned long long)st.decay_lengthened);
     LINE("  syscalls: mmap %llu, munmap %llu, madvise %llu, mremap %llu, mincore %llu, mprotect %llu;"
          " failed %llu\n",
          (unsigned long long)st.os_mmap, (unsigned long long)st.os_munmap,

@@ -48,6 +48,13 @@
 /* The purger thread starts only once this much waits for decay, so that
  * small programs never get one. */
 #define PURGER_MIN_DIRTY     ((size_t)16 << 20)
+/* The decay time (extent.c) doubles up to DECAY_MAX_FACTOR times
+ * HAKMEM_DECAY_MS while purged memory is taken back soon after, and halves
+ * after DECAY_CALM_FACTOR times the longest with none; the last
+ * RECENT_PURGES ranges purged are remembered to tell. */
+#define DECAY_MAX_FACTOR     4
+#define DECAY_CALM_FACTOR    8
+#define RECENT_PURGES        16
 /* Ranges looked at in the request's own size bin: best fit among them
  * (a bin above gives its first that fits). */
 #define RANGE_SCAN_MAX       32

@@ -112,6 +112,10 @@ struct hak_stats {
     uint64_t lock_growth_acquired, lock_growth_contended;   /* new reservations */
     uint64_t large_fronts_decayed; /* large fronts of threads that stopped
                                       using them, given back by the purger */
+    uint64_t decay_ms;            /* the decay time in effect (HAKMEM_DECAY_MS,
+                                     or longer: docs/OPTIONS.md) */
+    uint64_t decay_lengthened;    /* times it doubled: memory purged by decay
+                                     was taken back soon after */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */

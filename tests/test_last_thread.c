@@ -184,7 +184,7 @@ static void run_case(const char *name, void (*body)(uintptr_t), uintptr_t arg)
 
 int main(int argc, char **argv)
 {
-    tu_run_with_option("HAKMEM_DECAY_MS", "1000", argv); /* the default, whatever the caller's */
+    tu_run_with_option("HAKMEM_DECAY_MS", "250", argv); /* the default, whatever the caller's */
     run_case("main thread ends first, worker right after", main_exits_first, 0);
     run_case("main thread ends first, worker 300 ms later", main_exits_first, 300);
     run_case("main thread ends first, worker's first malloc 50 ms later", main_exits_before_first_malloc, 0);

@@ -1,0 +1,90 @@
+/* The decay time adapts to the program (docs/OPTIONS.md, HAKMEM_DECAY_MS):
+ * memory purged by decay and taken back soon after makes it longer, up to
+ * 4 times HAKMEM_DECAY_MS, so a program that pauses between uses of the
+ * same memory stops paying for page faults; memory freed for good goes back
+ * after HAKMEM_DECAY_MS; and after a calm period the decay time comes back
+ * down.
+ *
+ * Re-executes itself with HAKMEM_DECAY_MS=40 (so the longest is 160 ms and
+ * the calm period 8 x 160 ms).  A 48 MiB block, too large for the large
+ * cache, goes straight back to the extents when freed:
+ *   for good   freed, then nothing for 300 ms: purged, no lengthening;
+ *   cycles     allocated (4 MiB written), freed, 100 ms of sleep, 12 times:
+ *              the first cycles find it purged and double the decay time
+ *              to 160 ms, after which the pauses no longer purge it (old
+ *              code: purged on every cycle);
+ *   calm       1.5 s with nothing taken back, one more cycle: halved.
+ * SPDX-License-Identifier: MIT */
+#include "testutil.h"
+
+#define DECAY_MS "40"
+#define BLOCK (48 * MiB)
+#define TOUCHED (4 * MiB)
+#define GAP_MS 100
+#define CYCLES 12
+
+static void cycle(unsigned char fill)
+{
+    unsigned char *p = malloc(BLOCK);
+    CHECK(p != NULL, "malloc(%zu) failed", (size_t)BLOCK);
+    if (!p)
+        return;
+    memset(p, fill, TOUCHED);
+    p[BLOCK - 1] = fill;
+    free(p);
+}
+
+int main(int argc, char **argv)
+{
+    tu_run_with_option("HAKMEM_DECAY_MS", DECAY_MS, argv);
+    if (tu_failures())
+        return TU_DONE();
+    alarm(60);
+    long base = atol(DECAY_MS);
+
+    /* for good */
+    cycle(1);
+    uint64_t purged0 = tu_stats().bytes_purged;
+    cycle(2);
+    tu_sleep_ms(300);
+    struct hak_stats st = tu_stats();
+    CHECK(st.bytes_purged >= purged0 + TOUCHED, "a block freed 300 ms ago was not purged "
+          "(%llu bytes purged, %llu before)", (unsigned long long)st.bytes_purged,
+          (unsigned long long)purged0);
+    CHECK(st.decay_lengthened == 0 && st.decay_ms == (uint64_t)base,
+          "decay time %llu ms (lengthened %llu times) with nothing taken back, expected %ld",
+          (unsigned long long)st.decay_ms, (unsigned long long)st.decay_lengthened, base);
+
+    /* cycles */
+    uint64_t purged_at[CYCLES];
+    for (int c = 0; c < CYCLES; c++) {
+        cycle((unsigned char)(3 + c));
+        tu_sleep_ms(GAP_MS);
+        purged_at[c] = tu_stats().bytes_purged;
+    }
+    st = tu_stats();
+    printf("cycles of %d ms: decay time %llu ms, lengthened %llu times; purged in each cycle:",
+           GAP_MS, (unsigned long long)st.decay_ms, (unsigned long long)st.decay_lengthened);
+    int late_purges = 0;
+    for (int c = 1; c < CYCLES; c++) {
+        printf(" %llu", (unsigned long long)((purged_at[c] - purged_at[c - 1]) >> 20));
+        late_purges += c >= CYCLES - 6 && purged_at[c] > purged_at[c - 1];
+    }
+    printf(" MiB\n");
+    CHECK(st.decay_ms == 4 * (uint64_t)base && st.decay_lengthened == 2,
+          "decay time %llu ms, lengthened %llu times, after %d cycles taking back what the "
+          "last purged (expected %ld ms, twice)", (unsigned long long)st.decay_ms,
+          (unsigned long long)st.decay_lengthened, CYCLES, 4 * base);
+    /* (one may still be purged if a sleep overran by 60 ms on a busy machine) */
+    CHECK(late_purges <= 1, "the block was purged in %d of the last 6 pauses of %d ms, with "
+          "a decay time of %llu ms", late_purges, GAP_MS, (unsigned long long)st.decay_ms);
+
+    /* calm */
+    tu_sleep_ms(8 * 4 * base + 220);
+    cycle(99);
+    tu_sleep_ms(20);
+    st = tu_stats();
+    CHECK(st.decay_ms == 2 * (uint64_t)base, "decay time %llu ms after %ld ms with nothing taken "
+          "back, expected %ld", (unsigned long long)st.decay_ms, 8 * 4 * base + 220, 2 * base);
+    return TU_DONE();
+}
