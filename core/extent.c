@@ -10,7 +10,7 @@
  * block are the same kind of cached memory.
  *
  * Nothing is unmapped in steady state.  Free ranges stay "dirty" (resident)
- * until the decay policy purges them with madvise: after HAKMEM_DECAY_MS, or
+ * until the decay policy purges them with madvise: after the decay time, or
  * at once when dirty bytes exceed HAKMEM_CACHE_MAX_MB.  extent_trim()
  * (malloc_trim) purges everything and unmaps wholly free reservations.
  *
@@ -55,9 +55,10 @@ static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) 
  * HAKMEM_DECAY_MS; after DECAY_CALM_FACTOR times that with no such
  * allocation it halves, back to HAKMEM_DECAY_MS.  A program that frees
  * memory for good (an interpreter's peak, an idle pool) keeps the short
- * one.  The last RECENT_PURGES ranges that decay purged say where such an
- * allocation would land; only allocations of purged memory look (they
- * fault pages in anyway), under the lock. */
+ * one.  The resident parts of the last RECENT_PURGES ranges that decay
+ * purged say where such an allocation would land; only allocations of
+ * memory that is not resident (purged, or never used) look, since they
+ * fault pages in anyway; under the lock. */
 _Atomic uint64_t decay_lengthened_ms; /* 0: HAKMEM_DECAY_MS */
 static uint64_t    decay_changed_ms;
 typedef struct RecentPurge { uintptr_t start, end; uint64_t ms; size_t taken; } RecentPurge;
@@ -73,9 +74,22 @@ static void decay_set(uint64_t ms, uint64_t now)
     decay_changed_ms = now;
 }
 
-/* decay_now purged [start, end) at now. */
-static void purge_noted(uintptr_t start, uintptr_t end, uint64_t now)
+/* decay_now is purging r at now: its resident part is noted, where it is
+ * known.  A range is often a freed extent's pages beside memory never
+ * used or purged long ago, which an allocation of fresh memory takes: the
+ * part that was dirty is the whole range, or runs from its one hot end
+ * (a freed extent's first or last page); otherwise it is not noted. */
+static void purge_noted(const FreeRange *r, uint64_t now)
 {
+    uintptr_t start = r->start, end = r->start + r->len;
+    if (r->dirty < r->len) {
+        if (r->hot == RANGE_HOT_LO)
+            end = start + r->dirty;
+        else if (r->hot == RANGE_HOT_HI)
+            start = end - r->dirty;
+        else
+            return;
+    }
     recent_purges[recent_purge_next] = (RecentPurge){ start, end, now, 0 };
     recent_purge_next = (recent_purge_next + 1) % RECENT_PURGES;
 }
@@ -156,16 +170,20 @@ static uint64_t decay_now(uint64_t now)
 {
     uint64_t next = 0;
     last_decay_ms = now;
-    if (atomic_load_explicit(&decay_lengthened_ms, memory_order_relaxed) &&
-        now - decay_changed_ms >= DECAY_CALM_FACTOR * decay_max_ms())
-        decay_set(decay_time() / 2, now);
+    /* halved for each calm period since it last changed (the purger may
+     * have slept through several, with nothing to purge) */
+    uint64_t calm = DECAY_CALM_FACTOR * decay_max_ms();
+    if (atomic_load_explicit(&decay_lengthened_ms, memory_order_relaxed) && now - decay_changed_ms >= calm) {
+        uint64_t periods = (now - decay_changed_ms) / calm;
+        decay_set(periods < 8 ? decay_time() >> periods : 0, now);
+    }
     uint64_t decay = decay_time();
     for (FreeRange *r = ranges_dirty(), *n; r; r = n) {
         n = r->dirty_next; /* a purge takes r off the list */
         if (now - r->dirty_since >= decay) {
-            uintptr_t start = r->start, end = r->start + r->len;
+            FreeRange before = *r; /* range_purge clears its counts */
             if (range_purge(r))
-                purge_noted(start, end, now);
+                purge_noted(&before, now);
         } else if (!next || r->dirty_since + decay < next) {
             next = r->dirty_since + decay;
         }
@@ -505,7 +523,8 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     uintptr_t at;
     extent_lock();
     /* Once the purger runs, decay by time is its work (it wakes when the
-     * next range is due): an allocation then reads no clock. */
+     * next range is due): an allocation then reads no clock, unless it
+     * takes memory that is not resident (decay_check_refault). */
     if (atomic_load_explicit(&purger_started, memory_order_relaxed))
         purge_over_cap();
     else

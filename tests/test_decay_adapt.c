@@ -8,12 +8,22 @@
  * Re-executes itself with HAKMEM_DECAY_MS=40 (so the longest is 160 ms and
  * the calm period 8 x 160 ms).  A 48 MiB block, too large for the large
  * cache, goes straight back to the extents when freed:
+ *   growth     first (with less than 16 MiB held: no purger, decay runs
+ *              in the extents' operations) an 8 MiB block, placed at the
+ *              top of the free range, written and freed; 100 ms later 5
+ *              blocks of 3 MiB, written and kept, take memory never used
+ *              below it (the first one's allocation purges it): not a
+ *              take-back, no lengthening (a purge noted as the whole
+ *              range, its fresh part too, made them count);
  *   for good   freed, then nothing for 300 ms: purged, no lengthening;
  *   cycles     allocated (4 MiB written), freed, 100 ms of sleep, 12 times:
  *              the first cycles find it purged and double the decay time
  *              to 160 ms, after which the pauses no longer purge it (old
  *              code: purged on every cycle);
- *   calm       1.5 s with nothing taken back, one more cycle: halved.
+ *   calm       2.86 s with nothing taken back (two calm periods, while
+ *              the purger sleeps with nothing to do), one more cycle:
+ *              halved once for each period, back to 40 ms (old code: once
+ *              in all, as the purger slept through the periods).
  * SPDX-License-Identifier: MIT */
 #include "testutil.h"
 
@@ -42,12 +52,36 @@ int main(int argc, char **argv)
     alarm(60);
     long base = atol(DECAY_MS);
 
+    /* growth */
+    unsigned char *x = malloc(8 * MiB);
+    CHECK(x != NULL, "malloc(8 MiB) failed");
+    if (x)
+        memset(x, 7, 8 * MiB);
+    free(x);
+    tu_sleep_ms(100);
+    unsigned char *kept[5];
+    for (int i = 0; i < 5; i++) {
+        kept[i] = malloc(3 * MiB);
+        CHECK(kept[i] != NULL, "malloc(3 MiB) failed");
+        if (kept[i])
+            memset(kept[i], i, 3 * MiB);
+    }
+    struct hak_stats st = tu_stats();
+    CHECK(st.bytes_purged >= 8 * MiB, "the 8 MiB block was not purged (%llu bytes purged)",
+          (unsigned long long)st.bytes_purged);
+    CHECK(st.decay_lengthened == 0, "decay time lengthened %llu times (now %llu ms) by blocks "
+          "of memory never used before", (unsigned long long)st.decay_lengthened,
+          (unsigned long long)st.decay_ms);
+    for (int i = 0; i < 5; i++)
+        free(kept[i]);
+    tu_sleep_ms(300); /* their purges are out of the window too */
+
     /* for good */
     cycle(1);
     uint64_t purged0 = tu_stats().bytes_purged;
     cycle(2);
     tu_sleep_ms(300);
-    struct hak_stats st = tu_stats();
+    st = tu_stats();
     CHECK(st.bytes_purged >= purged0 + TOUCHED, "a block freed 300 ms ago was not purged "
           "(%llu bytes purged, %llu before)", (unsigned long long)st.bytes_purged,
           (unsigned long long)purged0);
@@ -80,11 +114,12 @@ int main(int argc, char **argv)
           "a decay time of %llu ms", late_purges, GAP_MS, (unsigned long long)st.decay_ms);
 
     /* calm */
-    tu_sleep_ms(8 * 4 * base + 220);
+    tu_sleep_ms(2 * 8 * 4 * base + 300);
     cycle(99);
     tu_sleep_ms(20);
     st = tu_stats();
-    CHECK(st.decay_ms == 2 * (uint64_t)base, "decay time %llu ms after %ld ms with nothing taken "
-          "back, expected %ld", (unsigned long long)st.decay_ms, 8 * 4 * base + 220, 2 * base);
+    CHECK(st.decay_ms == (uint64_t)base, "decay time %llu ms after %ld ms with nothing taken "
+          "back (two calm periods), expected %ld", (unsigned long long)st.decay_ms,
+          2 * 8 * 4 * base + 300, base);
     return TU_DONE();
 }

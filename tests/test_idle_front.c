@@ -12,9 +12,11 @@
  *           fronts must be empty (hak_stats_get: large_bytes_cached), each
  *           counted once (large_fronts_decayed), and RSS must fall by most
  *           of what they held;
- *   busy:   one thread makes a large malloc and free every 20 ms for 1 s
- *           (far more often than the decay time): its front is never given
- *           back, while that of an idle thread beside it is, once;
+ *   busy:   one thread makes a large malloc and free every 20 ms for 5
+ *           decay times (the one in effect: the idle phase's threads took
+ *           back memory purged 200 ms before, which may have lengthened it):
+ *           its front is never given back, while that of an idle thread
+ *           beside it is, once;
  *   race:   4 threads alternate bursts of large mallocs and frees with
  *           pauses of 150-300 ms, around the decay time, so that the
  *           purger takes fronts back while their threads wake up; every
@@ -135,11 +137,11 @@ static void phase_idle(void)
 /* ---- busy: a thread that keeps using its front keeps it ---- */
 static void *busy(void *arg)
 {
-    (void)arg;
+    int ops = (int)(intptr_t)arg; /* ops x 20 ms: 5 decay times */
     tu_rng r = tu_rng_seed(7);
     unsigned char *b[8] = { 0 };
     size_t n[8] = { 0 };
-    for (int op = 0; op < 50; op++) { /* 50 x 20 ms: 1 s, 5 decay times */
+    for (int op = 0; op < ops; op++) {
         int k = op % 8;
         check_free(b[k], n[k], 5000 + (uint64_t)k);
         n[k] = tu_range(&r, 64 * KiB, 256 * KiB);
@@ -171,14 +173,17 @@ static void phase_busy(void)
     pthread_t c, t;
     CHECK(pthread_create(&c, NULL, control, NULL) == 0, "pthread_create");
     pthread_barrier_wait(&control_filled);
-    uint64_t decayed0 = stats().large_fronts_decayed;
-    CHECK(pthread_create(&t, NULL, busy, NULL) == 0, "pthread_create");
+    struct hak_stats st = stats();
+    uint64_t decayed0 = st.large_fronts_decayed;
+    intptr_t ops = (intptr_t)(5 * st.decay_ms / 20);
+    CHECK(pthread_create(&t, NULL, busy, (void *)ops) == 0, "pthread_create");
     pthread_join(t, NULL);
     uint64_t decayed = stats().large_fronts_decayed - decayed0;
     pthread_barrier_wait(&busy_done);
     pthread_join(c, NULL);
-    printf("busy: a thread with a large malloc and free every 20 ms for 1 s, an idle one beside "
-           "it: %llu fronts given back\n", (unsigned long long)decayed);
+    printf("busy: a thread with a large malloc and free every 20 ms for %ld ms (decay time %llu "
+           "ms), an idle one beside it: %llu fronts given back\n", (long)ops * 20,
+           (unsigned long long)st.decay_ms, (unsigned long long)decayed);
     CHECK(decayed == 1, "%llu fronts given back, not 1 (the idle thread's): the purger took back "
           "the front of a thread using it every 20 ms, or not the idle one's",
           (unsigned long long)decayed);
