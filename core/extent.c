@@ -52,8 +52,8 @@ static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) 
  * purged too early (the program frees it, pauses, and uses it again: a
  * worker between requests, a loop with a sleep).  Its pages fault in
  * again, so the decay time doubles, up to DECAY_MAX_FACTOR times
- * HAKMEM_DECAY_MS; after DECAY_CALM_FACTOR times that with no such
- * allocation it halves, back to HAKMEM_DECAY_MS.  A program that frees
+ * HAKMEM_DECAY_MS; it halves for each DECAY_CALM_FACTOR times that longest
+ * time that passes without a change, down to HAKMEM_DECAY_MS.  A program that frees
  * memory for good (an interpreter's peak, an idle pool) keeps the short
  * one.  The resident parts of the last RECENT_PURGES ranges that decay
  * purged say where such an allocation would land; only allocations of
@@ -107,8 +107,11 @@ static void decay_check_refault(uintptr_t start, uintptr_t end)
         if (!p->ms || now - p->ms + decay >= decay_max_ms())
             continue;
         uintptr_t lo = p->start > start ? p->start : start, hi = p->end < end ? p->end : end;
-        if (lo < hi) /* (taken twice, it counts once) */
-            p->taken = p->taken + (hi - lo) < p->end - p->start ? p->taken + (hi - lo) : p->end - p->start;
+        if (lo < hi) { /* (taken twice, it counts once) */
+            p->taken += hi - lo;
+            if (p->taken > p->end - p->start)
+                p->taken = p->end - p->start;
+        }
         purged += p->end - p->start;
         taken += p->taken;
     }
@@ -197,7 +200,8 @@ static uint64_t decay_now(uint64_t now)
  * cache's without a purger. */
 static uint64_t decay_period(void)
 {
-    return decay_time() / 4 ? decay_time() / 4 : 1;
+    uint64_t quarter = decay_time() / 4;
+    return quarter ? quarter : 1;
 }
 
 /* Inside extent operations (never on the malloc/free fast path): the full
