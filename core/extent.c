@@ -53,7 +53,10 @@ static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) 
  * worker between requests, a loop with a sleep).  Its pages fault in
  * again, so the decay time doubles, up to DECAY_MAX_FACTOR times
  * HAKMEM_DECAY_MS; it halves for each DECAY_CALM_FACTOR times that longest
- * time that passes without a change, down to HAKMEM_DECAY_MS.  A program that frees
+ * time that passes without a change, down to HAKMEM_DECAY_MS, once decay
+ * has purged something since the change (a program that keeps reusing its
+ * memory within the longer time purges nothing, and a shorter one would
+ * only purge it and fault it back in again).  A program that frees
  * memory for good (an interpreter's peak, an idle pool) keeps the short
  * one.  The resident parts of the last RECENT_PURGES ranges that decay
  * purged say where such an allocation would land; only allocations of
@@ -61,6 +64,7 @@ static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) 
  * fault pages in anyway; under the lock. */
 _Atomic uint64_t decay_lengthened_ms; /* 0: HAKMEM_DECAY_MS */
 static uint64_t    decay_changed_ms;
+static bool        decay_purged_since_change;
 typedef struct RecentPurge { uintptr_t start, end; uint64_t ms; size_t taken; } RecentPurge;
 static RecentPurge recent_purges[RECENT_PURGES];
 static unsigned    recent_purge_next;
@@ -72,25 +76,19 @@ static void decay_set(uint64_t ms, uint64_t now)
     atomic_store_explicit(&decay_lengthened_ms, ms > (uint64_t)options.decay_ms ? ms : 0,
                           memory_order_relaxed);
     decay_changed_ms = now;
+    decay_purged_since_change = false;
 }
 
 /* decay_now is purging r at now: its resident part is noted, where it is
  * known.  A range is often a freed extent's pages beside memory never
  * used or purged long ago, which an allocation of fresh memory takes: the
- * part that was dirty is the whole range, or runs from its one hot end
- * (a freed extent's first or last page); otherwise it is not noted. */
+ * part that was dirty is noted where the range's dirty bounds are exact
+ * (range_dirty_exact), and nothing otherwise. */
 static void purge_noted(const FreeRange *r, uint64_t now)
 {
-    uintptr_t start = r->start, end = r->start + r->len;
-    if (r->dirty < r->len) {
-        if (r->hot == RANGE_HOT_LO)
-            end = start + r->dirty;
-        else if (r->hot == RANGE_HOT_HI)
-            start = end - r->dirty;
-        else
-            return;
-    }
-    recent_purges[recent_purge_next] = (RecentPurge){ start, end, now, 0 };
+    if (!range_dirty_exact(r))
+        return;
+    recent_purges[recent_purge_next] = (RecentPurge){ r->dirty_lo, r->dirty_hi, now, 0 };
     recent_purge_next = (recent_purge_next + 1) % RECENT_PURGES;
 }
 
@@ -176,7 +174,8 @@ static uint64_t decay_now(uint64_t now)
     /* halved for each calm period since it last changed (the purger may
      * have slept through several, with nothing to purge) */
     uint64_t calm = DECAY_CALM_FACTOR * decay_max_ms();
-    if (atomic_load_explicit(&decay_lengthened_ms, memory_order_relaxed) && now - decay_changed_ms >= calm) {
+    if (atomic_load_explicit(&decay_lengthened_ms, memory_order_relaxed) && decay_purged_since_change &&
+        now - decay_changed_ms >= calm) {
         uint64_t periods = (now - decay_changed_ms) / calm;
         decay_set(periods < 8 ? decay_time() >> periods : 0, now);
     }
@@ -185,8 +184,10 @@ static uint64_t decay_now(uint64_t now)
         n = r->dirty_next; /* a purge takes r off the list */
         if (now - r->dirty_since >= decay) {
             FreeRange before = *r; /* range_purge clears its counts */
-            if (range_purge(r))
+            if (range_purge(r)) {
                 purge_noted(&before, now);
+                decay_purged_since_change = true;
+            }
         } else if (!next || r->dirty_since + decay < next) {
             next = r->dirty_since + decay;
         }
@@ -462,9 +463,10 @@ void purger_start(void)
 
 /* dirty_since: the time the range became free, or 0 if it reads as zero;
  * dirty: how many of its bytes may be resident. */
-static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot)
+static void free_range_locked(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot,
+                              const FreeRange *part_of)
 {
-    if (!range_insert(start, len, dirty_since, dirty, hot)) {
+    if (!range_insert(start, len, dirty_since, dirty, hot, part_of)) {
         /* No record for it (out of memory): release the pages, keep the
          * address range reserved but unused, and count it. */
         os_purge((void *)start, len);
@@ -511,7 +513,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
     reservations[k] = (Reservation){ (uintptr_t)p, want };
     __atomic_store_n(&nreservations, nreservations + 1, __ATOMIC_RELAXED); /* read unlocked */
     bytes_mapped += want;
-    free_range_locked((uintptr_t)p, want, 0, 0, 0);
+    free_range_locked((uintptr_t)p, want, 0, 0, 0, NULL);
     return true;
 }
 
@@ -555,15 +557,15 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
      * there are two) and never carry more resident bytes than the whole. */
     FreeRange r = *f;
     size_t below = at - r.start, above = r.start + r.len - (at + len);
-    size_t d_below = range_part_dirty(&r, below);
-    size_t d_above = range_part_dirty(&r, above);
+    size_t d_below = range_dirty_in(&r, r.start, at);
+    size_t d_above = range_dirty_in(&r, at + len, r.start + r.len);
     if (d_above > r.dirty - d_below)
-        d_above = r.dirty - d_below;
+        d_above = r.dirty - d_below; /* (bounds not exact) */
     uint64_t since = range_since_after(&r, d_below + d_above, last_dirty_ms);
     if (below) {
         range_trim(f, r.start, below, d_below, since);
         if (above)
-            free_range_locked(at + len, above, since, d_above, r.hot & RANGE_HOT_HI);
+            free_range_locked(at + len, above, since, d_above, r.hot & RANGE_HOT_HI, &r);
     } else if (above) {
         range_trim(f, at + len, above, d_above, since);
     } else {
@@ -601,7 +603,7 @@ void extent_free_since(void *p, size_t len, uint64_t since)
     if (!since || since > now)
         since = now;
     last_dirty_ms = now;
-    free_range_locked((uintptr_t)p, len, since ? since : 1, len, RANGE_HOT_LO | RANGE_HOT_HI);
+    free_range_locked((uintptr_t)p, len, since ? since : 1, len, RANGE_HOT_LO | RANGE_HOT_HI, NULL);
     decay(now);
     ranges_validate_sometimes();
     if (range_bytes_dirty && options.decay_ms) {
@@ -624,9 +626,9 @@ bool extent_grow(void *end, size_t extra)
         FreeRange r = *f;
         range_remove(f);
         if (r.len > extra) {
-            size_t left = range_part_dirty(&r, r.len - extra);
+            size_t left = range_dirty_in(&r, r.start + extra, r.start + r.len);
             free_range_locked(r.start + extra, r.len - extra, range_since_after(&r, left, last_dirty_ms), left,
-                              r.hot & RANGE_HOT_HI);
+                              r.hot & RANGE_HOT_HI, &r);
         }
         ok = true;
     }
@@ -642,7 +644,7 @@ void extent_free_purged(void *p, size_t len)
 {
     extent_lock();
     os_guard(p, len);
-    free_range_locked((uintptr_t)p, len, 0, 0, 0);
+    free_range_locked((uintptr_t)p, len, 0, 0, 0, NULL);
     extent_unlock();
 }
 

@@ -282,10 +282,31 @@ uint64_t range_since_after(const FreeRange *r, size_t dirty_left, uint64_t lates
     return latest - (grown < oldest ? grown : oldest);
 }
 
-bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot)
+/* Dirty bounds: none is [UINTPTR_MAX, 0), so that joining two is a min
+ * and a max. */
+#define NO_LO UINTPTR_MAX
+static inline void bounds_clip(uintptr_t *lo, uintptr_t *hi, uintptr_t start, uintptr_t end)
+{
+    uintptr_t l = *lo > start ? *lo : start, h = *hi < end ? *hi : end;
+    bool some = l < h;
+    *lo = some ? l : NO_LO;
+    *hi = some ? h : 0;
+}
+
+bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot,
+                  const FreeRange *part_of)
 {
     if (!dirty_since)
         dirty = 0, hot = 0;
+    uintptr_t dlo = NO_LO, dhi = 0;
+    if (dirty_since && part_of) {
+        dlo = part_of->dirty_lo;
+        dhi = part_of->dirty_hi;
+        bounds_clip(&dlo, &dhi, start, start + len);
+    } else if (dirty_since) {
+        dlo = start;
+        dhi = start + len;
+    }
     HAK_ASSERT(!range_starting_at(start));
     /* Neighbours first (usually none), the reservation edges only then. */
     FreeRange *prev = find_by_end(start), *next = range_starting_at(start + len);
@@ -300,7 +321,7 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
         if (++nranges > hash_size())
             hash_grow();
         *r = (FreeRange){ .start = start, .len = len, .dirty_since = dirty_since, .oldest = dirty_since,
-                          .dirty = dirty, .hot = (uint8_t)hot };
+                          .dirty = dirty, .dirty_lo = dlo, .dirty_hi = dhi, .hot = (uint8_t)hot };
         bin_add(r);
         if (dirty_since)
             dirty_add(r);
@@ -343,6 +364,12 @@ bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirt
     unsigned lo = prev ? prev->hot & RANGE_HOT_LO : hot & RANGE_HOT_LO;
     unsigned hi = next ? next->hot & RANGE_HOT_HI : hot & RANGE_HOT_HI;
     r->hot = (uint8_t)(lo | hi);
+    if (other) {
+        dlo = other->dirty_lo < dlo ? other->dirty_lo : dlo;
+        dhi = other->dirty_hi > dhi ? other->dirty_hi : dhi;
+    }
+    r->dirty_lo = r->dirty_lo < dlo ? r->dirty_lo : dlo;
+    r->dirty_hi = r->dirty_hi > dhi ? r->dirty_hi : dhi;
     if (other)
         range_remove(other);
     if (was_dirty)
@@ -365,6 +392,7 @@ void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty, uint64_
         r->hot &= ~RANGE_HOT_LO;
     if (start + len != r->start + r->len)
         r->hot &= ~RANGE_HOT_HI;
+    bounds_clip(&r->dirty_lo, &r->dirty_hi, start, start + len);
     rebound(r, start, len, r->dirty_since ? dirty : 0);
 }
 
@@ -381,6 +409,8 @@ bool range_purge(FreeRange *r)
     r->dirty_since = 0;
     r->oldest = 0;
     r->hot = 0;
+    r->dirty_lo = NO_LO;
+    r->dirty_hi = 0;
     bin_add(r);
     return true;
 }
@@ -450,6 +480,10 @@ void ranges_validate(void)
             HAK_ASSERT(r->bin == slot && slot_of(r) == slot && r->bin_prev == prev);
             HAK_ASSERT(r->len && r->dirty <= r->len && (r->dirty_since || !r->dirty));
             HAK_ASSERT(!r->dirty_since == !r->oldest && r->oldest <= r->dirty_since);
+            bool none = r->dirty_lo == NO_LO && r->dirty_hi == 0;
+            HAK_ASSERT(none || (r->dirty_lo >= r->start && r->dirty_lo < r->dirty_hi &&
+                                r->dirty_hi <= r->start + r->len));
+            HAK_ASSERT(r->dirty <= (none ? 0 : r->dirty_hi - r->dirty_lo) && (r->dirty_since || none));
             HAK_ASSERT(range_starting_at(r->start) == r && find_by_end(r->start + r->len) == r);
             n++;
             n_dirty += r->dirty_since != 0;

@@ -26,6 +26,8 @@ typedef struct FreeRange {
     struct FreeRange *dirty_next, *dirty_prev;/* all dirty ranges          */
     struct FreeRange *start_next, *end_next;  /* hash chains               */
     uint16_t  bin;          /* its bin: kind * NBINS + size bin (ranges.c) */
+    uintptr_t dirty_lo, dirty_hi; /* its dirty bytes lie in [lo, hi) (none: */
+                            /* [UINTPTR_MAX, 0)): see range_dirty_in       */
     uint8_t   hot;          /* RANGE_HOT_LO/_HI: its first/last page was in */
                             /* use when it became free (see range_find_fit) */
 } FreeRange;
@@ -42,10 +44,15 @@ extern HAK_HIDDEN size_t range_bytes_free, range_bytes_dirty, range_bytes_purged
  * loses the flag of the end it cuts. */
 #define RANGE_HOT_LO 1
 #define RANGE_HOT_HI 2
-bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot);
+/* part_of: the free range that [start, start + len) was carved from (its
+ * dirty bytes can only be where part_of's were), or NULL for a freed
+ * extent (dirty throughout) or memory that reads as zero. */
+bool range_insert(uintptr_t start, size_t len, uint64_t dirty_since, size_t dirty, unsigned hot,
+                  const FreeRange *part_of);
 void range_remove(FreeRange *r);
 /* r shrinks to [start, start + len) (inside it), with dirty of its
- * resident bytes and the age since (range_since_after). */
+ * resident bytes and the age since (range_since_after); its dirty bytes'
+ * bounds shrink with it. */
 void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty, uint64_t since);
 /* r's age (dirty_since) once an extent is carved from it that leaves
  * dirty_left of its resident bytes: the extent is taken to have had the
@@ -69,12 +76,27 @@ bool range_purge(FreeRange *r);
  * ranges_dirty_oldest(), then ->dirty_prev. */
 FreeRange *ranges_dirty(void);
 FreeRange *ranges_dirty_oldest(void);
-/* The resident bytes of a part of r: where they are is not known, so a
- * part is charged as much as it can hold (the caller takes them off r's
- * count before charging the next part). */
-static inline size_t range_part_dirty(const FreeRange *r, size_t part_len)
+/* The resident bytes of [start, end), a part of r: as many as r's dirty
+ * bounds hold there, no more than r has (the caller takes them off r's
+ * count before charging the next part).  Where the bounds are exact (r's
+ * count fills them: a freed extent, one merged with purged memory, what a
+ * carve leaves of those) so is the charge, and a range that a program
+ * keeps taking a block from and giving it back counts only what it gives
+ * back.  Charged as much as it could hold (until 2026-12-07), a part left
+ * by a carve kept the block's bytes, so every round added a block's worth
+ * of bytes that were not there, older and older, until decay purged
+ * memory the program was still using (a loop of 1 MiB blocks pausing
+ * 400 ms lost them every 1.2 s). */
+static inline size_t range_dirty_in(const FreeRange *r, uintptr_t start, uintptr_t end)
 {
-    return r->dirty < part_len ? r->dirty : part_len;
+    uintptr_t lo = r->dirty_lo > start ? r->dirty_lo : start, hi = r->dirty_hi < end ? r->dirty_hi : end;
+    size_t in = hi > lo ? hi - lo : 0, d = r->dirty;
+    return d < in ? d : in;
+}
+/* Are r's dirty bounds exact (every byte in them counted dirty)? */
+static inline bool range_dirty_exact(const FreeRange *r)
+{
+    return r->dirty && r->dirty == r->dirty_hi - r->dirty_lo; /* (none: never) */
 }
 
 #ifdef HAK_DEBUG

@@ -50,7 +50,8 @@
 #define PURGER_MIN_DIRTY     ((size_t)16 << 20)
 /* The decay time (extent.c) doubles up to DECAY_MAX_FACTOR times
  * HAKMEM_DECAY_MS while purged memory is taken back soon after, and halves
- * for each DECAY_CALM_FACTOR times the longest that passes without; the last
+ * for each DECAY_CALM_FACTOR times the longest that passes without, once
+ * decay has purged something since; the last
  * RECENT_PURGES ranges purged are remembered to tell. */
 #define DECAY_MAX_FACTOR     4
 #define DECAY_CALM_FACTOR    8

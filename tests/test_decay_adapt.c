@@ -20,10 +20,15 @@
  *              the first cycles find it purged and double the decay time
  *              to 160 ms, after which the pauses no longer purge it (old
  *              code: purged on every cycle);
+ *   steady     16 more cycles, past a calm period since the decay time
+ *              last changed: with nothing purged in that time it stays at
+ *              160 ms (old code: halved, so the next pause purged the
+ *              block again and the decay time had to double once more);
  *   calm       2.86 s with nothing taken back (two calm periods, while
- *              the purger sleeps with nothing to do), one more cycle:
- *              halved once for each period, back to 40 ms (old code: once
- *              in all, as the purger slept through the periods).
+ *              the purger sleeps once it has purged the block), one more
+ *              cycle: halved once for each period, back to 40 ms (old
+ *              code: once in all, as the purger slept through the
+ *              periods).
  * SPDX-License-Identifier: MIT */
 #include "testutil.h"
 
@@ -32,6 +37,7 @@
 #define TOUCHED (4 * MiB)
 #define GAP_MS 100
 #define CYCLES 12
+#define STEADY_CYCLES 16
 
 static void cycle(unsigned char fill)
 {
@@ -112,6 +118,24 @@ int main(int argc, char **argv)
     /* (one may still be purged if a sleep overran by 60 ms on a busy machine) */
     CHECK(late_purges <= 1, "the block was purged in %d of the last 6 pauses of %d ms, with "
           "a decay time of %llu ms", late_purges, GAP_MS, (unsigned long long)st.decay_ms);
+
+    /* steady */
+    uint64_t purged0_steady = tu_stats().bytes_purged, purged_steady = purged0_steady;
+    int steady_purges = 0;
+    for (int c = 0; c < STEADY_CYCLES; c++) {
+        cycle((unsigned char)(20 + c));
+        tu_sleep_ms(GAP_MS);
+        uint64_t now_purged = tu_stats().bytes_purged;
+        steady_purges += now_purged > purged_steady;
+        purged_steady = now_purged;
+    }
+    st = tu_stats();
+    CHECK(st.decay_ms == 4 * (uint64_t)base && st.decay_lengthened == 2,
+          "decay time %llu ms, lengthened %llu times, after %d more cycles that decay did "
+          "not purge (expected %ld ms, twice in all)", (unsigned long long)st.decay_ms,
+          (unsigned long long)st.decay_lengthened, STEADY_CYCLES, 4 * base);
+    CHECK(steady_purges <= 1, "the block was purged in %d of %d pauses of %d ms after the "
+          "decay time had lengthened to %ld ms", steady_purges, STEADY_CYCLES, GAP_MS, 4 * base);
 
     /* calm */
     tu_sleep_ms(2 * 8 * 4 * base + 300);
