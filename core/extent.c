@@ -186,7 +186,8 @@ static uint64_t decay_now(uint64_t now)
             FreeRange before = *r; /* range_purge clears its counts */
             if (range_purge(r)) {
                 purge_noted(&before, now);
-                decay_purged_since_change = true;
+                if (before.dirty) /* (a range counted clean, left by a carve */
+                    decay_purged_since_change = true; /* from its resident end) */
             }
         } else if (!next || r->dirty_since + decay < next) {
             next = r->dirty_since + decay;
@@ -287,7 +288,7 @@ static void *purger_main(void *unused)
         purger_idle = false;
         extent_unlock(); /* the large cache gives extents back through here */
         uint64_t large_due = large_cache_decay(false);
-        uint64_t fronts_due = heaps_large_decay(os_now_ms());
+        uint64_t fronts_due = heaps_decay(os_now_ms());
         if (fronts_due && (!large_due || fronts_due < large_due))
             large_due = fronts_due;
         extent_lock();
@@ -295,13 +296,13 @@ static void *purger_main(void *unused)
         if (large_due && (!next || large_due < next))
             next = large_due;
         if (!next) {
-            /* Nothing to wait for, unless the large cache or a thread's
-             * front got something since they were decayed: purger_request
-             * and purger_front_filled (after adding to them) and this
-             * check (after setting idle) cannot both miss. */
+            /* Nothing to wait for, unless the large cache, a thread's
+             * front or a heap's free slabs got something since they were
+             * decayed: purger_request and purger_notify (after adding to
+             * them) and this check (after setting idle) cannot both miss. */
             atomic_store(&purger_idle, true);
             atomic_thread_fence(memory_order_seq_cst);
-            if (!large_cache_central_bytes() && !heaps_large_held()) {
+            if (!large_cache_central_bytes() && !heaps_hold_decaying()) {
                 if (!purger_sleep(0))
                     break;
                 continue;
@@ -394,11 +395,12 @@ void purger_request(size_t cached)
     extent_unlock();
 }
 
-/* A front was empty and holds extents now: wake the purger if it sleeps
- * with nothing to wait for.  Rare (a front seldom empties), so the fence
- * that orders the front's bytes before the look at purger_idle costs
- * little. */
-void purger_front_filled(void)
+/* A large front was empty and holds extents now, or a heap had no free
+ * slab that may be resident and has one now: wake the purger if it sleeps
+ * with nothing to wait for.  Rare (a front seldom empties; a heap's free
+ * slabs are seldom all purged or taken), so the fence that orders the
+ * count before the look at purger_idle costs little. */
+void purger_notify(void)
 {
     atomic_thread_fence(memory_order_seq_cst);
     if (!atomic_load_explicit(&purger_idle, memory_order_relaxed) || fork_locks_held)
@@ -418,7 +420,7 @@ static void decay_without_purger(void)
     uint64_t now = os_now_ms(), last = atomic_load_explicit(&last_ms, memory_order_relaxed);
     if (now - last >= decay_period() && atomic_compare_exchange_strong(&last_ms, &last, now)) {
         large_cache_decay(false);
-        heaps_large_decay(now);
+        heaps_decay(now);
     }
 }
 

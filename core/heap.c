@@ -279,7 +279,7 @@ Heap *heap_acquire(ThreadFront *front, bool at_exit)
         heap_store_left -= HEAP_STRIDE;
         large_front_init(&h->large);
         h->all_next = all_heaps;
-        /* published whole: heaps_large_held walks the list without the lock */
+        /* published whole: heaps_hold_decaying walks the list without the lock */
         __atomic_store_n(&all_heaps, h, __ATOMIC_RELEASE);
         STAT_INC(heaps_created);
     }
@@ -388,10 +388,12 @@ static void heap_collect(Heap *h)
         }
         ss = next;
     }
+    lock_acquire(&h->slabs_lock);
     if (h->spare) {
-        superslab_to_extents(h->spare);
+        superslab_to_extents(h, h->spare);
         h->spare = NULL;
     }
+    lock_release(&h->slabs_lock);
     heap_validate(h, NULL);
 }
 
@@ -410,22 +412,6 @@ static void front_give_back(Heap *h, ThreadFront *front)
         partial_push(h, s);
         if (s->used == 0)
             span_release(h, superslab_of(s), s);
-    }
-}
-
-/* The free slabs of a heap's SuperSlabs may still hold pages the program
- * touched: give them back (malloc_trim only; they read as zero after). */
-static void superslabs_purge_free(Heap *h)
-{
-    for (SuperSlab *ss = h->superslabs; ss; ss = ss->next) {
-        uint32_t m = ss->free_mask;
-        while (m) {
-            unsigned first = (unsigned)__builtin_ctz(m), n = 0;
-            while (first + n < HAK_SLABS_PER_SS && (m >> (first + n)) & 1)
-                n++;
-            os_purge((char *)ss + ((size_t)first << HAK_SLAB_SHIFT), (size_t)n << HAK_SLAB_SHIFT);
-            m &= ~(uint32_t)(((1ull << n) - 1) << first);
-        }
     }
 }
 
@@ -479,7 +465,7 @@ void heap_trim(void)
     front_give_back(h, front);
     large_front_flush(&h->large);
     heap_collect(h);
-    superslabs_purge_free(h);
+    heap_purge_free_slabs(h);
     heap_validate(h, front);
 }
 
@@ -532,7 +518,7 @@ void heap_collect_abandoned(bool all)
         lock_release(&heaps_mutex);
         heap_collect(h);
         if (all)
-            superslabs_purge_free(h);
+            heap_purge_free_slabs(h);
         lock_acquire(&heaps_mutex);
         atomic_store(&h->state, HEAP_ABANDONED);
     }
@@ -541,15 +527,21 @@ void heap_collect_abandoned(bool all)
 
 /* Under the heap list's lock, which fork takes first: a fork never
  * happens while the purger holds a front. */
-uint64_t heaps_large_decay(uint64_t now)
+uint64_t heaps_decay(uint64_t now)
 {
     uint64_t next = 0;
     CachedExtent *idle = NULL;
     lock_acquire(&heaps_mutex);
     for (Heap *h = all_heaps; h; h = h->all_next) {
-        if (atomic_load_explicit(&h->state, memory_order_relaxed) != HEAP_ACTIVE)
-            continue; /* given up: its front was given back then */
-        uint64_t due = large_front_decay(&h->large, now, &idle);
+        int st = atomic_load_explicit(&h->state, memory_order_relaxed);
+        if (st == HEAP_ORPHAN)
+            continue; /* a fork child's: its thread is gone, maybe mid-update */
+        uint64_t due = heap_slabs_decay(h, now);
+        if (due && (!next || due < next))
+            next = due;
+        if (st != HEAP_ACTIVE)
+            continue; /* given up: its large front was given back then */
+        due = large_front_decay(&h->large, now, &idle);
         if (due && (!next || due < next))
             next = due;
     }
@@ -558,12 +550,14 @@ uint64_t heaps_large_decay(uint64_t now)
     return next;
 }
 
-bool heaps_large_held(void)
+bool heaps_hold_decaying(void)
 {
-    for (Heap *h = __atomic_load_n(&all_heaps, __ATOMIC_ACQUIRE); h; h = h->all_next)
-        if (atomic_load_explicit(&h->state, memory_order_relaxed) == HEAP_ACTIVE &&
-            large_front_held(&h->large))
+    for (Heap *h = __atomic_load_n(&all_heaps, __ATOMIC_ACQUIRE); h; h = h->all_next) {
+        int st = atomic_load_explicit(&h->state, memory_order_relaxed);
+        if ((st == HEAP_ACTIVE && large_front_held(&h->large)) ||
+            (st != HEAP_ORPHAN && atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed)))
             return true;
+    }
     return false;
 }
 

@@ -25,7 +25,15 @@ Block *span_take(Heap *h, SuperSlab *ss, Span *s, uint32_t *count);
 bool   span_put(Heap *h, SuperSlab *ss, Span *s, Block *b);
 bool   span_after_put(Heap *h, SuperSlab *ss, Span *s);
 bool   span_release(Heap *h, SuperSlab *ss, Span *s);
-void   superslab_to_extents(SuperSlab *ss);
+/* With h->slabs_lock held. */
+void   superslab_to_extents(Heap *h, SuperSlab *ss);
+/* The free slabs of h's SuperSlabs that may hold resident pages go back to
+ * the OS (malloc_trim, collecting an abandoned heap); returns the bytes. */
+size_t heap_purge_free_slabs(Heap *h);
+/* The purger (heaps_decay, under the heap list's lock): the same once h
+ * has released no span for a decay time, if its thread is not changing
+ * its slabs right now; returns when to look again (0: nothing to give). */
+uint64_t heap_slabs_decay(Heap *h, uint64_t now);
 
 /* free.c */
 void   front_flush(Heap *h, ThreadFront *front, unsigned cls, uint32_t keep);

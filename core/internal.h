@@ -46,16 +46,10 @@ static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
  * on that thread (they run before or after ours, in an order set by
  * registration), so for it taking and releasing a lock is a no-op. */
 extern HAK_HIDDEN __thread bool fork_locks_held __attribute__((tls_model("initial-exec")));
-/* A shared lock, with how often it was taken and how often a thread had to
- * wait for it (HAKMEM_STATS): written by the holder only.  Our own, not a
- * pthread mutex: taking and releasing it is one atomic each, inline (a
- * pthread mutex cost 58 instructions a pair through the PLT, 8% of the
- * large tier's on 1-9 MiB blocks), and a sleeper is woken by a futex.
- * state: 0 free, 1 held, 2 held and a thread may be asleep on it. */
-typedef struct Lock {
-    _Atomic uint32_t state;
-    uint64_t acquired, contended;
-} Lock;
+/* Lock (types.h) is our own, not a pthread mutex: taking and releasing it
+ * is one atomic each, inline (a pthread mutex cost 58 instructions a pair
+ * through the PLT, 8% of the large tier's on 1-9 MiB blocks), and a
+ * sleeper is woken by a futex. */
 #define LOCK_INIT { 0, 0, 0 }
 void lock_wait(Lock *l);     /* os.c: spin, then sleep until it is ours */
 void lock_wake(Lock *l);     /* os.c: wake one sleeper */
@@ -77,6 +71,32 @@ static inline void lock_release(Lock *l)
     if (likely(!fork_locks_held) &&
         unlikely(atomic_exchange_explicit(&l->state, 0, memory_order_release) == 2))
         lock_wake(l);
+}
+/* Take it only if it is free (the purger, which must never wait for a
+ * thread that may wait for it). */
+static inline bool lock_try(Lock *l)
+{
+    uint32_t free_state = 0;
+    if (!atomic_compare_exchange_strong_explicit(&l->state, &free_state, 1, memory_order_acquire,
+                                                 memory_order_relaxed))
+        return false;
+    l->acquired++;
+    return true;
+}
+/* The purger looks at a count (IdleWatch): 0 if it has not moved for a
+ * decay time, else when to look again.  (now may be older than the time
+ * it was first seen: the purger's stand-in runs in two threads at once,
+ * decay_without_purger.) */
+static inline uint64_t idle_watch(IdleWatch *w, unsigned count, uint64_t now, uint64_t decay)
+{
+    if (count != w->seen || !w->seen_ms) {
+        w->seen = count;
+        w->seen_ms = now;
+        return now + decay;
+    }
+    if (now < w->seen_ms || now - w->seen_ms < decay)
+        return w->seen_ms + decay;
+    return 0;
 }
 /* The fork child: the threads that held or waited for it are gone. */
 static inline void lock_reset(Lock *l) { atomic_store_explicit(&l->state, 0, memory_order_relaxed); }
@@ -179,11 +199,13 @@ void  span_free_remote(SuperSlab *ss, Span *s, Block *b);
 void  heap_thread_exit(void *unused);
 void  heap_collect_abandoned(bool all);
 /* The purger: give back the large fronts of running threads that stopped
- * using them (large_front_decay); returns when to look again (0: no front
- * holds anything).  heaps_large_held: does any front hold extents?  (no
- * lock taken: the purger asks it with the extents' lock held) */
-uint64_t heaps_large_decay(uint64_t now);
-bool  heaps_large_held(void);
+ * using them (large_front_decay) and the free slabs of heaps that stopped
+ * releasing spans (heap_slabs_decay); returns when to look again (0:
+ * nothing holds anything).  heaps_hold_decaying: does any front hold
+ * extents, or any heap free slabs that may be resident?  (no lock taken:
+ * the purger asks it with the extents' lock held) */
+uint64_t heaps_decay(uint64_t now);
+bool  heaps_hold_decaying(void);
 void  heaps_fork_prepare(void);
 void  heaps_fork_parent(void);
 void  heaps_fork_child(void);
@@ -478,7 +500,7 @@ static inline uint64_t decay_time(void)
 extern HAK_HIDDEN _Atomic bool purger_wanted;
 void  purger_start(void);
 void  purger_request(size_t cached); /* large_cache.c holds this much */
-void  purger_front_filled(void); /* a thread's large front was empty, holds some now */
+void  purger_notify(void); /* a large front or a heap's free slabs held nothing, hold some now */
 void  purger_threads_ended(void); /* no thread holds a heap now */
 void  purger_forgo(void);          /* never start it (heap.c) */
 bool  heaps_running(void);         /* does a thread hold a heap? (heap.c) */
@@ -556,7 +578,7 @@ void  *foreign_realloc(void *p, size_t size);
     X(os_mprotect) X(os_failures)                                            \
     X(superslabs_mapped) X(superslabs_reused)                                \
     X(heaps_created) X(heaps_adopted) X(heaps_taken_over)                    \
-    X(large_fronts_decayed) X(decay_lengthened)                              \
+    X(large_fronts_decayed) X(decay_lengthened) X(slab_bytes_purged)         \
     X(foreign_frees) X(invalid_frees)                                        \
     X(fallbacks) /* a faster way failed, a slower one served */
 typedef struct GlobalStats {
@@ -568,5 +590,6 @@ typedef struct GlobalStats {
 } GlobalStats;
 extern HAK_HIDDEN GlobalStats global_stats;
 #define STAT_INC(f) atomic_fetch_add_explicit(&global_stats.f, 1, memory_order_relaxed)
+#define STAT_ADD(f, n) atomic_fetch_add_explicit(&global_stats.f, (n), memory_order_relaxed)
 
 #endif /* HAK_INTERNAL_H */

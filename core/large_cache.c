@@ -426,7 +426,7 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     }
     front_unclaim(f);
     if (unlikely(was_empty))
-        purger_front_filled();
+        purger_notify();
     return true;
 }
 
@@ -458,19 +458,10 @@ uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle)
     uint64_t decay = decay_time();
     if (!front_claim(f, FRONT_PURGER))
         return now + decay;
-    uint64_t due = 0, since = f->seen_ms;
+    uint64_t since = f->idle.seen_ms;
+    uint64_t due = f->bytes ? idle_watch(&f->idle, f->uses, now, decay) : 0;
     CachedExtent *taken = NULL;
-    if (!f->bytes) {
-        /* nothing to give back */
-    } else if (f->uses != f->seen_uses || !f->seen_ms) {
-        f->seen_uses = f->uses;
-        f->seen_ms = now;
-        due = now + decay;
-    } else if (now < f->seen_ms || now - f->seen_ms < decay) {
-        /* (now may be older than seen_ms: the purger's stand-in, two
-         * threads, decay_without_purger) */
-        due = f->seen_ms + decay;
-    } else {
+    if (f->bytes && !due) {
         size_t bytes = 0;
         taken = front_take(f, 0, &bytes);
         f->misses = 0;

@@ -22,12 +22,12 @@ typedef struct FreeRange {
                             /* of freeing (see range_insert); 0 = purged   */
     uint64_t  oldest;       /* the earliest of those times (0 = purged)    */
     size_t    dirty;        /* bytes of it that may be resident (<= len)   */
+    uintptr_t dirty_lo, dirty_hi; /* its dirty bytes lie in [lo, hi) (none: */
+                            /* [UINTPTR_MAX, 0)): see range_dirty_in       */
     struct FreeRange *bin_next, *bin_prev;    /* its size bin              */
     struct FreeRange *dirty_next, *dirty_prev;/* all dirty ranges          */
     struct FreeRange *start_next, *end_next;  /* hash chains               */
     uint16_t  bin;          /* its bin: kind * NBINS + size bin (ranges.c) */
-    uintptr_t dirty_lo, dirty_hi; /* its dirty bytes lie in [lo, hi) (none: */
-                            /* [UINTPTR_MAX, 0)): see range_dirty_in       */
     uint8_t   hot;          /* RANGE_HOT_LO/_HI: its first/last page was in */
                             /* use when it became free (see range_find_fit) */
 } FreeRange;

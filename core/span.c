@@ -39,9 +39,70 @@ void partial_remove(Heap *h, Span *s)
     s->next = s->prev = NULL;
 }
 
-/* A SuperSlab nobody uses goes back to the extents. */
-void superslab_to_extents(SuperSlab *ss)
+/* ---- the free slabs' resident pages (Heap.slabs_lock held) ---- */
+static void slabs_dirty_add(Heap *h, int n)
 {
+    atomic_store_explicit(&h->slabs_dirty, atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+/* Purge the dirty free slabs of ss; returns the bytes purged. */
+static size_t superslab_purge_dirty(Heap *h, SuperSlab *ss)
+{
+    size_t bytes = 0;
+    uint32_t m = ss->dirty_mask;
+    while (m) {
+        unsigned first = (unsigned)__builtin_ctz(m), n = (unsigned)__builtin_ctz(~(m >> first));
+        if (first + n > HAK_SLABS_PER_SS)
+            n = HAK_SLABS_PER_SS - first;
+        if (!os_purge((char *)ss + ((size_t)first << HAK_SLAB_SHIFT), (size_t)n << HAK_SLAB_SHIFT))
+            break; /* (kept dirty: the next look tries again) */
+        uint32_t run = (uint32_t)(((1ull << n) - 1) << first);
+        ss->dirty_mask &= ~run;
+        slabs_dirty_add(h, -(int)n);
+        bytes += (size_t)n << HAK_SLAB_SHIFT;
+        m &= ~run;
+    }
+    STAT_ADD(slab_bytes_purged, bytes);
+    return bytes;
+}
+
+size_t heap_purge_free_slabs(Heap *h)
+{
+    lock_acquire(&h->slabs_lock);
+    size_t bytes = h->spare ? superslab_purge_dirty(h, h->spare) : 0;
+    for (SuperSlab *ss = h->superslabs; ss; ss = ss->next)
+        bytes += superslab_purge_dirty(h, ss);
+    lock_release(&h->slabs_lock);
+    return bytes;
+}
+
+uint64_t heap_slabs_decay(Heap *h, uint64_t now)
+{
+    uint64_t decay = decay_time();
+    if (!atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed))
+        return 0;
+    if (!lock_try(&h->slabs_lock))
+        return now + decay; /* its thread is taking or giving back a span */
+    uint64_t due = h->slabs_dirty ? idle_watch(&h->slabs_idle, h->span_releases, now, decay) : 0;
+    if (h->slabs_dirty && !due) {
+        if (h->spare)
+            superslab_purge_dirty(h, h->spare);
+        for (SuperSlab *ss = h->superslabs; ss; ss = ss->next)
+            superslab_purge_dirty(h, ss);
+        if (h->slabs_dirty) /* a purge failed: later */
+            due = now + decay;
+    }
+    lock_release(&h->slabs_lock);
+    return due;
+}
+
+/* A SuperSlab nobody uses goes back to the extents (its dirty slabs with it:
+ * the extents count the whole of it resident). */
+void superslab_to_extents(Heap *h, SuperSlab *ss)
+{
+    slabs_dirty_add(h, -__builtin_popcount(ss->dirty_mask));
+    ss->dirty_mask = 0;
     registry_set(ss, HAK_CHUNK_SIZE, CHUNK_EXTENT);
     extent_free(ss, HAK_CHUNK_SIZE); /* guarded whole, made accessible when reused */
 }
@@ -55,7 +116,7 @@ static void superslab_release(Heap *h, SuperSlab *ss)
         h->spare = ss; /* keep one, so a heap that breathes does not churn */
         return;
     }
-    superslab_to_extents(ss);
+    superslab_to_extents(h, ss);
 }
 
 static void superslab_link_head(Heap *h, SuperSlab *ss)
@@ -69,10 +130,8 @@ static void superslab_link_head(Heap *h, SuperSlab *ss)
 
 /* An empty span goes back to its SuperSlab; an empty SuperSlab to the heap's
  * spare slot or the extent cache.  Returns true if the SuperSlab went too. */
-bool span_release(Heap *h, SuperSlab *ss, Span *s)
+static bool span_release_locked(Heap *h, SuperSlab *ss, Span *s)
 {
-    HAK_ASSERT(s->used == 0 && s->state != SPAN_CURRENT && ss->owner == h);
-    span_validate(ss, s);
     if (s->state == SPAN_PARTIAL)
         partial_remove(h, s);
     unsigned idx = (unsigned)(s - ss->spans);
@@ -81,6 +140,8 @@ bool span_release(Heap *h, SuperSlab *ss, Span *s)
     memset(&ss->page_cls[(size_t)idx << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)], HAK_NO_CLASS,
            (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
     os_guard(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
+    ss->dirty_mask |= bits;
+    slabs_dirty_add(h, s->nslabs);
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -98,20 +159,39 @@ bool span_release(Heap *h, SuperSlab *ss, Span *s)
     return false;
 }
 
+bool span_release(Heap *h, SuperSlab *ss, Span *s)
+{
+    HAK_ASSERT(s->used == 0 && s->state != SPAN_CURRENT && ss->owner == h);
+    span_validate(ss, s);
+    lock_acquire(&h->slabs_lock);
+    bool had_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
+    bool gone = span_release_locked(h, ss, s);
+    h->span_releases++;
+    bool has_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
+    lock_release(&h->slabs_lock);
+    if (!had_dirty && has_dirty) /* the purger may sleep with nothing to do */
+        purger_notify();
+    return gone;
+}
+
 /* Guard pages (hardened build): everything of a SuperSlab but its header
  * page and the spans in use is PROT_NONE, so that a run off the end of a
  * span, or off the header, faults (os_guard); a failure to make a span
  * accessible again fails the span (span_new). */
+/* With slabs_lock held, which it lets go of while it maps one (collecting
+ * abandoned heaps takes their locks and the heap list's). */
 static SuperSlab *superslab_get(Heap *h)
 {
     SuperSlab *ss = h->spare;
     if (ss) {
         h->spare = NULL;
     } else {
+        lock_release(&h->slabs_lock);
         if (__atomic_load_n(&abandoned_heaps, __ATOMIC_RELAXED))
             heap_collect_abandoned(false);
         bool zeroed;
         ss = extent_alloc(HAK_CHUNK_SIZE, HAK_CHUNK_SIZE, 0, &zeroed);
+        lock_acquire(&h->slabs_lock);
         if (!ss)
             return NULL;
         if (zeroed) STAT_INC(superslabs_mapped); else STAT_INC(superslabs_reused);
@@ -128,6 +208,10 @@ static SuperSlab *superslab_get(Heap *h)
         _Static_assert(sizeof(SuperSlab) <= HAK_PAGE_SIZE, "the header fits its guarded page");
         os_guard((char *)ss + meta, HAK_CHUNK_SIZE - meta);
         registry_set(ss, HAK_CHUNK_SIZE, CHUNK_SUPERSLAB);
+        if (!zeroed) { /* extents that were in use: their pages may be resident */
+            ss->dirty_mask = FULL_MASK & ~1u;
+            slabs_dirty_add(h, HAK_SLABS_PER_SS - 1);
+        }
     }
     superslab_link_head(h, ss);
     h->superslabs_live++;
@@ -154,19 +238,27 @@ Span *span_new(Heap *h, unsigned cls)
     unsigned k = size_classes[cls].nslabs;
     SuperSlab *ss;
     int idx = -1;
+    lock_acquire(&h->slabs_lock);
     for (ss = h->superslabs; ss && ss->free_mask; ss = ss->next)
         if ((idx = find_run(ss->free_mask, k)) >= 0)
             break;
     if (idx < 0) {
-        if (!(ss = superslab_get(h)))
+        if (!(ss = superslab_get(h))) {
+            lock_release(&h->slabs_lock);
             return NULL;
+        }
         idx = find_run(ss->free_mask, k);
     }
     /* the span's pages but its last (a guard) become accessible */
     if (HAK_GUARD_SIZE && !os_protect((char *)ss + ((size_t)idx << HAK_SLAB_SHIFT),
-                                      ((size_t)k << HAK_SLAB_SHIFT) - HAK_GUARD_SIZE, true))
+                                      ((size_t)k << HAK_SLAB_SHIFT) - HAK_GUARD_SIZE, true)) {
+        lock_release(&h->slabs_lock);
         return NULL;
-    ss->free_mask &= ~(uint32_t)(((1ull << k) - 1) << idx);
+    }
+    uint32_t bits = (uint32_t)(((1ull << k) - 1) << idx);
+    ss->free_mask &= ~bits;
+    slabs_dirty_add(h, -__builtin_popcount(ss->dirty_mask & bits));
+    ss->dirty_mask &= ~bits;
     for (unsigned i = 0; i < k; i++) /* page_cls is set as pages are carved */
         ss->span_head[idx + i] = (uint8_t)idx;
     if (ss->free_mask == 0 && ss->next) {
@@ -179,6 +271,7 @@ Span *span_new(Heap *h, unsigned cls)
         ss->prev = last;
         ss->next = NULL;
     }
+    lock_release(&h->slabs_lock);
     Span *s = &ss->spans[idx];
     memset(s, 0, sizeof *s);
     const ClassInfo *ci = &size_classes[cls];

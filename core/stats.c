@@ -82,9 +82,10 @@ HAK_API void hak_stats_print(void)
          (unsigned long long)st.large_fronts_decayed);
     LINE("  cross-thread frees %llu, thread-front refills %llu\n",
          (unsigned long long)st.remote_frees, (unsigned long long)st.slab_refills);
-    LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu reused from the cache\n",
+    LINE("  superslabs: %llu live, %llu carved from fresh memory, %llu reused from the cache;"
+         " free slabs %.2f MiB not yet purged, %.2f MiB purged\n",
          (unsigned long long)st.superslabs_live, (unsigned long long)st.superslabs_mapped,
-         (unsigned long long)st.superslabs_reused);
+         (unsigned long long)st.superslabs_reused, mib(st.slab_bytes_dirty), mib(st.slab_bytes_purged));
     LINE("  memory: %.2f MiB reserved, %.2f MiB cached free (%.2f MiB not yet purged), %.2f MiB purged;"
          " decay %llu ms (lengthened %llu times)\n",
          mib(st.bytes_mapped), mib(st.bytes_cached), mib(st.bytes_dirty), mib(st.bytes_purged),
@@ -201,6 +202,8 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
             ss = __atomic_load_n(&ss->next, __ATOMIC_RELAXED);
         }
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
+        st->slab_bytes_dirty += (uint64_t)atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed)
+                                << HAK_SLAB_SHIFT;
         st->tiny_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[0], __ATOMIC_RELAXED);
         st->tiny_span_peak += (uint64_t)__atomic_load_n(&h->span_peak[0], __ATOMIC_RELAXED);
         st->mid_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[1], __ATOMIC_RELAXED);

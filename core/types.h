@@ -84,6 +84,14 @@
  * front_free_slow) before anything is written. */
 typedef struct Block { uintptr_t next_enc; uintptr_t free_mark; } Block;
 
+/* A lock (internal.h), with how often it was taken and how often a thread
+ * had to wait for it (HAKMEM_STATS): written by the holder only.
+ * state: 0 free, 1 held, 2 held and a thread may be asleep on it. */
+typedef struct Lock {
+    _Atomic uint32_t state;
+    uint64_t acquired, contended;
+} Lock;
+
 /* Where a span currently is, from its owner's point of view. */
 enum span_state {
     SPAN_CURRENT = 1,  /* front.cur[cls]: the span whose fresh blocks are carved */
@@ -125,7 +133,8 @@ typedef struct SuperSlab {
     struct Heap *owner;                 /* never NULL while in use          */
     uint8_t   span_head[HAK_SLABS_PER_SS]; /* slab index -> span's first slab */
     uint32_t  free_mask;                /* bit i: slab i is unused           */
-    uint32_t  _pad;
+    uint32_t  dirty_mask;               /* unused slabs whose pages may be   */
+                                        /* resident (Heap.slabs_lock)        */
     struct SuperSlab *next, *prev;      /* heap->superslabs                  */
     /* 4 KiB page -> class of the blocks that start in it, or HAK_NO_CLASS:
      * the header, free slabs and pages not carved yet (see span_carve). */
@@ -141,6 +150,14 @@ typedef struct CachedExtent {
     size_t   len;        /* bytes of the extent */
     uint64_t freed_ms;   /* when it reached the central cache */
 } CachedExtent;
+
+/* The purger's watch on a count its owner moves with every use (a large
+ * front's claims, a heap's released spans): the count it last saw, and
+ * when it first saw it (idle_watch, internal.h). */
+typedef struct IdleWatch {
+    unsigned seen;
+    uint64_t seen_ms;
+} IdleWatch;
 
 /* Large size classes: every page count below 32 pages, then eight per
  * power of two up to 4 MiB (bigger extents are not cached). */
@@ -163,8 +180,7 @@ typedef struct LargeFront {
                              /* handed out (large_cache.c)                 */
     _Atomic uint32_t claim;  /* enum front_claim: who is using it          */
     unsigned uses;           /* times its thread claimed it                */
-    unsigned seen_uses;      /* the purger's: uses when it last looked,    */
-    uint64_t seen_ms;        /* and the time it first saw that count       */
+    IdleWatch idle;          /* the purger's, on uses                      */
     /* Statistics of the heap's threads, summed over heaps when read. */
     uint64_t allocs, frees;
     int64_t  bytes_out;      /* extent bytes allocated less freed          */
@@ -201,6 +217,18 @@ typedef struct Heap {
     uint64_t  checks_due;               /* refills to its next heap_validate */
 #endif
     int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see span.c        */
+    /* The unused slabs of its SuperSlabs (and of its spare) that may hold
+     * resident pages (SuperSlab.dirty_mask): the purger gives them back
+     * once the heap has released no span for a decay time, while its
+     * thread may be running (heap_slabs_decay).  Whoever changes which
+     * slabs are free (span_new, span_release, the spare) or walks the
+     * SuperSlab list to purge holds slabs_lock; the purger only ever tries
+     * it. */
+    Lock      slabs_lock;
+    _Atomic uint32_t slabs_dirty;       /* slabs in the dirty masks (read    */
+                                        /* without the lock)                 */
+    unsigned  span_releases;            /* spans released, ever              */
+    IdleWatch slabs_idle;               /* the purger's, on span_releases    */
     LargeFront large;
     ZeroChunk *zero;                    /* its malloc(0) blocks' chunks      */
 } Heap;

@@ -78,15 +78,21 @@ void heap_validate(Heap *h, const ThreadFront *front)
     }
     uint64_t live = 0;
     const SuperSlab *prev = NULL;
+    lock_acquire(&h->slabs_lock); /* the purger purges free slabs meanwhile */
+    unsigned dirty = h->spare ? (unsigned)__builtin_popcount(h->spare->dirty_mask) : 0;
     for (SuperSlab *ss = h->superslabs; ss; prev = ss, ss = ss->next, live++) {
         VALID(ss->prev == prev && ss->owner == h && registry_kind(ss) == CHUNK_SUPERSLAB);
         VALID(!(ss->free_mask & 1)); /* slab 0 is the header */
+        VALID(!(ss->dirty_mask & ~ss->free_mask)); /* only free slabs are counted dirty */
+        dirty += (unsigned)__builtin_popcount(ss->dirty_mask);
         for (unsigned i = 1; i < HAK_SLABS_PER_SS; i++) {
             Span *s = &ss->spans[i];
             if (!(ss->free_mask >> i & 1) && ss->span_head[i] == i)
                 span_validate(ss, s);
         }
     }
+    VALID(dirty == atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed));
+    lock_release(&h->slabs_lock);
     VALID(live == h->superslabs_live);
 }
 #endif

@@ -116,6 +116,10 @@ struct hak_stats {
                                      or longer: docs/OPTIONS.md) */
     uint64_t decay_lengthened;    /* times it doubled: memory purged by decay
                                      was taken back soon after */
+    uint64_t slab_bytes_dirty;    /* unused slabs inside SuperSlabs in use
+                                     that may hold resident pages */
+    uint64_t slab_bytes_purged;   /* bytes of such slabs given back (by decay
+                                     or malloc_trim) */
 };
 void hak_stats_get(struct hak_stats *out);
 /* Print the report of HAKMEM_STATS=1 to stderr. */

@@ -47,7 +47,7 @@ static void cycle(unsigned char fill)
         return;
     memset(p, fill, TOUCHED);
     p[BLOCK - 1] = fill;
-    free(p);
+    free(tu_launder(p)); /* (the writes are kept) */
 }
 
 int main(int argc, char **argv)
@@ -63,7 +63,7 @@ int main(int argc, char **argv)
     CHECK(x != NULL, "malloc(8 MiB) failed");
     if (x)
         memset(x, 7, 8 * MiB);
-    free(x);
+    free(tu_launder(x));
     tu_sleep_ms(100);
     unsigned char *kept[5];
     for (int i = 0; i < 5; i++) {
@@ -79,7 +79,7 @@ int main(int argc, char **argv)
           "of memory never used before", (unsigned long long)st.decay_lengthened,
           (unsigned long long)st.decay_ms);
     for (int i = 0; i < 5; i++)
-        free(kept[i]);
+        free(tu_launder(kept[i]));
     tu_sleep_ms(300); /* their purges are out of the window too */
 
     /* for good */

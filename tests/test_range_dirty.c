@@ -29,7 +29,7 @@ int main(int argc, char **argv)
     /* everything else this process holds, first (stdio's buffer, the
      * first SuperSlab) */
     printf("%s: %d rounds of a %zu MiB block\n", argv[0], ROUNDS, (size_t)BLOCK >> 20);
-    free(malloc(64));
+    free(tu_launder(malloc(64)));
     uint64_t base = tu_stats().bytes_dirty;
     for (int r = 0; r < ROUNDS; r++) {
         unsigned char *p = malloc(BLOCK);
@@ -37,7 +37,7 @@ int main(int argc, char **argv)
         if (!p)
             break;
         memset(p, r + 1, BLOCK);
-        free(p);
+        free(tu_launder(p)); /* (the writes are kept) */
         uint64_t dirty = tu_stats().bytes_dirty - base;
         /* the block's extent is its size and a page or two of header */
         CHECK(dirty >= BLOCK && dirty <= BLOCK + 1 * MiB,
