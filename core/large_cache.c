@@ -345,7 +345,7 @@ static inline LargeFront *front_enter(LargeFront *f)
  * slab tiers.  A program that frees and mallocs one size in a loop then
  * takes turns between two extents, which costs one more extent per class
  * it does so with, and no lock once both are made. */
-static char *front_get(LargeFront *f, size_t len, size_t *got)
+static __attribute__((noinline)) char *front_get(LargeFront *f, size_t len, size_t *got)
 {
     unsigned c = class_up(len >> HAK_PAGE_SHIFT);
     /* the extent freed last is passed over by this malloc only: the next
@@ -380,25 +380,59 @@ static char *front_get(LargeFront *f, size_t len, size_t *got)
     return NULL;
 }
 
+/* Too big to cache: a miss, which gives back what the front holds.  An
+ * empty front stays empty meanwhile (only its thread fills it), so it is
+ * not claimed for nothing (half of the mallocs of 1-9 MiB). */
+static __attribute__((noinline)) char *too_big_to_cache(LargeFront *f, size_t len)
+{
+    if (f && __atomic_load_n(&f->bytes, __ATOMIC_RELAXED) && (f = front_enter(f))) {
+        front_missed(f, len);
+        front_unclaim(f);
+    }
+    return NULL;
+}
+
+/* The front's own class holds an extent that is not the one freed last:
+ * taken here, with no call and no register saved (most large mallocs of a
+ * steady program); everything else in front_get. */
 char *large_cache_get(LargeFront *f, size_t *got)
 {
     size_t len = *got;
-    if (len >> HAK_PAGE_SHIFT > MAX_PAGES) {
-        /* Too big to cache: a miss, which gives back what the front holds.
-         * An empty front stays empty meanwhile (only its thread fills
-         * it), so it is not claimed for nothing (half of the mallocs of
-         * 1-9 MiB). */
-        if (f && __atomic_load_n(&f->bytes, __ATOMIC_RELAXED) && (f = front_enter(f))) {
-            front_missed(f, len);
-            front_unclaim(f);
-        }
-        return NULL;
-    }
+    if (len >> HAK_PAGE_SHIFT > MAX_PAGES)
+        return too_big_to_cache(f, len);
     f = front_enter(f);
+    if (likely(f)) {
+        unsigned c = class_up(len >> HAK_PAGE_SHIFT);
+        CachedExtent *e = f->bin[c];
+        if (likely(e && ext_of(e) != f->last_put)) {
+            f->bin[c] = e->next;
+            f->bytes -= e->len;
+            f->misses = 0;
+            f->last_put = NULL;
+            *got = e->len;
+            front_unclaim(f);
+            return ext_of(e);
+        }
+    }
     char *ext = front_get(f, len, got);
     if (f)
         front_unclaim(f);
     return ext;
+}
+
+/* What a put into a front rarely does, out of line (the put then saves
+ * no register): past the cap, the biggest go, down to half; a front that
+ * was empty wakes a purger that sleeps with nothing to do.  Unclaims f. */
+static __attribute__((noinline)) void front_put_overflow(LargeFront *f, bool was_empty)
+{
+    if (f->bytes > f->cap) {
+        size_t bytes = 0;
+        CachedExtent *list = front_take(f, f->cap / 2, &bytes);
+        central_put(f, list, bytes);
+    }
+    front_unclaim(f);
+    if (was_empty)
+        purger_notify();
 }
 
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
@@ -419,14 +453,11 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
     f->bin[c] = e;
     f->bytes += len;
     f->last_put = ext;
-    if (unlikely(f->bytes > f->cap)) { /* the biggest go, down to half */
-        size_t bytes = 0;
-        CachedExtent *list = front_take(f, f->cap / 2, &bytes);
-        central_put(f, list, bytes);
+    if (unlikely(f->bytes > f->cap || was_empty)) {
+        front_put_overflow(f, was_empty);
+        return true;
     }
     front_unclaim(f);
-    if (unlikely(was_empty))
-        purger_notify();
     return true;
 }
 
