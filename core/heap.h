@@ -30,9 +30,10 @@ void   superslab_to_extents(Heap *h, SuperSlab *ss);
 /* The free slabs of h's SuperSlabs that may hold resident pages go back to
  * the OS (malloc_trim, collecting an abandoned heap); returns the bytes. */
 size_t heap_purge_free_slabs(Heap *h);
-/* The purger (heaps_decay, under the heap list's lock): the same once h
- * has released no span for a decay time, if its thread is not changing
- * its slabs right now; returns when to look again (0: nothing to give). */
+/* The purger (heaps_decay, under the heap list's lock): the same for each
+ * SuperSlab of h that released no span for a decay time, if h's thread is
+ * not changing its slabs right now, at most SLABS_PURGE_MAX slabs a look;
+ * returns when to look again (0: nothing to give). */
 uint64_t heap_slabs_decay(Heap *h, uint64_t now);
 
 /* free.c */

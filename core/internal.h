@@ -529,9 +529,53 @@ static inline LargeFront *heap_large_front(void)
 }
 void   large_front_init(LargeFront *f);
 void   large_fronts_share(unsigned running); /* heaps running now (heap.c) */
+/* Large classes (types.h): every page count below LARGE_EXACT_PAGES, then
+ * eight per power of two; the largest class, LARGE_MAX_PAGES (4 MiB). */
+#define LARGE_EXACT_PAGES 32
+#define LARGE_MAX_PAGES   ((size_t)1 << 10)
+static inline unsigned large_class_down(size_t pages) /* the largest class within pages */
+{
+    if (pages < LARGE_EXACT_PAGES)
+        return (unsigned)pages;
+    unsigned lg = 63 - (unsigned)__builtin_clzl(pages);
+    return LARGE_EXACT_PAGES + (lg - 5) * 8 + (unsigned)((pages >> (lg - 3)) - 8);
+}
+/* The smallest class of at least pages (>= 1): the one after the largest
+ * class below pages. */
+static inline unsigned large_class_up(size_t pages) { return large_class_down(pages - 1) + 1; }
+/* The link of a cached extent, in its LargeHeader's padding. */
+#define LARGE_LINK_OFFSET offsetof(LargeHeader, _pad)
+
 /* An extent of at least *len bytes: *len is then its length; NULL on a
- * miss, *len then the length to make (a class size, to be cached again). */
-char  *large_cache_get(LargeFront *f, size_t *len);
+ * miss, *len then the length to make (a class size, to be cached again).
+ * Inline, the common case, so that large_alloc makes no call and saves no
+ * register for it: the front's own class holds an extent that is not the
+ * one freed last (large_cache.c, LargeFront.last_put); the rest of the
+ * lookup is large_cache_get_slow's. */
+char  *large_cache_get_slow(LargeFront *f, size_t *len);
+char  *large_cache_get_claimed(LargeFront *f, size_t *len); /* unclaims f */
+static inline char *large_cache_get(LargeFront *f, size_t *len)
+{
+    size_t pages = *len >> HAK_PAGE_SHIFT;
+    uint32_t free_ = FRONT_FREE;
+    if (unlikely(!f || pages > LARGE_MAX_PAGES ||
+                 !atomic_compare_exchange_strong_explicit(&f->claim, &free_, FRONT_OWNER,
+                                                          memory_order_acquire, memory_order_relaxed)))
+        return large_cache_get_slow(f, len);
+    f->uses++;
+    unsigned c = large_class_up(pages);
+    CachedExtent *e = f->bin[c];
+    if (unlikely(!e || (char *)e - LARGE_LINK_OFFSET == f->last_put))
+        return large_cache_get_claimed(f, len);
+    char *ext = (char *)e - LARGE_LINK_OFFSET;
+    f->bin[c] = e->next;
+    f->bytes -= e->len;
+    f->misses = 0;
+    f->last_put = NULL;
+    *len = e->len;
+    atomic_store_explicit(&f->claim, FRONT_FREE, memory_order_release);
+    return ext;
+}
 bool   large_cache_put(LargeFront *f, char *ext, size_t len);   /* false: too big */
 void   large_front_flush(LargeFront *f);        /* back to the extents */
 uint64_t large_front_decay(LargeFront *f, uint64_t now, CachedExtent **idle); /* the purger's */

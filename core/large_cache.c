@@ -30,8 +30,8 @@
 
 #include <string.h>
 
-#define EXACT_PAGES  32
-#define LINK_OFFSET  offsetof(LargeHeader, _pad)
+#define EXACT_PAGES  LARGE_EXACT_PAGES
+#define LINK_OFFSET  LARGE_LINK_OFFSET
 #define RELAXED      memory_order_relaxed
 _Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= offsetof(LargeHeader, extent),
                "the link fits in the header's padding");
@@ -55,17 +55,8 @@ static _Atomic uint64_t heapless_allocs, heapless_frees;
 static _Atomic int64_t  heapless_bytes_out;
 
 /* ---- classes ---- */
-static unsigned class_down(size_t pages)
-{
-    if (pages < EXACT_PAGES)
-        return (unsigned)pages;
-    unsigned lg = 63 - (unsigned)__builtin_clzl(pages);
-    return EXACT_PAGES + (lg - 5) * 8 + (unsigned)((pages >> (lg - 3)) - 8);
-}
-
-/* The smallest class of at least pages (>= 1): the one after the largest
- * class below pages. */
-static unsigned class_up(size_t pages) { return class_down(pages - 1) + 1; }
+#define class_down large_class_down
+#define class_up   large_class_up
 
 static size_t class_pages(unsigned c)
 {
@@ -75,7 +66,9 @@ static size_t class_pages(unsigned c)
     return (size_t)(8 + k % 8) << (k / 8 + 2);
 }
 
-#define MAX_PAGES class_pages(HAK_LARGE_NCLASS - 1)
+#define MAX_PAGES LARGE_MAX_PAGES
+_Static_assert(HAK_LARGE_NCLASS == EXACT_PAGES + (10 - 5) * 8 + 1 && (8 << (5 + 2)) == LARGE_MAX_PAGES,
+               "LARGE_MAX_PAGES is the largest class");
 
 static inline CachedExtent *link_of(char *ext) { return (CachedExtent *)(ext + LINK_OFFSET); }
 static inline char *ext_of(CachedExtent *c) { return (char *)c - LINK_OFFSET; }
@@ -345,7 +338,7 @@ static inline LargeFront *front_enter(LargeFront *f)
  * slab tiers.  A program that frees and mallocs one size in a loop then
  * takes turns between two extents, which costs one more extent per class
  * it does so with, and no lock once both are made. */
-static __attribute__((noinline)) char *front_get(LargeFront *f, size_t len, size_t *got)
+static char *front_get(LargeFront *f, size_t len, size_t *got)
 {
     unsigned c = class_up(len >> HAK_PAGE_SHIFT);
     /* the extent freed last is passed over by this malloc only: the next
@@ -383,7 +376,7 @@ static __attribute__((noinline)) char *front_get(LargeFront *f, size_t len, size
 /* Too big to cache: a miss, which gives back what the front holds.  An
  * empty front stays empty meanwhile (only its thread fills it), so it is
  * not claimed for nothing (half of the mallocs of 1-9 MiB). */
-static __attribute__((noinline)) char *too_big_to_cache(LargeFront *f, size_t len)
+static char *too_big_to_cache(LargeFront *f, size_t len)
 {
     if (f && __atomic_load_n(&f->bytes, __ATOMIC_RELAXED) && (f = front_enter(f))) {
         front_missed(f, len);
@@ -392,31 +385,26 @@ static __attribute__((noinline)) char *too_big_to_cache(LargeFront *f, size_t le
     return NULL;
 }
 
-/* The front's own class holds an extent that is not the one freed last:
- * taken here, with no call and no register saved (most large mallocs of a
- * steady program); everything else in front_get. */
-char *large_cache_get(LargeFront *f, size_t *got)
+/* The rest of large_cache_get (internal.h): a block too big to cache, a
+ * front its thread could not claim (the purger holds it) or that has no
+ * front (a thread past its exit destructors); then another class, the
+ * central cache, a miss. */
+char *large_cache_get_slow(LargeFront *f, size_t *got)
 {
     size_t len = *got;
     if (len >> HAK_PAGE_SHIFT > MAX_PAGES)
         return too_big_to_cache(f, len);
     f = front_enter(f);
-    if (likely(f)) {
-        unsigned c = class_up(len >> HAK_PAGE_SHIFT);
-        CachedExtent *e = f->bin[c];
-        if (likely(e && ext_of(e) != f->last_put)) {
-            f->bin[c] = e->next;
-            f->bytes -= e->len;
-            f->misses = 0;
-            f->last_put = NULL;
-            *got = e->len;
-            front_unclaim(f);
-            return ext_of(e);
-        }
-    }
     char *ext = front_get(f, len, got);
     if (f)
         front_unclaim(f);
+    return ext;
+}
+
+char *large_cache_get_claimed(LargeFront *f, size_t *got)
+{
+    char *ext = front_get(f, *got, got);
+    front_unclaim(f);
     return ext;
 }
 

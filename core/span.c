@@ -46,21 +46,25 @@ static void slabs_dirty_add(Heap *h, int n)
                           memory_order_relaxed);
 }
 
-/* Purge the dirty free slabs of ss; returns the bytes purged. */
-static size_t superslab_purge_dirty(Heap *h, SuperSlab *ss)
+/* Purge the dirty free slabs of ss, at most *budget of them (taken off
+ * it); returns the bytes purged. */
+static size_t superslab_purge_dirty(Heap *h, SuperSlab *ss, unsigned *budget)
 {
     size_t bytes = 0;
     uint32_t m = ss->dirty_mask;
-    while (m) {
+    while (m && *budget) {
         unsigned first = (unsigned)__builtin_ctz(m), n = (unsigned)__builtin_ctz(~(m >> first));
         if (first + n > HAK_SLABS_PER_SS)
             n = HAK_SLABS_PER_SS - first;
+        if (n > *budget)
+            n = *budget;
         if (!os_purge((char *)ss + ((size_t)first << HAK_SLAB_SHIFT), (size_t)n << HAK_SLAB_SHIFT))
             break; /* (kept dirty: the next look tries again) */
         uint32_t run = (uint32_t)(((1ull << n) - 1) << first);
         ss->dirty_mask &= ~run;
         slabs_dirty_add(h, -(int)n);
         bytes += (size_t)n << HAK_SLAB_SHIFT;
+        *budget -= n;
         m &= ~run;
     }
     STAT_ADD(slab_bytes_purged, bytes);
@@ -69,12 +73,24 @@ static size_t superslab_purge_dirty(Heap *h, SuperSlab *ss)
 
 size_t heap_purge_free_slabs(Heap *h)
 {
+    unsigned all = UINT32_MAX;
     lock_acquire(&h->slabs_lock);
-    size_t bytes = h->spare ? superslab_purge_dirty(h, h->spare) : 0;
+    size_t bytes = h->spare ? superslab_purge_dirty(h, h->spare, &all) : 0;
     for (SuperSlab *ss = h->superslabs; ss; ss = ss->next)
-        bytes += superslab_purge_dirty(h, ss);
+        bytes += superslab_purge_dirty(h, ss, &all);
     lock_release(&h->slabs_lock);
     return bytes;
+}
+
+/* One SuperSlab's look: when it is due again (0: nothing dirty left). */
+static uint64_t superslab_slabs_decay(Heap *h, SuperSlab *ss, uint64_t now, uint64_t decay, unsigned *budget)
+{
+    if (!ss->dirty_mask)
+        return 0;
+    uint64_t due = idle_watch(&ss->slabs_idle, ss->span_releases, now, decay);
+    if (!due)
+        superslab_purge_dirty(h, ss, budget);
+    return ss->dirty_mask && !due ? now + 1 : due; /* (over budget, or failed: soon) */
 }
 
 uint64_t heap_slabs_decay(Heap *h, uint64_t now)
@@ -84,17 +100,16 @@ uint64_t heap_slabs_decay(Heap *h, uint64_t now)
         return 0;
     if (!lock_try(&h->slabs_lock))
         return now + decay; /* its thread is taking or giving back a span */
-    uint64_t due = h->slabs_dirty ? idle_watch(&h->slabs_idle, h->span_releases, now, decay) : 0;
-    if (h->slabs_dirty && !due) {
-        if (h->spare)
-            superslab_purge_dirty(h, h->spare);
-        for (SuperSlab *ss = h->superslabs; ss; ss = ss->next)
-            superslab_purge_dirty(h, ss);
-        if (h->slabs_dirty) /* a purge failed: later */
-            due = now + decay;
+    /* A bounded pass: the heap's thread may be waiting for the lock. */
+    unsigned budget = SLABS_PURGE_MAX;
+    uint64_t next = h->spare ? superslab_slabs_decay(h, h->spare, now, decay, &budget) : 0;
+    for (SuperSlab *ss = h->superslabs; ss; ss = ss->next) {
+        uint64_t due = superslab_slabs_decay(h, ss, now, decay, &budget);
+        if (due && (!next || due < next))
+            next = due;
     }
     lock_release(&h->slabs_lock);
-    return due;
+    return next;
 }
 
 /* A SuperSlab nobody uses goes back to the extents (its dirty slabs with it:
@@ -140,8 +155,13 @@ static bool span_release_locked(Heap *h, SuperSlab *ss, Span *s)
     memset(&ss->page_cls[(size_t)idx << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)], HAK_NO_CLASS,
            (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
     os_guard(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
-    ss->dirty_mask |= bits;
-    slabs_dirty_add(h, s->nslabs);
+    ss->span_releases++;
+    if (options.decay_ms) { /* (0: at once, on the free that empties it) */
+        ss->dirty_mask |= bits;
+        slabs_dirty_add(h, s->nslabs);
+    } else {
+        os_purge(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
+    }
     s->nslabs = 0;
     s->state = 0;
     bool was_full = ss->free_mask == 0;
@@ -166,7 +186,6 @@ bool span_release(Heap *h, SuperSlab *ss, Span *s)
     lock_acquire(&h->slabs_lock);
     bool had_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
     bool gone = span_release_locked(h, ss, s);
-    h->span_releases++;
     bool has_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
     lock_release(&h->slabs_lock);
     if (!had_dirty && has_dirty) /* the purger may sleep with nothing to do */
@@ -239,6 +258,7 @@ Span *span_new(Heap *h, unsigned cls)
     SuperSlab *ss;
     int idx = -1;
     lock_acquire(&h->slabs_lock);
+    bool had_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
     for (ss = h->superslabs; ss && ss->free_mask; ss = ss->next)
         if ((idx = find_run(ss->free_mask, k)) >= 0)
             break;
@@ -271,7 +291,10 @@ Span *span_new(Heap *h, unsigned cls)
         ss->prev = last;
         ss->next = NULL;
     }
+    bool has_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
     lock_release(&h->slabs_lock);
+    if (!had_dirty && has_dirty) /* a SuperSlab from extents in use (superslab_get) */
+        purger_notify();
     Span *s = &ss->spans[idx];
     memset(s, 0, sizeof *s);
     const ClassInfo *ci = &size_classes[cls];

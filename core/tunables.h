@@ -48,6 +48,10 @@
 /* The purger thread starts only once this much waits for decay, so that
  * small programs never get one. */
 #define PURGER_MIN_DIRTY     ((size_t)16 << 20)
+/* The purger purges at most this many free slabs (16 MiB) of a heap in a
+ * look, so that the heap's thread never waits long for its slabs_lock,
+ * nor threads starting and exiting for the heap list's lock (span.c). */
+#define SLABS_PURGE_MAX      256
 /* The decay time (extent.c) doubles up to DECAY_MAX_FACTOR times
  * HAKMEM_DECAY_MS while purged memory is taken back soon after, and halves
  * for each DECAY_CALM_FACTOR times the longest that passes without, once

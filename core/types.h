@@ -92,6 +92,14 @@ typedef struct Lock {
     uint64_t acquired, contended;
 } Lock;
 
+/* The purger's watch on a count its owner moves with every use (a large
+ * front's claims, a heap's released spans): the count it last saw, and
+ * when it first saw it (idle_watch, internal.h). */
+typedef struct IdleWatch {
+    unsigned seen;
+    uint64_t seen_ms;
+} IdleWatch;
+
 /* Where a span currently is, from its owner's point of view. */
 enum span_state {
     SPAN_CURRENT = 1,  /* front.cur[cls]: the span whose fresh blocks are carved */
@@ -136,6 +144,11 @@ typedef struct SuperSlab {
     uint32_t  dirty_mask;               /* unused slabs whose pages may be   */
                                         /* resident (Heap.slabs_lock)        */
     struct SuperSlab *next, *prev;      /* heap->superslabs                  */
+    /* Spans released here, and the purger's watch on that count: its free
+     * slabs go back once it stood still for a decay time (heap_slabs_decay;
+     * Heap.slabs_lock). */
+    unsigned  span_releases;
+    IdleWatch slabs_idle;
     /* 4 KiB page -> class of the blocks that start in it, or HAK_NO_CLASS:
      * the header, free slabs and pages not carved yet (see span_carve). */
     uint8_t   page_cls[HAK_PAGES_PER_SS];
@@ -150,14 +163,6 @@ typedef struct CachedExtent {
     size_t   len;        /* bytes of the extent */
     uint64_t freed_ms;   /* when it reached the central cache */
 } CachedExtent;
-
-/* The purger's watch on a count its owner moves with every use (a large
- * front's claims, a heap's released spans): the count it last saw, and
- * when it first saw it (idle_watch, internal.h). */
-typedef struct IdleWatch {
-    unsigned seen;
-    uint64_t seen_ms;
-} IdleWatch;
 
 /* Large size classes: every page count below 32 pages, then eight per
  * power of two up to 4 MiB (bigger extents are not cached). */
@@ -218,17 +223,15 @@ typedef struct Heap {
 #endif
     int64_t   span_bytes[2], span_peak[2]; /* tiny, mid: see span.c        */
     /* The unused slabs of its SuperSlabs (and of its spare) that may hold
-     * resident pages (SuperSlab.dirty_mask): the purger gives them back
-     * once the heap has released no span for a decay time, while its
-     * thread may be running (heap_slabs_decay).  Whoever changes which
-     * slabs are free (span_new, span_release, the spare) or walks the
-     * SuperSlab list to purge holds slabs_lock; the purger only ever tries
-     * it. */
+     * resident pages (SuperSlab.dirty_mask): the purger gives back those
+     * of a SuperSlab that released no span for a decay time, while the
+     * heap's thread may be running (heap_slabs_decay).  Whoever changes
+     * which slabs are free (span_new, span_release, the spare) or walks
+     * the SuperSlab list to purge holds slabs_lock; the purger only ever
+     * tries it. */
     Lock      slabs_lock;
     _Atomic uint32_t slabs_dirty;       /* slabs in the dirty masks (read    */
                                         /* without the lock)                 */
-    unsigned  span_releases;            /* spans released, ever              */
-    IdleWatch slabs_idle;               /* the purger's, on span_releases    */
     LargeFront large;
     ZeroChunk *zero;                    /* its malloc(0) blocks' chunks      */
 } Heap;

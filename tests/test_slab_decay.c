@@ -11,6 +11,11 @@
  *            counted, then purged (slab_bytes_purged), and the RSS drops;
  *            the kept blocks keep their contents; new blocks in the purged
  *            slabs work;
+ *   busy     the same again, but the thread frees and takes back 256
+ *            blocks of 16 KiB every 5 ms meanwhile, which empties and
+ *            releases a span each time: the SuperSlabs it does not use
+ *            are purged all the same (when the purger watched the heap as
+ *            a whole, none was);
  *   churn    two threads each take 5 MiB of blocks, write and check them,
  *            free them and pause 60 ms (longer than the decay time), 25
  *            times, so that the purger purges a running heap's free slabs
@@ -25,6 +30,7 @@
 #define KEEP    8192
 #define CHURN_BLOCKS (5 * 4096)
 #define ROUNDS  25
+#define BUSY_BLOCKS 256 /* of 16 KiB: more than the front keeps */
 
 static unsigned char *blocks[NBLOCKS];
 
@@ -113,6 +119,37 @@ int main(int argc, char **argv)
     }
     CHECK(bad == 0, "%zu blocks in purged slabs did not read back what was written", bad);
 
+    /* busy */
+    for (int i = 0; i < NBLOCKS; i++) {
+        blocks[i] = malloc(BLOCK);
+        CHECK(blocks[i] != NULL, "malloc(%d) failed", BLOCK);
+        if (blocks[i])
+            memset(blocks[i], 1, BLOCK);
+    }
+    for (int i = 0; i < NBLOCKS; i++)
+        if (i % KEEP) {
+            free(tu_launder(blocks[i]));
+            blocks[i] = NULL;
+        }
+    struct hak_stats busy0 = tu_stats();
+    for (double t0 = tu_now(); tu_now() - t0 < 0.4;) {
+        void *mid[BUSY_BLOCKS];
+        for (int i = 0; i < BUSY_BLOCKS; i++)
+            mid[i] = malloc(16 * KiB);
+        for (int i = 0; i < BUSY_BLOCKS; i++)
+            free(tu_launder(mid[i]));
+        tu_sleep_ms(5);
+    }
+    struct hak_stats busy1 = tu_stats();
+    printf("busy: %llu KiB of free slabs purged while the thread released spans\n",
+           (unsigned long long)((busy1.slab_bytes_purged - busy0.slab_bytes_purged) >> 10));
+    CHECK(busy1.slab_bytes_purged - busy0.slab_bytes_purged >= 12 * MiB,
+          "%llu KiB of free slabs purged in 400 ms while the thread released a span every 5 ms",
+          (unsigned long long)((busy1.slab_bytes_purged - busy0.slab_bytes_purged) >> 10));
+    for (int i = 0; i < NBLOCKS; i += KEEP)
+        free(blocks[i]);
+    struct hak_stats after_busy = tu_stats();
+
     /* churn */
     pthread_t t;
     CHECK(pthread_create(&t, NULL, churn, (void *)(uintptr_t)1000000) == 0, "pthread_create failed");
@@ -120,8 +157,8 @@ int main(int argc, char **argv)
     pthread_join(t, NULL);
     struct hak_stats end = tu_stats();
     printf("churn: %llu KiB of free slabs purged in all\n",
-           (unsigned long long)((end.slab_bytes_purged - after.slab_bytes_purged) >> 10));
-    CHECK(end.slab_bytes_purged > after.slab_bytes_purged,
+           (unsigned long long)((end.slab_bytes_purged - after_busy.slab_bytes_purged) >> 10));
+    CHECK(end.slab_bytes_purged > after_busy.slab_bytes_purged,
           "no free slab was purged in %d pauses of 60 ms", ROUNDS);
     return TU_DONE();
 }
