@@ -310,7 +310,9 @@ static void *purger_main(void *unused)
             atomic_store(&purger_idle, false);
             next = now + decay_time();
         }
-        if (next < now + decay_period())
+        /* (a heap with more free slabs to purge than a look may purge is
+         * due now: again at once, the locks let go meanwhile) */
+        if (next < now + decay_period() && !(fronts_due && fronts_due <= now))
             next = now + decay_period();
         if (!purger_sleep(next))
             break;

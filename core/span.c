@@ -82,15 +82,19 @@ size_t heap_purge_free_slabs(Heap *h)
     return bytes;
 }
 
-/* One SuperSlab's look: when it is due again (0: nothing dirty left). */
+/* One SuperSlab's look: when it is due again (0: nothing dirty left; now:
+ * at once, the heap's budget being spent, once the locks are let go). */
 static uint64_t superslab_slabs_decay(Heap *h, SuperSlab *ss, uint64_t now, uint64_t decay, unsigned *budget)
 {
     if (!ss->dirty_mask)
         return 0;
     uint64_t due = idle_watch(&ss->slabs_idle, ss->span_releases, now, decay);
-    if (!due)
-        superslab_purge_dirty(h, ss, budget);
-    return ss->dirty_mask && !due ? now + 1 : due; /* (over budget, or failed: soon) */
+    if (due)
+        return due;
+    superslab_purge_dirty(h, ss, budget);
+    if (!ss->dirty_mask)
+        return 0;
+    return *budget ? now + decay /* a purge failed: later */ : now;
 }
 
 uint64_t heap_slabs_decay(Heap *h, uint64_t now)
@@ -156,11 +160,12 @@ static bool span_release_locked(Heap *h, SuperSlab *ss, Span *s)
            (size_t)s->nslabs << (HAK_SLAB_SHIFT - HAK_PAGE_SHIFT)); /* free() rejects them now */
     os_guard(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
     ss->span_releases++;
-    if (options.decay_ms) { /* (0: at once, on the free that empties it) */
+    size_t bytes = (size_t)s->nslabs << HAK_SLAB_SHIFT;
+    if (!options.decay_ms && os_purge(span_start(ss, s), bytes)) { /* 0: at once */
+        STAT_ADD(slab_bytes_purged, bytes);
+    } else {
         ss->dirty_mask |= bits;
         slabs_dirty_add(h, s->nslabs);
-    } else {
-        os_purge(span_start(ss, s), (size_t)s->nslabs << HAK_SLAB_SHIFT);
     }
     s->nslabs = 0;
     s->state = 0;

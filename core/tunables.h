@@ -50,7 +50,8 @@
 #define PURGER_MIN_DIRTY     ((size_t)16 << 20)
 /* The purger purges at most this many free slabs (16 MiB) of a heap in a
  * look, so that the heap's thread never waits long for its slabs_lock,
- * nor threads starting and exiting for the heap list's lock (span.c). */
+ * nor threads starting and exiting for the heap list's lock; a heap with
+ * more is looked at again at once, the locks let go meanwhile (span.c). */
 #define SLABS_PURGE_MAX      256
 /* The decay time (extent.c) doubles up to DECAY_MAX_FACTOR times
  * HAKMEM_DECAY_MS while purged memory is taken back soon after, and halves
