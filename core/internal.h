@@ -622,7 +622,7 @@ void  *foreign_realloc(void *p, size_t size);
     X(os_mprotect) X(os_failures)                                            \
     X(superslabs_mapped) X(superslabs_reused)                                \
     X(heaps_created) X(heaps_adopted) X(heaps_taken_over)                    \
-    X(large_fronts_decayed) X(decay_lengthened) X(slab_bytes_purged)         \
+    X(large_fronts_decayed) X(decay_lengthened)                              \
     X(foreign_frees) X(invalid_frees)                                        \
     X(fallbacks) /* a faster way failed, a slower one served */
 typedef struct GlobalStats {
@@ -634,6 +634,5 @@ typedef struct GlobalStats {
 } GlobalStats;
 extern HAK_HIDDEN GlobalStats global_stats;
 #define STAT_INC(f) atomic_fetch_add_explicit(&global_stats.f, 1, memory_order_relaxed)
-#define STAT_ADD(f, n) atomic_fetch_add_explicit(&global_stats.f, (n), memory_order_relaxed)
 
 #endif /* HAK_INTERNAL_H */

@@ -24,16 +24,14 @@
  * and a new extent is made that size, so that it can be reused by any
  * request of the class; a freed extent is filed under the largest class
  * it holds.  The link of a cached extent lives in the extent itself, in
- * its LargeHeader's padding (LINK_OFFSET).
+ * its LargeHeader's padding (LARGE_LINK_OFFSET).
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 
 #include <string.h>
 
-#define EXACT_PAGES  LARGE_EXACT_PAGES
-#define LINK_OFFSET  LARGE_LINK_OFFSET
 #define RELAXED      memory_order_relaxed
-_Static_assert(LINK_OFFSET + sizeof(CachedExtent) <= offsetof(LargeHeader, extent),
+_Static_assert(LARGE_LINK_OFFSET + sizeof(CachedExtent) <= offsetof(LargeHeader, extent),
                "the link fits in the header's padding");
 
 typedef struct Shard {
@@ -55,23 +53,20 @@ static _Atomic uint64_t heapless_allocs, heapless_frees;
 static _Atomic int64_t  heapless_bytes_out;
 
 /* ---- classes ---- */
-#define class_down large_class_down
-#define class_up   large_class_up
 
 static size_t class_pages(unsigned c)
 {
-    if (c < EXACT_PAGES)
+    if (c < LARGE_EXACT_PAGES)
         return c;
-    unsigned k = c - EXACT_PAGES;
+    unsigned k = c - LARGE_EXACT_PAGES;
     return (size_t)(8 + k % 8) << (k / 8 + 2);
 }
 
-#define MAX_PAGES LARGE_MAX_PAGES
-_Static_assert(HAK_LARGE_NCLASS == EXACT_PAGES + (10 - 5) * 8 + 1 && (8 << (5 + 2)) == LARGE_MAX_PAGES,
+_Static_assert(HAK_LARGE_NCLASS == LARGE_EXACT_PAGES + (10 - 5) * 8 + 1 && (8 << (5 + 2)) == LARGE_MAX_PAGES,
                "LARGE_MAX_PAGES is the largest class");
 
-static inline CachedExtent *link_of(char *ext) { return (CachedExtent *)(ext + LINK_OFFSET); }
-static inline char *ext_of(CachedExtent *c) { return (char *)c - LINK_OFFSET; }
+static inline CachedExtent *link_of(char *ext) { return (CachedExtent *)(ext + LARGE_LINK_OFFSET); }
+static inline char *ext_of(CachedExtent *c) { return (char *)c - LARGE_LINK_OFFSET; }
 
 void large_fronts_share(unsigned running)
 {
@@ -183,10 +178,10 @@ static void central_put(LargeFront *f, CachedExtent *list, size_t bytes)
     uint64_t now = os_now_ms();
     atomic_fetch_add(&s->bytes, bytes); /* seq_cst: see purger_main */
     while (list) {
-        unsigned c = class_down(list->len >> HAK_PAGE_SHIFT);
+        unsigned c = large_class_down(list->len >> HAK_PAGE_SHIFT);
         CachedExtent *first = list, *last = list;
         list->freed_ms = now;
-        while (last->next && class_down(last->next->len >> HAK_PAGE_SHIFT) == c) {
+        while (last->next && large_class_down(last->next->len >> HAK_PAGE_SHIFT) == c) {
             last = last->next;
             last->freed_ms = now;
         }
@@ -277,7 +272,7 @@ static CachedExtent *front_take(LargeFront *f, size_t keep, size_t *bytes)
     CachedExtent *list = NULL;
     /* no extent is longer than all of them: none is of a class above */
     size_t most = f->bytes >> HAK_PAGE_SHIFT;
-    unsigned top = most > MAX_PAGES ? HAK_LARGE_NCLASS : class_down(most) + 1;
+    unsigned top = most > LARGE_MAX_PAGES ? HAK_LARGE_NCLASS : large_class_down(most) + 1;
     for (unsigned c = top; c-- > 0 && f->bytes > keep;)
         while (f->bin[c]) {
             CachedExtent *e = f->bin[c];
@@ -340,7 +335,7 @@ static inline LargeFront *front_enter(LargeFront *f)
  * it does so with, and no lock once both are made. */
 static char *front_get(LargeFront *f, size_t len, size_t *got)
 {
-    unsigned c = class_up(len >> HAK_PAGE_SHIFT);
+    unsigned c = large_class_up(len >> HAK_PAGE_SHIFT);
     /* the extent freed last is passed over by this malloc only: the next
      * takes it (and checks its start: large.c's free mark) */
     char *skip = f ? f->last_put : NULL;
@@ -392,7 +387,7 @@ static char *too_big_to_cache(LargeFront *f, size_t len)
 char *large_cache_get_slow(LargeFront *f, size_t *got)
 {
     size_t len = *got;
-    if (len >> HAK_PAGE_SHIFT > MAX_PAGES)
+    if (len >> HAK_PAGE_SHIFT > LARGE_MAX_PAGES)
         return too_big_to_cache(f, len);
     f = front_enter(f);
     char *ext = front_get(f, len, got);
@@ -426,12 +421,12 @@ static __attribute__((noinline)) void front_put_overflow(LargeFront *f, bool was
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
-    if (pages > MAX_PAGES || !options.decay_ms) /* decay 0: keep nothing */
+    if (pages > LARGE_MAX_PAGES || !options.decay_ms) /* decay 0: keep nothing */
         return false;
     CachedExtent *e = link_of(ext);
     e->len = len;
     e->next = NULL;
-    unsigned c = class_down(pages);
+    unsigned c = large_class_down(pages);
     if (c >= HAK_LARGE_NCLASS || !(f = front_enter(f))) {
         central_put(f, e, len);
         return true;

@@ -46,6 +46,22 @@ static void slabs_dirty_add(Heap *h, int n)
                           memory_order_relaxed);
 }
 
+static void slabs_purged_add(Heap *h, size_t bytes) /* (the statistics read it unlocked) */
+{
+    __atomic_store_n(&h->slab_bytes_purged, h->slab_bytes_purged + bytes, __ATOMIC_RELAXED);
+}
+
+/* Let go of slabs_lock, taken when the heap held had_dirty free slabs that
+ * may be resident: a heap that had none and has some now wakes a purger
+ * that may sleep with nothing to do. */
+static void slabs_unlock(Heap *h, bool had_dirty)
+{
+    bool has_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
+    lock_release(&h->slabs_lock);
+    if (!had_dirty && has_dirty)
+        purger_notify();
+}
+
 /* Purge the dirty free slabs of ss, at most *budget of them (taken off
  * it); returns the bytes purged. */
 static size_t superslab_purge_dirty(Heap *h, SuperSlab *ss, unsigned *budget)
@@ -67,7 +83,7 @@ static size_t superslab_purge_dirty(Heap *h, SuperSlab *ss, unsigned *budget)
         *budget -= n;
         m &= ~run;
     }
-    STAT_ADD(slab_bytes_purged, bytes);
+    slabs_purged_add(h, bytes);
     return bytes;
 }
 
@@ -162,7 +178,7 @@ static bool span_release_locked(Heap *h, SuperSlab *ss, Span *s)
     ss->span_releases++;
     size_t bytes = (size_t)s->nslabs << HAK_SLAB_SHIFT;
     if (!options.decay_ms && os_purge(span_start(ss, s), bytes)) { /* 0: at once */
-        STAT_ADD(slab_bytes_purged, bytes);
+        slabs_purged_add(h, bytes);
     } else {
         ss->dirty_mask |= bits;
         slabs_dirty_add(h, s->nslabs);
@@ -191,19 +207,16 @@ bool span_release(Heap *h, SuperSlab *ss, Span *s)
     lock_acquire(&h->slabs_lock);
     bool had_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
     bool gone = span_release_locked(h, ss, s);
-    bool has_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
-    lock_release(&h->slabs_lock);
-    if (!had_dirty && has_dirty) /* the purger may sleep with nothing to do */
-        purger_notify();
+    slabs_unlock(h, had_dirty);
     return gone;
 }
 
-/* Guard pages (hardened build): everything of a SuperSlab but its header
- * page and the spans in use is PROT_NONE, so that a run off the end of a
- * span, or off the header, faults (os_guard); a failure to make a span
- * accessible again fails the span (span_new). */
 /* With slabs_lock held, which it lets go of while it maps one (collecting
- * abandoned heaps takes their locks and the heap list's). */
+ * abandoned heaps takes their locks and the heap list's).  Guard pages
+ * (hardened build): everything of a SuperSlab but its header page and the
+ * spans in use is PROT_NONE, so that a run off the end of a span, or off
+ * the header, faults (os_guard); a failure to make a span accessible again
+ * fails the span (span_new). */
 static SuperSlab *superslab_get(Heap *h)
 {
     SuperSlab *ss = h->spare;
@@ -296,10 +309,7 @@ Span *span_new(Heap *h, unsigned cls)
         ss->prev = last;
         ss->next = NULL;
     }
-    bool has_dirty = atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed) != 0;
-    lock_release(&h->slabs_lock);
-    if (!had_dirty && has_dirty) /* a SuperSlab from extents in use (superslab_get) */
-        purger_notify();
+    slabs_unlock(h, had_dirty); /* (a SuperSlab from extents in use: superslab_get) */
     Span *s = &ss->spans[idx];
     memset(s, 0, sizeof *s);
     const ClassInfo *ci = &size_classes[cls];

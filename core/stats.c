@@ -204,6 +204,7 @@ void heaps_stats(struct hak_stats *st, ClassStats *by_class)
         st->superslabs_live += __atomic_load_n(&h->superslabs_live, __ATOMIC_RELAXED);
         st->slab_bytes_dirty += (uint64_t)atomic_load_explicit(&h->slabs_dirty, memory_order_relaxed)
                                 << HAK_SLAB_SHIFT;
+        st->slab_bytes_purged += __atomic_load_n(&h->slab_bytes_purged, __ATOMIC_RELAXED);
         st->tiny_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[0], __ATOMIC_RELAXED);
         st->tiny_span_peak += (uint64_t)__atomic_load_n(&h->span_peak[0], __ATOMIC_RELAXED);
         st->mid_span_bytes += (uint64_t)__atomic_load_n(&h->span_bytes[1], __ATOMIC_RELAXED);

@@ -232,6 +232,7 @@ typedef struct Heap {
     Lock      slabs_lock;
     _Atomic uint32_t slabs_dirty;       /* slabs in the dirty masks (read    */
                                         /* without the lock)                 */
+    uint64_t  slab_bytes_purged;        /* of such slabs, given back (ditto) */
     LargeFront large;
     ZeroChunk *zero;                    /* its malloc(0) blocks' chunks      */
 } Heap;
