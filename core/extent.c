@@ -46,6 +46,7 @@ static size_t      nreservations;
 static size_t      bytes_mapped;
 static uint64_t    last_decay_ms;
 static uint64_t    last_dirty_ms; /* the latest free's time (range_since_after) */
+static _Atomic bool purger_started; /* written under the lock (the purger, below) */
 
 /* The decay time adapts to the program (internal.h, decay_time): memory
  * that decay purged and that an allocation takes back soon after was
@@ -208,10 +209,12 @@ static uint64_t decay_period(void)
 
 /* Inside extent operations (never on the malloc/free fast path): the full
  * decay at most every decay period (with a decay time of 0, at every one),
- * the cap at every one. */
+ * unless the purger runs (it wakes when the next range is due; it never
+ * runs with a decay time of 0), the cap at every one. */
 static void decay(uint64_t now)
 {
-    if (!options.decay_ms || now - last_decay_ms >= decay_period())
+    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
+        (!options.decay_ms || now - last_decay_ms >= decay_period()))
         decay_now(now);
     else
         purge_over_cap();
@@ -225,7 +228,6 @@ static void decay(uint64_t now)
  * until a free makes something dirty again.  It blocks every signal, so
  * that none of the program's handlers ever runs on it. */
 static _Atomic uint32_t purger_wakeups; /* bumped under the lock to wake it */
-static _Atomic bool   purger_started;   /* written under the lock */
 static _Atomic bool   purger_idle; /* waiting for a free, not for a time */
 /* The signal mask of the thread that started it: restored when it stops,
  * since it may be the process's last thread, which then runs exit() and

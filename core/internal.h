@@ -570,7 +570,8 @@ static inline char *large_cache_get(LargeFront *f, size_t *len)
     char *ext = (char *)e - LARGE_LINK_OFFSET;
     f->bin[c] = e->next;
     f->bytes -= e->len;
-    f->misses = 0;
+    f->misses = 0; /* (the two zeros, one store) */
+    f->big_misses = 0;
     f->last_put = NULL;
     *len = e->len;
     atomic_store_explicit(&f->claim, FRONT_FREE, memory_order_release);

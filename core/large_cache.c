@@ -40,6 +40,7 @@ typedef struct Shard {
 } __attribute__((aligned(64))) Shard;
 
 static Shard shards[LARGE_NSHARD];
+_Static_assert((LARGE_NSHARD & (LARGE_NSHARD - 1)) == 0 && LARGE_NSHARD < 32, "shards: a power of two");
 /* Each front's cap: its share of LARGE_FRONTS_BUDGET (large_fronts_share),
  * written when a thread takes or gives up a heap; a front reads it on a
  * miss (LargeFront.cap). */
@@ -254,13 +255,16 @@ static __attribute__((noinline)) char *central_get(LargeFront *f, unsigned c, co
         ext = shard_get(f, &shards[home], k, skip, len);
     if (ext)
         return ext;
-    unsigned others = 0; /* bit i: shard home + i */
-    for (unsigned i = 1; i < LARGE_NSHARD; i++)
-        others |= (unsigned)(atomic_load_explicit(&shards[(home + i) % LARGE_NSHARD].bytes,
-                                                  RELAXED) != 0) << i;
+    /* bit i: shard home + i, so that each home steals from its own next
+     * shard first (the loop over shards by index, unrolled) */
+    unsigned held = 0, all = (1u << LARGE_NSHARD) - 1;
+#pragma GCC unroll 8
+    for (unsigned i = 0; i < LARGE_NSHARD; i++)
+        held |= (unsigned)(atomic_load_explicit(&shards[i].bytes, RELAXED) != 0) << i;
+    unsigned others = ((held >> home) | (held << (LARGE_NSHARD - home))) & all & ~1u;
     for (unsigned k = c; others && !ext && k <= last; k++)
         for (unsigned o = others; !ext && o; o &= o - 1)
-            ext = shard_get(f, &shards[(home + (unsigned)__builtin_ctz(o)) % LARGE_NSHARD], k,
+            ext = shard_get(f, &shards[(home + (unsigned)__builtin_ctz(o)) & (LARGE_NSHARD - 1)], k,
                             skip, len);
     return ext;
 }
@@ -333,9 +337,60 @@ static inline LargeFront *front_enter(LargeFront *f)
  * slab tiers.  A program that frees and mallocs one size in a loop then
  * takes turns between two extents, which costs one more extent per class
  * it does so with, and no lock once both are made. */
+/* Big extents (LARGE_MISS_FLUSH_MIN and more) and their mallocs bypass
+ * a front whose big mallocs kept missing (LARGE_STRAIGHT_AFTER).  Their
+ * classes start at big_class: f->straight has a bit for each. */
+static inline unsigned big_class(void) { return large_class_down(LARGE_MISS_FLUSH_MIN >> HAK_PAGE_SHIFT); }
+_Static_assert(LARGE_MISS_FLUSH_MIN >> HAK_PAGE_SHIFT == 256 && LARGE_MAX_PAGES == 1024,
+               "the big classes, and two above the last, fit f->straight");
+
+static inline bool goes_straight(const LargeFront *f, size_t len)
+{
+    return len >= LARGE_MISS_FLUSH_MIN && f->big_misses >= LARGE_STRAIGHT_AFTER;
+}
+
+static inline void big_missed(LargeFront *f)
+{
+    if (f->big_misses < LARGE_STRAIGHT_MAX && ++f->big_misses == LARGE_STRAIGHT_AFTER)
+        f->straight = 0;
+}
+
+/* Does the front hold an extent of a big class? */
+static bool holds_big(const LargeFront *f)
+{
+    if (f->bytes < LARGE_MISS_FLUSH_MIN)
+        return false;
+    for (unsigned c = big_class(); c < HAK_LARGE_NCLASS; c++)
+        if (f->bin[c])
+            return true;
+    return false;
+}
+
+/* A big malloc of class c that bypasses f: would an extent freed since the
+ * last miss have served it (the lowest class from c to LARGE_UP_CLASSES
+ * above, as front_get looks)?  A miss would have given them all back. */
+static char *front_bypassed(LargeFront *f, unsigned c, size_t len, size_t *got)
+{
+    uint32_t served = f->straight & ((1u << (LARGE_UP_CLASSES + 1)) - 1) << (c - big_class());
+    if (served) {
+        f->straight &= ~(served & -served);
+        f->big_misses--;
+    } else if (f->straight) {
+        f->straight = 0;
+        big_missed(f);
+    }
+    f->last_put = NULL;
+    if (f->bytes)
+        front_missed(f, len); /* (a big miss: it gives the front back) */
+    *got = class_pages(c) << HAK_PAGE_SHIFT;
+    return NULL;
+}
+
 static char *front_get(LargeFront *f, size_t len, size_t *got)
 {
     unsigned c = large_class_up(len >> HAK_PAGE_SHIFT);
+    if (f && goes_straight(f, len))
+        return front_bypassed(f, c, len, got);
     /* the extent freed last is passed over by this malloc only: the next
      * takes it (and checks its start: large.c's free mark) */
     char *skip = f ? f->last_put : NULL;
@@ -355,16 +410,23 @@ static char *front_get(LargeFront *f, size_t len, size_t *got)
             *pe = e->next;
             f->bytes -= e->len;
             f->misses = 0;
+            f->big_misses = 0;
             *got = e->len;
             return ext_of(e);
         }
     }
     char *ext = central_get(f, c, skip, got);
-    if (ext)
+    if (ext) {
+        if (f)
+            f->big_misses = 0;
         return ext;
+    }
     *got = class_pages(c) << HAK_PAGE_SHIFT;
-    if (f && !passed)
+    if (f && !passed) {
+        if (len >= LARGE_MISS_FLUSH_MIN && holds_big(f))
+            big_missed(f);
         front_missed(f, len);
+    }
     return NULL;
 }
 
@@ -421,7 +483,15 @@ static __attribute__((noinline)) void front_put_overflow(LargeFront *f, bool was
 bool large_cache_put(LargeFront *f, char *ext, size_t len)
 {
     size_t pages = len >> HAK_PAGE_SHIFT;
-    if (pages > LARGE_MAX_PAGES || !options.decay_ms) /* decay 0: keep nothing */
+    if (unlikely(len >= LARGE_MISS_FLUSH_MIN)) { /* (one test for the others) */
+        if (pages > LARGE_MAX_PAGES)
+            return false;
+        if (f && goes_straight(f, len)) { /* (only its thread writes these) */
+            f->straight |= 1u << (large_class_down(pages) - big_class());
+            return false;
+        }
+    }
+    if (!options.decay_ms) /* decay 0: keep nothing */
         return false;
     CachedExtent *e = link_of(ext);
     e->len = len;

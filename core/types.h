@@ -181,6 +181,10 @@ typedef struct LargeFront {
     size_t   cap;            /* at most this much: its share, read on a miss */
     unsigned shard;          /* home shard of the central cache            */
     unsigned misses;         /* allocations it could not serve, in a row   */
+    unsigned big_misses;     /* a score of its misses of big blocks: while */
+                             /* high, they bypass it (large_cache.c)       */
+    uint32_t straight;       /* meanwhile, the big classes freed since the */
+                             /* last miss (bit: class - the first big one) */
     char    *last_put;       /* the extent freed last: never the next one  */
                              /* handed out (large_cache.c)                 */
     _Atomic uint32_t claim;  /* enum front_claim: who is using it          */

@@ -276,6 +276,42 @@ static void big_extents(void)
     malloc_trim(0);
 }
 
+/* The number of times the extents' lock is taken while fn runs, the
+ * fewest of three runs: the count is the process's, and the purger
+ * thread's decay passes take the lock too, now and then (twice in a run
+ * on a loaded machine). */
+static uint64_t extent_locks_while(void (*fn)(void))
+{
+    uint64_t fewest = UINT64_MAX;
+    for (int round = 0; round < 3 && fewest; round++) {
+        uint64_t locks = tu_stats().lock_extents_acquired;
+        uint64_t reading = tu_stats().lock_extents_acquired - locks; /* hak_stats' own */
+        locks += reading;
+        fn();
+        uint64_t taken = tu_stats().lock_extents_acquired - locks - reading;
+        if (taken < fewest)
+            fewest = taken;
+    }
+    return fewest;
+}
+
+static size_t repeat_size;
+static void repeat_one_size(void)
+{
+    for (int i = 0; i < 100; i++)
+        free(tu_launder(malloc(repeat_size)));
+}
+
+/* Two buffers made and freed together (an input and an output). */
+static void repeat_two_sizes(void)
+{
+    for (int i = 0; i < 50; i++) {
+        void *in = tu_launder(malloc(1536 * KiB)), *out = tu_launder(malloc(3 * MiB));
+        free(in);
+        free(out);
+    }
+}
+
 /* A miss of a MiB or more gives the front's extents back to the extents,
  * where they merge with their free neighbours: kept by class across such
  * misses, they raised peak RSS by a quarter (bench_large).  A size that
@@ -304,20 +340,63 @@ static void big_miss_flushes_front(void)
         b[i] = tu_launder(malloc(big[0]));
     free(b[0]);
     free(b[1]);
-    /* The count is the process's: the purger thread's decay passes take
-     * the lock too, now and then (twice in a run on a loaded machine), so
-     * of three rounds one must take none; a miss takes it 100 times. */
-    uint64_t taken = UINT64_MAX;
-    for (int round = 0; round < 3 && taken; round++) {
-        uint64_t locks = tu_stats().lock_extents_acquired;
-        uint64_t reading = tu_stats().lock_extents_acquired - locks; /* hak_stats' own */
-        locks += reading;
-        for (int i = 0; i < 100; i++)
-            free(tu_launder(malloc(big[0])));
-        taken = tu_stats().lock_extents_acquired - locks - reading;
-    }
+    /* (a miss takes the lock 100 times) */
+    repeat_size = big[0];
+    uint64_t taken = extent_locks_while(repeat_one_size);
     CHECK(taken == 0, "a repeated %zu KiB block took the extents' lock %llu times", big[0] >> 10,
           (unsigned long long)taken);
+    malloc_trim(0);
+}
+
+/* Blocks of 1-4 MiB whose sizes never meet their class again bypass the
+ * cache once they have missed for a while (LARGE_STRAIGHT_AFTER): a freed
+ * one goes straight to the extents, so nothing stays cached after a free.
+ * Sizes that then come back leave the bypass: one size, or two made and
+ * freed together; after a few rounds their extents are cached again and
+ * take no lock. */
+static void random_big_sizes(uint64_t seed)
+{
+    enum { RING = 4, OPS = 300 };
+    static unsigned char *b[RING];
+    static size_t n[RING];
+    tu_rng r = tu_rng_seed(seed);
+    malloc_trim(0);
+    unsigned kept_after_free = 0;
+    for (int op = 0; op < OPS; op++) {
+        int k = op % RING;
+        if (b[k]) {
+            CHECK(verify(b[k], n[k], (uint64_t)op), "op %d: a block of %zu overwritten", op, n[k]);
+            free(b[k]);
+            if (op >= 100 && tu_stats().large_bytes_cached)
+                kept_after_free++;
+        }
+        n[k] = tu_range(&r, 1 * MiB, 4 * MiB - 64 * KiB);
+        b[k] = malloc(n[k]);
+        CHECK(b[k] != NULL, "malloc(%zu)", n[k]);
+        fill(b[k], n[k], (uint64_t)(op + RING));
+    }
+    CHECK(kept_after_free == 0, "random 1-4 MiB sizes: %u of %d frees kept their extent cached",
+          kept_after_free, OPS - 100);
+    for (int k = 0; k < RING; k++) {
+        CHECK(verify(b[k], n[k], (uint64_t)(OPS - RING + k + RING)), "block of %zu overwritten", n[k]);
+        free(b[k]);
+        b[k] = NULL;
+    }
+}
+
+static void random_big_sizes_bypass(void)
+{
+    static const char *what[2] = { "a repeated 2 MiB block", "two blocks made and freed together" };
+    static void (*const again[2])(void) = { repeat_one_size, repeat_two_sizes };
+    repeat_size = 2 * MiB;
+    for (int k = 0; k < 2; k++) {
+        random_big_sizes(99 + (uint64_t)k);
+        for (int i = 0; i < 2; i++) /* sizes that come back: out of the bypass */
+            again[k]();
+        uint64_t taken = extent_locks_while(again[k]);
+        CHECK(taken == 0, "%s after random sizes took the extents' lock %llu times", what[k],
+              (unsigned long long)taken);
+    }
     malloc_trim(0);
 }
 
@@ -457,6 +536,7 @@ int main(void)
     trim();
     big_extents();
     big_miss_flushes_front();
+    random_big_sizes_bypass();
     central_up_classes();
     fork_child();
     many_threads_share();
