@@ -141,10 +141,8 @@ static inline void ranges_validate_sometimes(void) { }
 
 /* Free ranges never span two reservations, so that a reservation that is
  * entirely free is one range (extent_trim unmaps it). */
-bool extent_reservation_edge(uintptr_t addr)
+bool extent_reservation_starts_at(uintptr_t addr)
 {
-    if (addr & (HAK_CHUNK_SIZE - 1)) /* reservations start 2 MiB-aligned */
-        return false;
     size_t lo = 0, hi = nreservations;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
@@ -155,14 +153,20 @@ bool extent_reservation_edge(uintptr_t addr)
 
 /* Above the cap on resident free memory, the ranges least recently made
  * dirty are purged first. */
-static void purge_over_cap(void)
+static __attribute__((noinline)) void purge_down_to(size_t cap)
 {
-    size_t cap = (size_t)options.cache_max_mb << 20;
     while (range_bytes_dirty > cap) {
         FreeRange *oldest = ranges_dirty_oldest();
         if (!oldest || !range_purge(oldest)) /* madvise failed: later */
             break;
     }
+}
+
+static inline void purge_over_cap(void)
+{
+    size_t cap = (size_t)options.cache_max_mb << 20;
+    if (unlikely(range_bytes_dirty > cap))
+        purge_down_to(cap);
 }
 
 /* Decay: purge the ranges that stayed free longer than the decay time,
@@ -211,7 +215,7 @@ static uint64_t decay_period(void)
  * decay at most every decay period (with a decay time of 0, at every one),
  * unless the purger runs (it wakes when the next range is due; it never
  * runs with a decay time of 0), the cap at every one. */
-static void decay(uint64_t now)
+static inline void decay(uint64_t now)
 {
     if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
         (!options.decay_ms || now - last_decay_ms >= decay_period()))
@@ -561,23 +565,26 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     }
     /* The parts left below and above keep the record (the lower one if
      * there are two) and never carry more resident bytes than the whole. */
-    FreeRange r = *f;
-    size_t below = at - r.start, above = r.start + r.len - (at + len);
-    size_t d_below = range_dirty_in(&r, r.start, at);
-    size_t d_above = range_dirty_in(&r, at + len, r.start + r.len);
-    if (d_above > r.dirty - d_below)
-        d_above = r.dirty - d_below; /* (bounds not exact) */
-    uint64_t since = range_since_after(&r, d_below + d_above, last_dirty_ms);
-    if (below) {
-        range_trim(f, r.start, below, d_below, since);
-        if (above)
-            free_range_locked(at + len, above, since, d_above, r.hot & RANGE_HOT_HI, &r);
+    uintptr_t start = f->start, end = f->start + f->len;
+    size_t below = at - start, above = end - (at + len);
+    size_t d_below = range_dirty_in(f, start, at);
+    size_t d_above = range_dirty_in(f, at + len, end);
+    if (d_above > f->dirty - d_below)
+        d_above = f->dirty - d_below; /* (bounds not exact) */
+    uint64_t since = range_since_after(f, d_below + d_above, last_dirty_ms);
+    bool was_purged = !f->dirty_since;
+    if (below && above) { /* (rare: an aligned carve) */
+        FreeRange whole = *f; /* its bounds, which the trim cuts */
+        range_trim(f, start, below, d_below, since);
+        free_range_locked(at + len, above, since, d_above, whole.hot & RANGE_HOT_HI, &whole);
+    } else if (below) {
+        range_trim(f, start, below, d_below, since);
     } else if (above) {
         range_trim(f, at + len, above, d_above, since);
     } else {
         range_remove(f);
     }
-    if (!r.dirty_since && options.decay_ms)
+    if (was_purged && options.decay_ms)
         decay_check_refault(at, at + len);
     /* A program that holds PURGER_MIN_DIRTY may free it all and never call
      * malloc again: it gets the purger now, at its next malloc slow path
@@ -591,7 +598,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
         return NULL;
     }
     if (zeroed)
-        *zeroed = r.dirty_since == 0;
+        *zeroed = was_purged;
     return (void *)at;
 }
 

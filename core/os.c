@@ -370,13 +370,6 @@ bool os_fd_file(int fd, uint64_t file[2])
     return ok;
 }
 
-uint64_t os_now_ms(void)
-{
-    struct timespec ts; /* the coarse clock is read from the vDSO: no syscall */
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- futexes: the locks' sleep and the purger's ---- */
 void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms)
 {

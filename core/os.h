@@ -12,6 +12,8 @@
 
 #include "internal.h"
 
+#include <time.h>
+
 /* Reserve len bytes aligned to align (a power of two >= page size);
  * the memory reads as zero.  NULL on failure.  Reservations are address
  * space (MAP_NORESERVE), which the kernel's overcommit heuristic does not
@@ -45,7 +47,14 @@ static inline void os_guard(void *p, size_t len)
 }
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
-uint64_t os_now_ms(void);
+/* The coarse clock, in ms: read from the vDSO (no syscall), inline on the
+ * extents' free path. */
+static inline uint64_t os_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 /* Sleep while *word == expected, until woken or until the os_now_ms()
  * time deadline_ms (0: no deadline); may return early for no reason. */
 void  os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms);

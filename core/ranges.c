@@ -163,9 +163,8 @@ static inline unsigned slot_of(const FreeRange *r)
     return (r->dirty_since == 0) * NBINS + bin_of(r->len);
 }
 
-static inline void bin_add(FreeRange *r)
+static inline void bin_add_at(FreeRange *r, unsigned slot) /* slot: slot_of(r) */
 {
-    unsigned slot = slot_of(r);
     r->bin = (uint16_t)slot;
     r->bin_prev = NULL;
     r->bin_next = bins[slot];
@@ -174,6 +173,8 @@ static inline void bin_add(FreeRange *r)
     bins[slot] = r;
     nonempty[slot / 64] |= (uint64_t)1 << (slot % 64);
 }
+
+static inline void bin_add(FreeRange *r) { bin_add_at(r, slot_of(r)); }
 
 static inline void bin_del(FreeRange *r)
 {
@@ -233,7 +234,7 @@ void range_remove(FreeRange *r)
  * bytes (its dirty_since may have changed too).  Only what changed is
  * re-indexed: a split or a merge moves one end (one hash chain), and a
  * long range often stays in its size bin. */
-static void rebound(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
+static inline __attribute__((always_inline)) void rebound(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
 {
     bool moved_start = start != r->start, moved_end = start + len != r->start + r->len;
     if (moved_start)
@@ -249,9 +250,10 @@ static void rebound(FreeRange *r, uintptr_t start, size_t len, size_t dirty)
         start_add(r);
     if (moved_end)
         end_add(r);
-    if (slot_of(r) != r->bin) {
+    unsigned slot = slot_of(r);
+    if (slot != r->bin) {
         bin_del(r);
-        bin_add(r);
+        bin_add_at(r, slot);
     }
 }
 
@@ -272,11 +274,9 @@ static inline uint64_t age_weight(size_t dirty, uint64_t since, uint64_t young)
  * 160 MiB freed long ago: its mean age settles at 50 ms).  Ages count
  * back from latest, when memory last became dirty (no byte of r is
  * younger), so that no allocation reads the clock. */
-uint64_t range_since_after(const FreeRange *r, size_t dirty_left, uint64_t latest)
+uint64_t range_since_aged(const FreeRange *r, size_t dirty_left, uint64_t latest)
 {
-    size_t left = dirty_left >> HAK_PAGE_SHIFT;
-    if (r->oldest == r->dirty_since || !left || dirty_left >= r->dirty || latest <= r->dirty_since)
-        return r->dirty_since; /* all of one age, or nothing left to age */
+    size_t left = dirty_left >> HAK_PAGE_SHIFT; /* (not 0: range_since_after) */
     uint64_t age = latest - r->dirty_since, oldest = latest - r->oldest;
     uint64_t grown = (age < AGE_CAP ? age : AGE_CAP) * (r->dirty >> HAK_PAGE_SHIFT) / left;
     return latest - (grown < oldest ? grown : oldest);

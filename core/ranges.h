@@ -58,7 +58,14 @@ void range_trim(FreeRange *r, uintptr_t start, size_t len, size_t dirty, uint64_
  * dirty_left of its resident bytes: the extent is taken to have had the
  * youngest of them, and what is left ages accordingly, up to r's oldest;
  * latest: when any free range last became dirty (>= every dirty_since). */
-uint64_t range_since_after(const FreeRange *r, size_t dirty_left, uint64_t latest);
+uint64_t range_since_aged(const FreeRange *r, size_t dirty_left, uint64_t latest);
+static inline uint64_t range_since_after(const FreeRange *r, size_t dirty_left, uint64_t latest)
+{
+    if (r->oldest == r->dirty_since || dirty_left < HAK_PAGE_SIZE || dirty_left >= r->dirty ||
+        latest <= r->dirty_since)
+        return r->dirty_since; /* all of one age, or nothing left to age */
+    return range_since_aged(r, dirty_left, latest);
+}
 /* A range that holds len bytes at an address a with (a + offset) a multiple
  * of align, resident ones first, each time the smallest size bin that has
  * one (sizes in a bin are at most 19% apart): in the request's own bin the
@@ -103,7 +110,12 @@ static inline bool range_dirty_exact(const FreeRange *r)
 void ranges_validate(void);
 #endif
 
-/* extent.c: is addr the start of a reservation (no merging across it)? */
-bool extent_reservation_edge(uintptr_t addr);
+/* Is addr the start of a reservation (no merging across it)?  Those start
+ * 2 MiB-aligned: other addresses are answered here, the rest by extent.c. */
+bool extent_reservation_starts_at(uintptr_t addr);
+static inline bool extent_reservation_edge(uintptr_t addr)
+{
+    return !(addr & (HAK_CHUNK_SIZE - 1)) && extent_reservation_starts_at(addr);
+}
 
 #endif
