@@ -211,14 +211,22 @@ static uint64_t decay_period(void)
     return quarter ? quarter : 1;
 }
 
+/* Does the purger's thread run?  Asked for (purger_want) is not enough:
+ * it starts at the next malloc slow path (purger_poll), and a program
+ * that only frees from then on would decay nothing. */
+static inline bool purger_running(void)
+{
+    return atomic_load_explicit(&purger_started, memory_order_relaxed) &&
+           !atomic_load_explicit(&purger_wanted, memory_order_relaxed);
+}
+
 /* Inside extent operations (never on the malloc/free fast path): the full
  * decay at most every decay period (with a decay time of 0, at every one),
  * unless the purger runs (it wakes when the next range is due; it never
  * runs with a decay time of 0), the cap at every one. */
 static inline void decay(uint64_t now)
 {
-    if (!atomic_load_explicit(&purger_started, memory_order_relaxed) &&
-        (!options.decay_ms || now - last_decay_ms >= decay_period()))
+    if (!purger_running() && (!options.decay_ms || now - last_decay_ms >= decay_period()))
         decay_now(now);
     else
         purge_over_cap();
@@ -541,7 +549,7 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     /* Once the purger runs, decay by time is its work (it wakes when the
      * next range is due): an allocation then reads no clock, unless it
      * takes memory that is not resident (decay_check_refault). */
-    if (atomic_load_explicit(&purger_started, memory_order_relaxed))
+    if (purger_running())
         purge_over_cap();
     else
         decay(os_now_ms());
