@@ -352,7 +352,7 @@ static inline bool goes_straight(const LargeFront *f, size_t len)
 static inline void big_missed(LargeFront *f)
 {
     if (f->big_misses < LARGE_STRAIGHT_MAX && ++f->big_misses == LARGE_STRAIGHT_AFTER)
-        f->straight = 0;
+        f->straight = f->straight_twice = 0;
 }
 
 /* Does the front hold an extent of a big class? */
@@ -366,30 +366,44 @@ static bool holds_big(const LargeFront *f)
     return false;
 }
 
-/* A big malloc of class c that bypasses f: would an extent freed since the
- * last miss have served it (the lowest class from c to LARGE_UP_CLASSES
- * above, as front_get looks)?  A miss would have given them all back. */
+/* A big malloc of class c that bypasses f: what would the front have
+ * done, had the big extents freed since the last miss gone into it?
+ * Served it from the lowest class from c to LARGE_UP_CLASSES above that
+ * holds one, passing over the one freed last (LargeFront.last_put): then
+ * it takes LARGE_STRAIGHT_SERVED points off the score.  Passed over the
+ * one freed last only: nothing.  Missed: a point, and the front given
+ * back. */
 static char *front_bypassed(LargeFront *f, unsigned c, size_t len, size_t *got)
 {
-    uint32_t served = f->straight & ((1u << (LARGE_UP_CLASSES + 1)) - 1) << (c - big_class());
-    if (served) {
-        f->straight &= ~(served & -served);
-        f->big_misses--;
-    } else if (f->straight) {
-        f->straight = 0;
-        big_missed(f);
-    }
+    uint32_t window = ((1u << (LARGE_UP_CLASSES + 1)) - 1) << (c - big_class());
+    uint32_t served = window & ((f->straight & ~f->straight_last) | f->straight_twice);
     f->last_put = NULL;
-    if (f->bytes)
-        front_missed(f, len); /* (a big miss: it gives the front back) */
     *got = class_pages(c) << HAK_PAGE_SHIFT;
+    if (served) {
+        uint32_t bit = served & -served;
+        if (f->straight_twice & bit)
+            f->straight_twice &= ~bit;
+        else
+            f->straight &= ~bit;
+        f->big_misses -= LARGE_STRAIGHT_SERVED;
+        return NULL;
+    }
+    if (window & f->straight)
+        return NULL; /* (passed over) */
+    f->straight = f->straight_twice = 0;
+    big_missed(f);
+    if (f->bytes)
+        front_missed(f, len);
     return NULL;
 }
 
 static char *front_get(LargeFront *f, size_t len, size_t *got)
 {
     unsigned c = large_class_up(len >> HAK_PAGE_SHIFT);
-    if (f && goes_straight(f, len))
+    /* (every LARGE_STRAIGHT_PROBE-th looks all the same: a thread that
+     * stopped freeing big blocks would never see the size come back,
+     * and may find other threads' in the central cache) */
+    if (f && goes_straight(f, len) && ++f->bypassed % LARGE_STRAIGHT_PROBE)
         return front_bypassed(f, c, len, got);
     /* the extent freed last is passed over by this malloc only: the next
      * takes it (and checks its start: large.c's free mark) */
@@ -435,6 +449,8 @@ static char *front_get(LargeFront *f, size_t len, size_t *got)
  * not claimed for nothing (half of the mallocs of 1-9 MiB). */
 static char *too_big_to_cache(LargeFront *f, size_t len)
 {
+    if (f) /* (what a bypassed front would have held is gone too) */
+        f->straight = f->straight_twice = 0;
     if (f && __atomic_load_n(&f->bytes, __ATOMIC_RELAXED) && (f = front_enter(f))) {
         front_missed(f, len);
         front_unclaim(f);
@@ -487,7 +503,10 @@ bool large_cache_put(LargeFront *f, char *ext, size_t len)
         if (pages > LARGE_MAX_PAGES)
             return false;
         if (f && goes_straight(f, len)) { /* (only its thread writes these) */
-            f->straight |= 1u << (large_class_down(pages) - big_class());
+            uint32_t bit = 1u << (large_class_down(pages) - big_class());
+            f->straight_twice |= f->straight & bit;
+            f->straight |= bit;
+            f->straight_last = bit;
             return false;
         }
     }
@@ -526,6 +545,8 @@ void large_front_flush(LargeFront *f)
         os_futex_wait(&f->claim, FRONT_PURGER, os_now_ms() + 1);
     size_t bytes = 0;
     CachedExtent *list = front_take(f, 0, &bytes);
+    f->big_misses = 0; /* (a heap given up starts afresh with its next thread) */
+    f->straight = f->straight_twice = 0;
     front_unclaim(f);
     release(list);
 }

@@ -93,16 +93,20 @@
  * summed; no cache at all: 578). */
 #define LARGE_MISSES_FLUSH   3
 #define LARGE_MISS_FLUSH_MIN ((size_t)1 << 20)
-/* Mallocs of LARGE_MISS_FLUSH_MIN or more that keep missing while the
- * front holds big extents (one point per miss, up to LARGE_STRAIGHT_MAX;
- * none left after a hit) make such extents go straight to the extents at
- * free, and such mallocs skip the cache, from LARGE_STRAIGHT_AFTER
- * points, until mallocs that the extents freed meanwhile would have
- * served take the points off again (one each): random sizes of 1-4 MiB
- * met the cache 0.3% of the time, and their trip through it cost a fifth
- * of their instructions. */
-#define LARGE_STRAIGHT_AFTER 8
-#define LARGE_STRAIGHT_MAX   16
+/* Mallocs of LARGE_MISS_FLUSH_MIN or more that miss while the front
+ * holds big extents score a point each (up to LARGE_STRAIGHT_MAX; a hit
+ * clears the score).  From LARGE_STRAIGHT_AFTER points such extents go
+ * straight to the extents at free and such mallocs skip the cache; each
+ * malloc that an extent freed since the last miss would have served
+ * takes LARGE_STRAIGHT_SERVED points off, so that sizes that come back at
+ * least one time in four (LARGE_STRAIGHT_SERVED + 1) end it, and one of
+ * every LARGE_STRAIGHT_PROBE looks in the cache all the same.  Random
+ * sizes of 1-4 MiB met the cache 0.3% of the time, and their trip
+ * through it cost a tenth of their instructions. */
+#define LARGE_STRAIGHT_AFTER  8
+#define LARGE_STRAIGHT_MAX    16
+#define LARGE_STRAIGHT_SERVED 3
+#define LARGE_STRAIGHT_PROBE  64
 /* Past this many bytes in the central cache, extents go to the extents;
  * extents of LARGE_CENTRAL_BIG_MIN and more already past LARGE_CENTRAL_BIG_CAP. */
 #define LARGE_CENTRAL_CAP    ((size_t)64 << 20)

@@ -184,7 +184,10 @@ typedef struct LargeFront {
     unsigned big_misses;     /* a score of its misses of big blocks: while */
                              /* high, they bypass it (large_cache.c)       */
     uint32_t straight;       /* meanwhile, the big classes freed since the */
-                             /* last miss (bit: class - the first big one) */
+                             /* last miss (bit: class - the first big one), */
+    uint32_t straight_twice; /* those freed twice or more, and the class    */
+    uint32_t straight_last;  /* freed last (large_cache.c, front_bypassed)  */
+    unsigned bypassed;       /* big mallocs that bypassed it               */
     char    *last_put;       /* the extent freed last: never the next one  */
                              /* handed out (large_cache.c)                 */
     _Atomic uint32_t claim;  /* enum front_claim: who is using it          */

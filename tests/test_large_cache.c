@@ -312,6 +312,18 @@ static void repeat_two_sizes(void)
     }
 }
 
+/* The same with a second buffer that is 1 MiB and 3.5 MiB in turn: the
+ * cache serves the 2 MiB one, the other takes the lock twice a round
+ * (its extent, and the other size's given back at the miss). */
+static void repeat_one_of_two_sizes(void)
+{
+    for (int i = 0; i < 50; i++) {
+        void *a = tu_launder(malloc(2 * MiB)), *r = tu_launder(malloc(i & 1 ? MiB : 3 * MiB + MiB / 2));
+        free(a);
+        free(r);
+    }
+}
+
 /* A miss of a MiB or more gives the front's extents back to the extents,
  * where they merge with their free neighbours: kept by class across such
  * misses, they raised peak RSS by a quarter (bench_large).  A size that
@@ -375,7 +387,9 @@ static void random_big_sizes(uint64_t seed)
         CHECK(b[k] != NULL, "malloc(%zu)", n[k]);
         fill(b[k], n[k], (uint64_t)(op + RING));
     }
-    CHECK(kept_after_free == 0, "random 1-4 MiB sizes: %u of %d frees kept their extent cached",
+    /* (a malloc now and then that a freed extent would have served takes
+     * it out of the bypass for a few) */
+    CHECK(kept_after_free <= (OPS - 100) / 10, "random 1-4 MiB sizes: %u of %d frees kept their extent cached",
           kept_after_free, OPS - 100);
     for (int k = 0; k < RING; k++) {
         CHECK(verify(b[k], n[k], (uint64_t)(OPS - RING + k + RING)), "block of %zu overwritten", n[k]);
@@ -386,16 +400,97 @@ static void random_big_sizes(uint64_t seed)
 
 static void random_big_sizes_bypass(void)
 {
-    static const char *what[2] = { "a repeated 2 MiB block", "two blocks made and freed together" };
-    static void (*const again[2])(void) = { repeat_one_size, repeat_two_sizes };
+    static const char *what[3] = { "a repeated 2 MiB block", "two blocks made and freed together",
+                                   "a 2 MiB block made and freed with another size" };
+    static void (*const again[3])(void) = { repeat_one_size, repeat_two_sizes, repeat_one_of_two_sizes };
+    static const uint64_t most[3] = { 0, 0, 110 }; /* stuck in the bypass: 100, 200, 200 */
     repeat_size = 2 * MiB;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         random_big_sizes(99 + (uint64_t)k);
         for (int i = 0; i < 2; i++) /* sizes that come back: out of the bypass */
             again[k]();
         uint64_t taken = extent_locks_while(again[k]);
-        CHECK(taken == 0, "%s after random sizes took the extents' lock %llu times", what[k],
+        CHECK(taken <= most[k], "%s after random sizes took the extents' lock %llu times", what[k],
               (unsigned long long)taken);
+    }
+    malloc_trim(0);
+}
+
+/* A thread in the bypass that stops freeing big blocks (a producer whose
+ * blocks other threads free) still looks in the cache now and then
+ * (LARGE_STRAIGHT_PROBE): it takes the 2 MiB extents another thread left
+ * in the central cache. */
+static void fill_central_with_2mib(int idx, void *ctx)
+{
+    enum { N = 24 };
+    static void *b[N];
+    for (int i = 0; i < N; i++)
+        b[i] = tu_launder(malloc(2 * MiB));
+    for (int i = 0; i < N; i++)
+        free(b[i]); /* past the front's cap, into the central cache */
+}
+
+/* A heap given up in the bypass starts afresh with the thread that takes
+ * it next (the oldest heap given up: run before any other thread): that
+ * thread's first big block is cached. */
+static void burst_into_bypass(int idx, void *ctx)
+{
+    static void *ring[4];
+    tu_rng r = tu_rng_seed(6);
+    for (int op = 0; op < 200; op++) {
+        free(ring[op % 4]);
+        ring[op % 4] = tu_launder(malloc(tu_range(&r, 1 * MiB, 4 * MiB - 64 * KiB)));
+    }
+    for (int i = 0; i < 4; i++) {
+        free(ring[i]);
+        ring[i] = NULL;
+    }
+}
+static void first_big_block_cached(int idx, void *ctx)
+{
+    free(tu_launder(malloc(1536 * KiB)));
+    CHECK(tu_stats().large_bytes_cached >= 1536 * KiB,
+          "a new thread's first freed 1.5 MiB block was not cached (%zu KiB)",
+          tu_stats().large_bytes_cached >> 10);
+}
+static void heap_reuse_starts_afresh(void)
+{
+    malloc_trim(0);
+    tu_run_threads(1, burst_into_bypass, NULL);
+    tu_run_threads(1, first_big_block_cached, NULL);
+    malloc_trim(0);
+}
+
+static void producer_after_bypass(void)
+{
+    enum { RING = 4, OPS = 200, TAKE = 80, HUGE = 8 };
+    static void *ring[RING], *huge[HUGE], *taken[TAKE];
+    tu_rng r = tu_rng_seed(5);
+    malloc_trim(0);
+    for (int op = 0; op < OPS; op++) { /* into the bypass */
+        free(ring[op % RING]);
+        ring[op % RING] = tu_launder(malloc(tu_range(&r, 1 * MiB, 4 * MiB - 64 * KiB)));
+    }
+    for (int i = 0; i < HUGE; i++) /* misses that forget what was freed */
+        huge[i] = tu_launder(malloc(6 * MiB));
+    void *probe = tu_launder(malloc(1536 * KiB));
+    free(probe);
+    CHECK(tu_stats().large_bytes_cached == 0, "not in the bypass: a freed 1.5 MiB block was cached");
+    tu_run_threads(1, fill_central_with_2mib, NULL); /* its front goes to the extents at exit */
+    size_t before = tu_stats().large_bytes_cached;
+    CHECK(before >= 4 * MiB, "the central cache got %zu KiB of 2 MiB extents", before >> 10);
+    for (int i = 0; i < TAKE; i++)
+        taken[i] = tu_launder(malloc(2 * MiB));
+    size_t after = tu_stats().large_bytes_cached;
+    CHECK(after + 2 * MiB <= before, "%d mallocs of 2 MiB in the bypass left the central cache's %zu KiB "
+          "untouched (%zu KiB)", TAKE, before >> 10, after >> 10);
+    for (int i = 0; i < TAKE; i++)
+        free(taken[i]);
+    for (int i = 0; i < HUGE; i++)
+        free(huge[i]);
+    for (int i = 0; i < RING; i++) {
+        free(ring[i]);
+        ring[i] = NULL;
     }
     malloc_trim(0);
 }
@@ -528,6 +623,7 @@ static void many_threads_share(void)
 
 int main(void)
 {
+    heap_reuse_starts_afresh(); /* first: the heap given up is the only one */
     make_sizes();
     classes();
     not_straight_back();
@@ -537,6 +633,7 @@ int main(void)
     big_extents();
     big_miss_flushes_front();
     random_big_sizes_bypass();
+    producer_after_bypass();
     central_up_classes();
     fork_child();
     many_threads_share();
