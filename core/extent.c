@@ -264,14 +264,13 @@ _Atomic bool          purger_wanted; /* see purger_poll in internal.h */
  * heap held is taken to mean none runs: better a purger lost than a
  * process that never ends. */
 static unsigned purger_look_ms = 1;
-static ProcStat purger_stat = { -1, { 0, 0 } }; /* opened at its start */
 static bool purger_sleep(uint64_t deadline_ms)
 {
     uint32_t seen = atomic_load(&purger_wakeups);
     bool look = !heaps_running();
     extent_unlock();
     if (look) {
-        if (os_last_thread(&purger_stat) != 0) {
+        if (os_last_thread() != 0) {
             extent_lock();
             return false;
         }
@@ -296,7 +295,6 @@ static void purger_wake(void) /* with the lock held */
 
 static void *purger_main(void *unused)
 {
-    os_proc_stat_open(&purger_stat);
     extent_lock();
     for (;;) {
         purger_idle = false;
@@ -339,7 +337,6 @@ static void *purger_main(void *unused)
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);
     atomic_store_explicit(&purger_wanted, true, memory_order_relaxed);
     extent_unlock();
-    os_proc_stat_close(&purger_stat);
     pthread_sigmask(SIG_SETMASK, &purger_creator_mask, NULL);
     return NULL;
 }
@@ -371,7 +368,6 @@ void extent_fork_parent(void)
 /* The child has no purger: it asks for one as the parent did. */
 void extent_fork_child(void)
 {
-    os_proc_stat_close(&purger_stat); /* the parent's purger's */
     lock_reset(&ext_lock);
     lock_reset(&grow_lock);
     atomic_store_explicit(&purger_started, false, memory_order_relaxed);

@@ -291,38 +291,19 @@ bool os_page_mapped(const void *p)
 /* /proc/self/stat: the third field is the state of the process's first
  * thread ('Z' once it ended by pthread_exit: it stays counted until the
  * process ends), the twentieth the count of its threads. */
-void os_proc_stat_open(ProcStat *ps)
+int os_last_thread(void)
 {
     int saved = errno;
-    ps->fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    errno = saved;
-    if (ps->fd >= 0 && !os_fd_file(ps->fd, ps->file))
-        os_proc_stat_close(ps);
-}
-
-void os_proc_stat_close(ProcStat *ps)
-{
-    int saved = errno;
-    if (ps->fd >= 0)
-        close(ps->fd);
-    ps->fd = -1;
-    errno = saved;
-}
-
-int os_last_thread(ProcStat *ps)
-{
-    uint64_t file[2];
-    /* still the file it opened?  (a program may close every descriptor
-     * and open others, which would get its number) */
-    if (ps->fd >= 0 && (!os_fd_file(ps->fd, file) || file[0] != ps->file[0] || file[1] != ps->file[1])) {
-        ps->fd = -1; /* not ours to close any more */
-        os_proc_stat_open(ps);
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && fd < 3) { /* the program closed 0, 1 or 2: handed back at once */
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        close(fd);
+        fd = high;
     }
-    if (ps->fd < 0)
-        return -1;
-    int saved = errno;
     char buf[1024];
-    ssize_t n = pread(ps->fd, buf, sizeof buf - 1, 0);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0)
+        close(fd);
     errno = saved;
     if (n <= 0)
         return -1;

@@ -60,15 +60,14 @@ static inline uint64_t os_now_ms(void)
 void  os_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ms);
 void  os_futex_wake(_Atomic uint32_t *word, int n);
 /* Is the calling thread, one the process started after its first, the
- * only one still running?  Asked of /proc/self/stat, opened once (fd -1:
- * it could not be) and read again each time, so that a process out of
- * descriptors, or one whose filter forbids open, still gets an answer
- * (reopened if the program closed it).  1 yes, 0 no, -1 there is no
- * telling.  For the purger's rare look (extent.c). */
-typedef struct ProcStat { int fd; uint64_t file[2]; } ProcStat;
-void  os_proc_stat_open(ProcStat *ps);
-void  os_proc_stat_close(ProcStat *ps);
-int   os_last_thread(ProcStat *ps);
+ * only one still running?  Asked of /proc/self/stat, opened for each look
+ * and closed at once, never under a number below 3: a descriptor kept
+ * open is one the program sees (a daemon's descriptor audit, Python's
+ * close_fds checks), may be closed by its closefrom and reused, and a
+ * fork child's copy is not hakmem's to close.  1 yes, 0 no, -1 there is
+ * no telling (no /proc, no descriptor left, a filter forbids open).  For
+ * the purger's rare look (extent.c). */
+int   os_last_thread(void);
 /* Fill buf with len random bytes from the kernel; false if it has none. */
 bool  os_random(void *buf, size_t len);
 /* A close-on-exec copy of fd, numbered 3 or above; -1 if none. */
