@@ -330,13 +330,6 @@ static inline LargeFront *front_enter(LargeFront *f)
     return f;
 }
 
-/* ---- the API of large.c ----
- * The extent a thread freed last is never the next one its mallocs get
- * (LargeFront.last_put), from the front or the central cache: a use
- * after free cannot count on its block coming straight back, as with the
- * slab tiers.  A program that frees and mallocs one size in a loop then
- * takes turns between two extents, which costs one more extent per class
- * it does so with, and no lock once both are made. */
 /* Big extents (LARGE_MISS_FLUSH_MIN and more) and their mallocs bypass
  * a front whose big mallocs kept missing (LARGE_STRAIGHT_AFTER).  Their
  * classes start at big_class: f->straight has a bit for each. */
@@ -397,6 +390,13 @@ static char *front_bypassed(LargeFront *f, unsigned c, size_t len, size_t *got)
     return NULL;
 }
 
+/* ---- the API of large.c ----
+ * The extent a thread freed last is never the next one its mallocs get
+ * (LargeFront.last_put), from the front or the central cache: a use
+ * after free cannot count on its block coming straight back, as with the
+ * slab tiers.  A program that frees and mallocs one size in a loop then
+ * takes turns between two extents, which costs one more extent per class
+ * it does so with, and no lock once both are made. */
 static char *front_get(LargeFront *f, size_t len, size_t *got)
 {
     unsigned c = large_class_up(len >> HAK_PAGE_SHIFT);

@@ -296,7 +296,7 @@ int os_last_thread(void)
     int saved = errno;
     int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
     if (fd >= 0 && fd < 3) { /* the program closed 0, 1 or 2: handed back at once */
-        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        int high = os_dup_fd(fd);
         close(fd);
         fd = high;
     }
