@@ -52,18 +52,29 @@ static LargeHeader *header_at(const void *p)
     return h;
 }
 
+/* With guard pages the extents keep free memory PROT_NONE, so the header
+ * of a block freed long ago (out of the quarantine), or a "header" in a
+ * guard page, would fault when read: the kernel is asked first, and a
+ * double free is reported (or ignored, HAKMEM_INVALID_FREE) instead. */
+static inline bool header_readable(const LargeHeader *h)
+{
+    return !HAK_GUARD_SIZE || os_readable(h, HDR);
+}
+
 LargeHeader *large_header(const void *p)
 {
     LargeHeader *h = header_at(p);
-    return h && h->cookie == cookie(h, LARGE_LIVE) ? h : NULL;
+    return h && header_readable(h) && h->cookie == cookie(h, LARGE_LIVE) ? h : NULL;
 }
 
+/* A header we cannot read in our own extents lies in free memory or a
+ * guard page: taken for a freed block's. */
 bool large_was_freed(const void *p)
 {
     if (large_quarantined(p))
         return true;
     LargeHeader *h = header_at(p);
-    return h && h->cookie == cookie(h, LARGE_FREED);
+    return h && (!header_readable(h) || h->cookie == cookie(h, LARGE_FREED));
 }
 
 /* The end of the page that holds the block's last byte.  In the hardened

@@ -7,6 +7,7 @@
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -286,6 +287,18 @@ bool os_page_mapped(const void *p)
     bool ok = mincore((void *)align_down((uintptr_t)p, HAK_PAGE_SIZE), 1, &vec) == 0;
     errno = saved;
     return ok;
+}
+
+bool os_readable(const void *p, size_t len)
+{
+    char copy[64];
+    HAK_ASSERT(len <= sizeof copy);
+    struct iovec to = { copy, len }, from = { (void *)p, len };
+    int saved = errno;
+    ssize_t n = process_vm_readv(getpid(), &to, 1, &from, 1, 0);
+    bool readable = n == (ssize_t)len || (n < 0 && errno != EFAULT);
+    errno = saved;
+    return readable;
 }
 
 /* /proc/self/stat: the third field is the state of the process's first

@@ -3,8 +3,9 @@
  * go through here, so that each memory call is counted (HAKMEM_STATS) and
  * can be failed on purpose in the fault-injection build
  * (HAK_FAULT_INJECTION); the futexes the locks (internal.h) and the purger
- * sleep on are here too, and the purger's look at /proc/self/stat
- * (os_last_thread).  The others are pthreads' (the purger thread),
+ * sleep on are here too, the purger's look at /proc/self/stat
+ * (os_last_thread), and the hardened build's question whether a large
+ * block's header can be read (os_readable).  The others are pthreads' (the purger thread),
  * getauxval and getrusage, and error.c's write to stderr.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_OS_H
@@ -47,6 +48,13 @@ static inline void os_guard(void *p, size_t len)
 }
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
+/* Can the len (<= 64) bytes at p be read?  Asked of the kernel
+ * (process_vm_readv from the process itself), which answers for a
+ * PROT_NONE page instead of faulting: the hardened build's freed extents
+ * and guard pages are such pages.  True where the kernel will not say (a
+ * seccomp filter forbids the call): the read then faults, as it would
+ * have without the question.  Not a memory call: not counted. */
+bool  os_readable(const void *p, size_t len);
 /* The coarse clock, in ms: read from the vDSO (no syscall), inline on the
  * extents' free path. */
 static inline uint64_t os_now_ms(void)
