@@ -2,6 +2,7 @@
  * guard pages around large blocks, random order of fresh blocks.
  * Built only against out/secure/libhakmem.a.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -194,6 +195,59 @@ static void grown_guards(void)
     }
 }
 
+/* Each live large block is two mappings (the block and the guard after
+ * it), so the kernel's cap on a process's mappings (vm.max_map_count,
+ * 65530 by default) caps them at about half that: past it malloc returns
+ * NULL with ENOMEM, never a block without its guards nor a crash, and
+ * works again once blocks are freed.  In a child: the cap is the whole
+ * process's.  Exit 5: the cap is too high to reach here. */
+static void map_count_child(size_t unused)
+{
+    long cap = 0;
+    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+    if (!f || fscanf(f, "%ld", &cap) != 1 || cap > 262144)
+        _exit(5);
+    fclose(f);
+    char **b = mmap(NULL, (size_t)cap * sizeof *b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED)
+        _exit(5);
+    long n = 0;
+    for (; n < cap; n++) {
+        errno = 0;
+        if (!(b[n] = malloc(100000)))
+            break;
+        b[n][99999] = 1;
+    }
+    if (n == cap)
+        _exit(3); /* never refused */
+    if (errno != ENOMEM)
+        _exit(2);
+    for (long i = 0; i < n; i += 2)
+        free(b[i]);
+    for (int i = 0; i < 100; i++) {
+        char *q = malloc(100000), *small = malloc(48);
+        if (!q || !small)
+            _exit(4);
+        q[99999] = small[47] = 1;
+        free(q);
+        free(small);
+    }
+    for (long i = 1; i < n; i += 2)
+        free(b[i]);
+    _exit(0);
+}
+
+static void map_count_limit(void)
+{
+    char err[512];
+    int st = tu_in_child(map_count_child, 0, err, sizeof err);
+    CHECK(WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 5),
+          "at the cap on mappings: status %#x (2: not ENOMEM, 3: never refused, 4: no malloc after frees): %s",
+          st, err);
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 5)
+        printf("test_hardened: vm.max_map_count above 262144 or unreadable: the cap on mappings not reached\n");
+}
+
 static void random_order(void)
 {
     /* 64 fresh blocks of a class nothing else uses here: in the default
@@ -279,5 +333,6 @@ int main(void)
     guards();
     grown_guards();
     random_order();
+    map_count_limit();
     return TU_DONE();
 }
