@@ -48,12 +48,11 @@ static inline void os_guard(void *p, size_t len)
 }
 /* Is the page holding p mapped?  (mincore) */
 bool  os_page_mapped(const void *p);
-/* Can the len (<= 64) bytes at p be read?  Asked of the kernel
- * (process_vm_readv from the process itself), which answers for a
- * PROT_NONE page instead of faulting: the hardened build's freed extents
- * and guard pages are such pages.  True where the kernel will not say (a
- * seccomp filter forbids the call): the read then faults, as it would
- * have without the question.  Not a memory call: not counted. */
+/* Can the len bytes at p be read?  Asked of the kernel, which answers
+ * for a PROT_NONE page instead of faulting: the hardened build's freed
+ * extents and guard pages are such pages.  True where the kernel will not
+ * say: the read then faults, as it would have without the question.  Not
+ * a memory call: not counted. */
 bool  os_readable(const void *p, size_t len);
 /* The coarse clock, in ms: read from the vDSO (no syscall), inline on the
  * extents' free path. */
