@@ -233,50 +233,73 @@ HAK_API void *hak_realloc(void *p, size_t size)
     return foreign_realloc(p, size);
 }
 
-/* The size a program says a block has must be one that gives the block's
- * class (slab tiers) or exactly its requested size (large blocks). */
-/* free_sized and C++'s sized delete, where the size is not the one of the
- * block's class (or the block is not a live slab block): the full check. */
-static HAK_NOINLINE void free_sized_slow(void *p, size_t size)
+/* The class alloc_aligned puts a request in: the first from the size's
+ * own that is a multiple of the alignment; HAK_NCLASS for a large block. */
+static inline __attribute__((always_inline)) unsigned aligned_class(size_t size, size_t align)
+{
+    if (size > HAK_SLAB_REQUEST_MAX || align > HAK_SMALL_MAX)
+        return HAK_NCLASS;
+    unsigned c = size_class(slab_request(size ? size : 1)); /* (size 0: the smallest aligned enough) */
+    while (align > HAK_MIN_ALIGN && c < HAK_NCLASS && size_classes[c].block_size % align)
+        c++;
+    return c;
+}
+
+/* The size (and alignment) a program says a block has must be ones that
+ * give the block's class, or one realloc kept it at (slab tiers), or
+ * exactly its requested size (large blocks; the hardened build knows it
+ * for every block), and the block must have that alignment.  free_sized, free_aligned_sized and C++'s sized
+ * deletes where the quick test below did not settle it. */
+static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
 {
     unsigned kind = registry_kind(p);
     bool match = true;
     size_t usable;
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
-        /* The requested size, which the canary knows (C++'s operator
-         * new(0) asks malloc for 1 byte, and its sized delete passes 0);
-         * otherwise the class of the size, or one realloc kept it at. */
-        match = HAK_HARDEN_CANARY ? usable == size || (size == 0 && usable == 1)
-                                  : size <= HAK_SLAB_REQUEST_MAX &&
-                                    (size_class(slab_request(size ? size : 1)) == span_of(ss, p)->cls ||
-                                     small_keeps(p, size));
+        unsigned c = aligned_class(size, align), cls = span_of(ss, p)->cls;
+        /* (C++'s operator new(0) asks malloc for 1 byte, and its sized
+         * delete passes 0; an aligned block never comes from realloc) */
+        if (align > HAK_MIN_ALIGN)
+            match = c == cls;
+        else if (!HAK_HARDEN_CANARY)
+            match = c == cls || (c < HAK_NCLASS && small_keeps(p, size));
+        if (HAK_HARDEN_CANARY)
+            match = match && (usable == size || (size == 0 && usable == 1));
     } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
         match = !h || h->size == size;
     } else if (kind == CHUNK_ZERO) {
         match = size == 0;
     }
-    if (unlikely(!match))
-        invalid_free_report("free or delete with the wrong size", p);
+    if (unlikely(!match || !is_pow2(align) || ((uintptr_t)p & (align - 1))))
+        invalid_free_report(align > HAK_MIN_ALIGN ? "free or delete with the wrong size or alignment"
+                                                  : "free or delete with the wrong size", p);
     hak_free(p);
 }
 
-/* Every C++14 `delete` of a complete type comes here: a size of the
- * block's class is the common case, one table load away, and the block
- * is then freed as free() would (slab_free sorts out the rest of misuse).
- * The hardened build compares the requested size itself (free_sized_slow). */
-HAK_API void hak_free_sized(void *p, size_t size)
+/* Every C++14 `delete` of a complete type comes here: a size (and an
+ * alignment) of the block's class is the common case, one table load
+ * away, and the block is then freed as free() would (slab_free sorts out
+ * the rest of misuse).  The hardened build compares the requested size
+ * itself (free_checked). */
+static inline __attribute__((always_inline)) void sized_free(void *p, size_t size, size_t align)
 {
-    if (!HAK_HARDEN_CANARY && likely(slab_pointer(p) && size <= HAK_SLAB_REQUEST_MAX)) {
+    if (!HAK_HARDEN_CANARY && likely(slab_pointer(p) && is_pow2(align) && !((uintptr_t)p & (align - 1)))) {
         SuperSlab *ss = superslab_of(p);
-        unsigned page = page_index(p);
-        if (likely(size_class(slab_request(size ? size : 1)) == ss->page_cls[page])) {
+        unsigned page = page_index(p), c = aligned_class(size, align);
+        if (likely(c < HAK_NCLASS && c == ss->page_cls[page])) {
             slab_free(ss, p, page);
             return;
         }
     }
-    free_sized_slow(p, size);
+    free_checked(p, size, align);
+}
+HAK_API void hak_free_sized(void *p, size_t size) { sized_free(p, size, HAK_MIN_ALIGN); }
+void free_sized_aligned(void *p, size_t size, size_t align)
+{
+    if (p) /* (as free(NULL), whatever the alignment) */
+        sized_free(p, size, align);
 }
 
 HAK_API unsigned hak_mitigations(void) { return HAK_MITIGATIONS; }
@@ -301,10 +324,9 @@ static void *alloc_aligned(size_t align, size_t size)
         return hak_malloc(size);
     if (size <= HAK_SLAB_REQUEST_MAX && align <= HAK_SMALL_MAX) {
         runtime_ensure(); /* the class table */
-        /* (size 0 takes the smallest class that is aligned enough) */
-        for (unsigned c = size_class(slab_request(size ? size : 1)); c < HAK_NCLASS; c++)
-            if (size_classes[c].block_size % align == 0)
-                return class_alloc(size, c);
+        unsigned c = aligned_class(size, align);
+        if (c < HAK_NCLASS)
+            return class_alloc(size, c);
     }
     return large_alloc(size, align, false);
 }
@@ -415,9 +437,8 @@ EXPORT(malloc, hak_malloc);
 EXPORT(free, hak_free);
 EXPORT(free_sized, hak_free_sized);
 /* C23's free of a block of aligned_alloc, which glibc has from 2.43 on: a
- * program preloaded with hakmem must reach ours with our blocks.  The
- * size is not checked: an aligned block's class is its alignment's. */
-HAK_API void free_aligned_sized(void *p, size_t alignment, size_t size) { hak_free(p); }
+ * program preloaded with hakmem must reach ours with our blocks. */
+HAK_API void free_aligned_sized(void *p, size_t alignment, size_t size) { free_sized_aligned(p, size, alignment); }
 EXPORT(calloc, hak_calloc);
 EXPORT(realloc, hak_realloc);
 EXPORT(reallocarray, hak_reallocarray);

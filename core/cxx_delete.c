@@ -2,8 +2,8 @@
  * hakmem's checks: a sized `delete p` (C++14 sized deallocation) passes the
  * static type's size, which hak_free_sized compares with the block's, so
  * `delete` of the wrong type and `delete` of a new[] array are reported.
- * The aligned forms take blocks that aligned_alloc rounded up, so they are
- * not size-checked.  operator new is cxx_new.c's: new and delete come as a
+ * The aligned sized forms are checked the same way, against the class
+ * aligned_alloc takes for that size and alignment.  operator new is cxx_new.c's: new and delete come as a
  * set, or a library after hakmem in the lookup order that has its own
  * pair (a pool, tcmalloc linked with -l) would see its new paired with
  * hakmem's delete.
@@ -54,11 +54,30 @@ CXX_SIZED(_ZdaPvm, array_is_ours, _ZdaPv)
 
 CXX_FORWARD(_ZdlPvRKSt9nothrow_t, (void *p, const void *nt), _ZdlPv(p))
 CXX_FORWARD(_ZdaPvRKSt9nothrow_t, (void *p, const void *nt), _ZdaPv(p))
-/* The aligned family's plain form, and the rest of it */
-CXX_FORWARD(_ZdlPvSt11align_val_t, (void *p, size_t al), hak_free(p))
-CXX_FORWARD(_ZdaPvSt11align_val_t, (void *p, size_t al), _ZdlPvSt11align_val_t(p, al))
-CXX_FORWARD(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t al), _ZdlPvSt11align_val_t(p, al))
-CXX_FORWARD(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t al), _ZdaPvSt11align_val_t(p, al))
+/* The aligned family: its two plain forms, their sized forms (checked
+ * while the plain ones are hakmem's), the rest */
+static void delete_aligned(void *p, size_t al) { hak_free(p); }
+CXX_API void _ZdlPvSt11align_val_t(void *p, size_t al) __attribute__((alias("delete_aligned")));
+CXX_API void _ZdaPvSt11align_val_t(void *p, size_t al);
+CXX_API void _ZdaPvSt11align_val_t(void *p, size_t al) { _ZdlPvSt11align_val_t(p, al); }
+extern void delete_array_aligned(void *p, size_t al)
+    __attribute__((visibility("hidden"), alias("_ZdaPvSt11align_val_t")));
+static inline bool aligned_is_ours(void) { return likely(_ZdlPvSt11align_val_t == delete_aligned); }
+static inline bool array_aligned_is_ours(void)
+{
+    return likely(_ZdaPvSt11align_val_t == delete_array_aligned) && aligned_is_ours();
+}
+#define CXX_SIZED_ALIGNED(mangled, ours, plain)          \
+    CXX_API void mangled(void *p, size_t n, size_t al);  \
+    CXX_API void mangled(void *p, size_t n, size_t al)   \
+    {                                                    \
+        if (ours())                                      \
+            free_sized_aligned(p, n, al);                \
+        else                                             \
+            plain(p, al);                                \
+    }
+CXX_SIZED_ALIGNED(_ZdlPvmSt11align_val_t, aligned_is_ours, _ZdlPvSt11align_val_t)
+CXX_SIZED_ALIGNED(_ZdaPvmSt11align_val_t, array_aligned_is_ours, _ZdaPvSt11align_val_t)
 CXX_FORWARD(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),
             _ZdlPvSt11align_val_t(p, al))
 CXX_FORWARD(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),

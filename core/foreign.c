@@ -5,9 +5,9 @@
  * allocator by name (hakmem exports glibc's __libc_malloc family too, so
  * code that calls those directly gets hakmem's blocks).  When the registry
  * does not know a pointer, we look at the glibc chunk header in front of
- * it, but only after mincore() has confirmed that its page is mapped
- * (pages of glibc's arenas are remembered, so repeated foreign frees cost
- * no syscall).  A plausible glibc chunk goes to glibc's own free; anything
+ * it, but only after mincore() has confirmed that its page is mapped,
+ * and os_readable that it is not PROT_NONE (pages of glibc's arenas are
+ * remembered, so repeated foreign frees cost no syscall).  A plausible glibc chunk goes to glibc's own free; anything
  * else is an invalid free.
  * SPDX-License-Identifier: MIT */
 #include "os.h"
@@ -81,7 +81,9 @@ static size_t glibc_usable(const void *p)
         return 0;
     uintptr_t page = align_down(a - 16, HAK_PAGE_SIZE); /* p-16..p-1: one page */
     bool known = page_known(page);
-    if (!known && !os_page_mapped((void *)page))
+    /* mincore says whether it is mapped; a mapped page may still be
+     * PROT_NONE (a guard, a program's own protected memory): asked too */
+    if (!known && (!os_page_mapped((void *)page) || !os_readable((void *)page, 16)))
         return 0;
     size_t prev = ((const size_t *)p)[-2], field = ((const size_t *)p)[-1];
     size_t size = field & ~(size_t)7;

@@ -514,6 +514,10 @@ static inline void purger_poll(void)
 void  *large_alloc(size_t size, size_t align, bool zero);
 void   large_free(void *p);
 void  *large_realloc(void *p, size_t size);
+/* Free p, which the program says has size bytes and alignment align
+ * (free_aligned_sized, C++'s aligned sized deletes): reported as a misuse
+ * if they are not the block's (api.c). */
+void   free_sized_aligned(void *p, size_t size, size_t align);
 LargeHeader *large_header(const void *p); /* NULL if p is no live large block */
 bool   large_was_freed(const void *p);
 size_t large_usable(const LargeHeader *h, const void *p);

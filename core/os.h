@@ -50,7 +50,8 @@ static inline void os_guard(void *p, size_t len)
 bool  os_page_mapped(const void *p);
 /* Can the len bytes at p be read?  Asked of the kernel, which answers
  * for a PROT_NONE page instead of faulting: the hardened build's freed
- * extents and guard pages are such pages.  True where the kernel will not
+ * extents and guard pages are such pages, and so may be the memory of a
+ * foreign pointer (foreign.c).  True where the kernel will not
  * say: the read then faults, as it would have without the question.  Not
  * a memory call: not counted. */
 bool  os_readable(const void *p, size_t len);

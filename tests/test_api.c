@@ -484,6 +484,40 @@ static void test_free_aligned_sized(void)
                   sizes[i], (unsigned long long)in1, (unsigned long long)in0);
         }
     }
+    /* Every size and alignment aligned_alloc takes is accepted back (a
+     * false report aborts the test) */
+    for (size_t al = 32; al <= 65536; al <<= 1)
+        for (size_t n = 0; n <= 70000; n = n < 64 ? n + 1 : n + n / 7 + 13)
+            free_aligned_sized(tu_launder(aligned_alloc(al, n)), al, n);
+    free_aligned_sized(NULL, 3, 5); /* nothing, as free(NULL) */
+    CHECK(1, "free_aligned_sized of every size and alignment");
+}
+
+/* The misuses of free_aligned_sized it reports, each in a child */
+static void aligned_wrong_size(size_t n) { free_aligned_sized(tu_launder(aligned_alloc(64, n)), 64, n / 8); }
+static void aligned_wrong_alignment(size_t n)
+{
+    char *p = aligned_alloc(64, n);
+    uintptr_t has = (uintptr_t)p & -(uintptr_t)p; /* its alignment: twice that it lacks */
+    free_aligned_sized(tu_launder(p), 2 * has, n);
+}
+static void aligned_not_pow2(size_t n) { free_aligned_sized(tu_launder(aligned_alloc(64, n)), 48, n); }
+static void test_free_aligned_sized_misuse(void)
+{
+    static const struct { void (*fn)(size_t); const char *what; } cases[] = {
+        { aligned_wrong_size, "the wrong size" },
+        { aligned_wrong_alignment, "the wrong alignment" },
+        { aligned_not_pow2, "an alignment that is no power of two" },
+    };
+    static const size_t sizes[] = { 200, 3000, 40000, 200000 };
+    char err[512];
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+        for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+            int st = tu_in_child(cases[c].fn, sizes[i], err, sizeof err);
+            CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "wrong size or alignment"),
+                  "free_aligned_sized of a %zu-byte block with %s: status %#x (%s)", sizes[i], cases[c].what,
+                  st, err);
+        }
 }
 
 int main(void)
@@ -506,5 +540,6 @@ int main(void)
     test_page_alloc();
     test_glibc_extras();
     test_free_aligned_sized();
+    test_free_aligned_sized_misuse();
     return TU_DONE();
 }

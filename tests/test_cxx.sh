@@ -55,12 +55,13 @@ for lib in "$ROOT/out/release/libhakmem.so" "$ROOT/out/debug/libhakmem.so" "$ROO
     syms=$(nm -D --defined-only "$lib") # whole: see test_static.sh
     grep -q ' _ZdlPvm$' <<<"$syms" || fail "$lib does not export operator delete(void*, size_t)"
     grep -q ' _Znwm$' <<<"$syms" || fail "$lib does not export operator new(size_t)"
-    for misuse in wrong-type array-as-scalar; do
+    for misuse in wrong-type array-as-scalar aligned-wrong-size; do
         rc=0
         err=$(LD_PRELOAD=$lib "$tmp/cxx_app" "$misuse" 2>&1 >/dev/null) || rc=$?
         [ "$rc" -eq 134 ] || fail "$misuse with $lib: exit $rc, expected SIGABRT ($err)"
         case "$err" in
-            "hakmem: free or delete with the wrong size: 0x"*) ;;
+            "hakmem: free or delete with the wrong size: 0x"* | \
+                "hakmem: free or delete with the wrong size or alignment: 0x"*) ;;
             *) fail "$misuse with $lib: message '$err'" ;;
         esac
     done

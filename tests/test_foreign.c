@@ -179,13 +179,22 @@ static void do_invalid(int which)
         free(neighbour);
         break;
     }
+    case 4: { /* a pointer into the program's own PROT_NONE memory: mapped,
+               * so mincore alone lets the look at a glibc header fault */
+        char *m = mmap(NULL, 2 * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) break;
+        free(tu_launder(m + 4096 + 64));
+        munmap(m, 2 * 4096);
+        break;
+    }
     }
 }
 
 static const char *const invalid_name[] = { "free(stack address)", "free(middle of large block)",
                                             "double free of large block",
-                                            "double free of large block after 40 bigger frees" };
-#define N_INVALID 4
+                                            "double free of large block after 40 bigger frees",
+                                            "free(address in PROT_NONE memory)" };
+#define N_INVALID 5
 
 static void invalid_abort(void)
 {

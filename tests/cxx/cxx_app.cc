@@ -17,6 +17,8 @@
 struct Base { long a = 1; };                       // no virtual destructor
 struct Derived : Base { long more[40] = { 2 }; };  // 328 bytes
 struct alignas(64) Line { char bytes[64]; };
+struct alignas(128) Pad { char bytes[200]; ~Pad() { bytes[0] = 0; } };  // new[] keeps a count
+struct alignas(4096) Page { char bytes[70000]; };                       // a large block
 
 // Keeps the optimizer from pairing up a new and a delete and removing both.
 template <class T> static T *escape(T *p)
@@ -32,6 +34,11 @@ int main(int argc, char **argv)
     if (argc > 1 && std::strcmp(argv[1], "wrong-type") == 0) {
         Base *b = escape<Base>(new Derived);  // freed as the 8-byte Base: the wrong size
         delete b;
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "aligned-wrong-size") == 0) {
+        Line *l = escape(new Line[3]);
+        ::operator delete[](l, sizeof(Line), std::align_val_t(alignof(Line)));  // 3 of them
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "array-as-scalar") == 0) {
@@ -66,6 +73,16 @@ int main(int argc, char **argv)
         } catch (const std::exception &e) {
             h = mix(h, std::strlen(e.what()));
         }
+    }
+    // the aligned sized deletes: scalar, array with a count, large
+    for (int i = 0; i < 200; i++) {
+        Pad *pads = escape(new Pad[1 + i % 9]);
+        h = mix(h, reinterpret_cast<unsigned long>(pads) % 128);  // 0: aligned
+        delete[] pads;
+        Page *page = escape(new Page);
+        h = mix(h, reinterpret_cast<unsigned long>(page) % 4096);
+        delete page;
+        ::operator delete(escape(::operator new(i, std::align_val_t(32))), std::size_t(i), std::align_val_t(32));
     }
     // operator new(0) asks malloc for 1 byte; its sized delete passes 0
     for (int i = 0; i < 100; i++) {
