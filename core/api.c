@@ -273,8 +273,9 @@ static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
         match = size == 0;
     }
     if (unlikely(!match || !is_pow2(align) || ((uintptr_t)p & (align - 1))))
-        invalid_free_report(align > HAK_MIN_ALIGN ? "free or delete with the wrong size or alignment"
-                                                  : "free or delete with the wrong size", p);
+        invalid_free_report(align > HAK_MIN_ALIGN || !is_pow2(align) ? "free or delete with the wrong size or alignment"
+                                                                     : "free or delete with the wrong size",
+                            p);
     hak_free(p);
 }
 
@@ -378,21 +379,34 @@ static void *pvalloc_impl(size_t size)
     return alloc_aligned(HAK_PAGE_SIZE, align_up(size ? size : 1, HAK_PAGE_SIZE));
 }
 
+/* 0 for a pointer that is no live block, as glibc's is for NULL; the
+ * hardened build (CANARY) reports one, as a misuse (hardened_malloc's
+ * answer too: its size is what a use after free or an overflow asks). */
 HAK_API size_t hak_usable_size(const void *p)
 {
     if (p == NULL)
         return 0;
     unsigned kind = registry_kind(p);
-    size_t usable;
-    if (kind == CHUNK_SUPERSLAB)
-        return small_live(p, &usable) ? usable : 0;
-    if (kind == CHUNK_EXTENT) {
+    size_t usable = 0;
+    bool live;
+    if (kind == CHUNK_SUPERSLAB) {
+        live = small_live(p, &usable);
+    } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
-        return h ? large_usable(h, p) : 0;
+        live = h != NULL;
+        if (h)
+            usable = large_usable(h, p);
+#if HAK_HARDEN_ZERO_SIZE_GUARD
+    } else if (kind == CHUNK_ZERO) {
+        live = zero_live(p); /* 0 bytes */
+#endif
+    } else {
+        usable = foreign_usable(p);
+        live = usable != 0;
     }
-    if (kind != CHUNK_NONE)
-        return 0; /* the hardened build's zero-size blocks */
-    return foreign_usable(p);
+    if (HAK_HARDEN_CANARY && unlikely(!live))
+        invalid_free_report("malloc_usable_size of a pointer that is not an allocated block", p);
+    return live ? usable : 0;
 }
 
 HAK_API enum hak_kind hak_ptr_kind(const void *p)

@@ -15,7 +15,8 @@
  *                   the canary, and the canary of the block just before
  *                   (an underflow writes there): "block overflow" or
  *                   "block underflow".  malloc_usable_size is then the
- *                   requested size.
+ *                   requested size, and reports a pointer that is no live
+ *                   block (the default build returns 0).
  *   GUARD_PAGES     large blocks sit between PROT_NONE pages and end at the
  *                   second one (a block grown by realloc ends in the page
  *                   before it, and the guard covers the room it has left

@@ -195,6 +195,27 @@ static void grown_guards(void)
     }
 }
 
+/* malloc_usable_size of a pointer that is no live block is a misuse the
+ * hardened build reports (the default build returns 0) */
+static void usable_of(size_t which)
+{
+    char *p = malloc(which < 3 ? 100 : 300000);
+    free(which % 3 == 0 ? tu_launder(p) : NULL);
+    const char *q = which % 3 == 0 ? p : which % 3 == 1 ? p + 1 : p + 48;
+    _exit(malloc_usable_size(tu_launder((void *)q)) == 0 ? 3 : 4);
+}
+static void usable_of_no_block(void)
+{
+    static const char *what[] = { "a freed block", "an unaligned pointer", "an interior pointer" };
+    char err[512];
+    for (size_t which = 0; which < 6; which++) {
+        int st = tu_in_child(usable_of, which, err, sizeof err);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(err, "malloc_usable_size of a pointer"),
+              "malloc_usable_size of %s (%s): status %#x (%s)", what[which % 3], which < 3 ? "small" : "large",
+              st, err);
+    }
+}
+
 /* Each live large block is two mappings (the block and the guard after
  * it), so the kernel's cap on a process's mappings (vm.max_map_count,
  * 65530 by default) caps them at about half that: past it malloc returns
@@ -333,6 +354,7 @@ int main(void)
     guards();
     grown_guards();
     random_order();
+    usable_of_no_block();
     map_count_limit();
     return TU_DONE();
 }
