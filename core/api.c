@@ -253,26 +253,34 @@ static inline __attribute__((always_inline)) unsigned aligned_class(size_t size,
 static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
 {
     unsigned kind = registry_kind(p);
-    bool match = true;
+    bool live = false, match = false;
     size_t usable;
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
         unsigned c = aligned_class(size, align), cls = span_of(ss, p)->cls;
         /* (C++'s operator new(0) asks malloc for 1 byte, and its sized
          * delete passes 0; an aligned block never comes from realloc) */
+        live = true;
         if (align > HAK_MIN_ALIGN)
             match = c == cls;
         else if (!HAK_HARDEN_CANARY)
             match = c == cls || (c < HAK_NCLASS && small_keeps(p, size));
+        else
+            match = true;
         if (HAK_HARDEN_CANARY)
             match = match && (usable == size || (size == 0 && usable == 1));
     } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
-        match = !h || h->size == size;
+        live = h != NULL;
+        match = live && (h->size == size || (size == 0 && h->size == 1));
+#if HAK_HARDEN_ZERO_SIZE_GUARD
     } else if (kind == CHUNK_ZERO) {
+        live = zero_live(p);
         match = size == 0;
+#endif
     }
-    if (unlikely(!match || !is_pow2(align) || ((uintptr_t)p & (align - 1))))
+    /* what is no live block is free's to report (once) */
+    if (live && unlikely(!match || !is_pow2(align) || ((uintptr_t)p & (align - 1))))
         invalid_free_report(align > HAK_MIN_ALIGN || !is_pow2(align) ? "free or delete with the wrong size or alignment"
                                                                      : "free or delete with the wrong size",
                             p);

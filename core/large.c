@@ -52,13 +52,14 @@ static LargeHeader *header_at(const void *p)
     return h;
 }
 
-/* With guard pages the extents keep free memory PROT_NONE, so the header
- * of a block freed long ago (out of the quarantine), or a "header" in a
- * guard page, would fault when read: the kernel is asked first, and a
- * double free is reported (or ignored, HAKMEM_INVALID_FREE) instead. */
+/* With guard pages the extents keep free memory PROT_NONE, and the
+ * quarantine the extents it holds, so the header of a block freed long
+ * ago, a "header" inside a quarantined block or in a guard page, would
+ * fault when read: the kernel is asked first, and a double free is
+ * reported (or ignored, HAKMEM_INVALID_FREE) instead. */
 static inline bool header_readable(const LargeHeader *h)
 {
-    return !HAK_GUARD_SIZE || os_readable(h, HDR);
+    return !(HAK_GUARD_SIZE || HAK_HARDEN_QUARANTINE) || os_readable(h, HDR);
 }
 
 LargeHeader *large_header(const void *p)

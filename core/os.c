@@ -290,11 +290,12 @@ bool os_page_mapped(const void *p)
 
 /* rt_sigprocmask copies the new mask in before it looks at `how`: with a
  * `how` that is none, it reads 8 bytes and changes nothing, and says
- * EFAULT where they cannot be read, EINVAL where they can.  Every seccomp
- * policy lets it through (libc calls it all the time), unlike the calls
- * made to read memory (process_vm_readv), which systemd's
- * @system-service filter, for one, answers by killing the process.  One
- * call for each page the range touches, read from the page's start. */
+ * EFAULT where they cannot be read, EINVAL where they can.  The common
+ * seccomp policies let it through (libc calls it all the time: systemd's
+ * @system-service, Docker's default), unlike the calls made to read
+ * memory (process_vm_readv), which @system-service answers by killing the
+ * process.  One call for each page the range touches, read from the
+ * page's start. */
 bool os_readable(const void *p, size_t len)
 {
     int saved = errno;

@@ -4,8 +4,9 @@
  * can be failed on purpose in the fault-injection build
  * (HAK_FAULT_INJECTION); the futexes the locks (internal.h) and the purger
  * sleep on are here too, the purger's look at /proc/self/stat
- * (os_last_thread), and the hardened build's question whether a large
- * block's header can be read (os_readable).  The others are pthreads' (the purger thread),
+ * (os_last_thread), and the question whether memory can be read
+ * (os_readable: a large block's header where free memory is PROT_NONE, a
+ * foreign pointer's glibc header).  The others are pthreads' (the purger thread),
  * getauxval and getrusage, and error.c's write to stderr.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_OS_H

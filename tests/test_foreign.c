@@ -236,6 +236,7 @@ static void invalid_abort(void)
     }
 }
 
+void free_aligned_sized(void *p, size_t alignment, size_t size); /* (C23: not in older headers) */
 static int ignore_child(void)
 {
     struct hak_stats s0 = tu_stats();
@@ -254,6 +255,16 @@ static int ignore_child(void)
     CHECK(s3.invalid_frees - s2.invalid_frees == sizeof low / sizeof *low,
           "frees of low addresses: invalid_frees grew by %llu",
           (unsigned long long)(s3.invalid_frees - s2.invalid_frees));
+    /* A sized free of what is no block is free's to report: once */
+    char *b = malloc(100);
+    struct hak_stats s4 = tu_stats();
+    hak_free_sized(tu_launder(b + 16), 100);
+    free_aligned_sized(tu_launder(b + 16), 64, 100);
+    struct hak_stats s5 = tu_stats();
+    CHECK(s5.invalid_frees - s4.invalid_frees == 2,
+          "two sized frees of an interior pointer: invalid_frees grew by %llu",
+          (unsigned long long)(s5.invalid_frees - s4.invalid_frees));
+    free(b);
     /* the allocator still works */
     void *v[100];
     for (int i = 0; i < 100; i++) {

@@ -84,6 +84,9 @@ int main(int argc, char **argv)
         delete page;
         ::operator delete(escape(::operator new(i, std::align_val_t(32))), std::size_t(i), std::align_val_t(32));
     }
+    // aligned new(0) asks for 1 byte too, also of the large tier (alignments past 52 KiB)
+    for (std::size_t al = 16; al <= (std::size_t(1) << 20); al <<= 2)
+        ::operator delete(escape(::operator new(0, std::align_val_t(al))), std::size_t(0), std::align_val_t(al));
     // operator new(0) asks malloc for 1 byte; its sized delete passes 0
     for (int i = 0; i < 100; i++) {
         ::operator delete(escape(::operator new(0)), std::size_t(0));

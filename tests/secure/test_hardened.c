@@ -232,6 +232,8 @@ static void map_count_child(size_t unused)
     char **b = mmap(NULL, (size_t)cap * sizeof *b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (b == MAP_FAILED)
         _exit(5);
+    struct hak_stats before;
+    hak_stats_get(&before);
     long n = 0;
     for (; n < cap; n++) {
         errno = 0;
@@ -243,6 +245,10 @@ static void map_count_child(size_t unused)
         _exit(3); /* never refused */
     if (errno != ENOMEM)
         _exit(2);
+    struct hak_stats at_cap;
+    hak_stats_get(&at_cap);
+    if (at_cap.fallbacks != before.fallbacks)
+        _exit(6); /* a guard that could not be made: a block without it */
     for (long i = 0; i < n; i += 2)
         free(b[i]);
     for (int i = 0; i < 100; i++) {
@@ -263,7 +269,7 @@ static void map_count_limit(void)
     char err[512];
     int st = tu_in_child(map_count_child, 0, err, sizeof err);
     CHECK(WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 5),
-          "at the cap on mappings: status %#x (2: not ENOMEM, 3: never refused, 4: no malloc after frees): %s",
+          "at the cap on mappings: status %#x (2: not ENOMEM, 3: never refused, 4: no malloc after frees, 6: a guard failed): %s",
           st, err);
     if (WIFEXITED(st) && WEXITSTATUS(st) == 5)
         printf("test_hardened: vm.max_map_count above 262144 or unreadable: the cap on mappings not reached\n");
