@@ -7,7 +7,10 @@
  *                        on a free list or carved and never handed out;
  *   live  (its size)     handed out; the bytes from the requested size to
  *                        the canary hold tail_byte();
- *   quarantined          freed by the program, canary free and zeroed,
+ *   quarantined          freed by the program, canary free and zeroed
+ *                        whole, link and mark too (a read through a
+ *                        dangling pointer sees nothing of ours, the
+ *                        secret the mark derives from included),
  *                        waiting in its freeing thread's ring;
  *   busy (CANARY_BUSY)   being armed or scrubbed by one thread.
  * SPDX-License-Identifier: MIT */
@@ -217,7 +220,7 @@ static void release_checked(SuperSlab *ss, Block *b, unsigned cls)
     if (ss->owner == front->heap) {
         front_push(front, cls, b);
     } else {
-        b->free_mark = 0; /* (a quarantined block carries the mark) */
+        b->free_mark = 0; /* (what the program left there, without ZERO_ON_FREE) */
         span_free_remote(ss, span_of(ss, b), b);
     }
 }
@@ -241,10 +244,10 @@ static uint32_t check_live(SuperSlab *ss, Span *s, Block *b, size_t bs, uint32_t
 /* b leaves the quarantine: nobody may have written to it meanwhile. */
 static void quarantine_release(Block *b)
 {
-    /* It came in zeroed but for the mark.  Going back to a free list
-     * rewrites the link and the mark, so they are checked here; the rest
-     * of it is checked by the malloc that takes it. */
-    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc != 0 || b->free_mark != block_mark(b))))
+    /* It came in zeroed.  Going back to a free list rewrites the link and
+     * the mark, so they are checked here; the rest of it is checked by the
+     * malloc that takes it. */
+    if (unlikely(HAK_HARDEN_ZERO_ON_FREE && (b->next_enc | b->free_mark) != 0))
         fatal_corruption("write after free (a block in quarantine was changed) at", b);
     SuperSlab *ss = superslab_of(b);
     release_checked(ss, b, ss->page_cls[page_index(b)]);
@@ -258,8 +261,7 @@ static void quarantine_audit(ThreadFront *front)
     if (!b || !HAK_HARDEN_ZERO_ON_FREE)
         return;
     size_t room = span_block_size(span_of(superslab_of(b), b)) - HAK_CANARY_SIZE;
-    if (b->next_enc != 0 || b->free_mark != block_mark(b) ||
-        !bytes_are((char *)b + 16, (room < 80 ? room : 80) - 16, 0))
+    if ((b->next_enc | b->free_mark) != 0 || !bytes_are((char *)b + 16, (room < 80 ? room : 80) - 16, 0))
         fatal_corruption("write after free (a block in quarantine was changed) at", b);
 }
 
@@ -298,7 +300,6 @@ void harden_free(SuperSlab *ss, Block *b, unsigned cls)
     /* A thread without a heap (or past giving it up) has nobody to flush
      * its quarantine at exit: its frees go straight through. */
     if (front->heap && !front->exited) {
-        b->free_mark = block_mark(b);
         uint64_t r = front->quarantine_rng;
         if (!r)
             r = process_secret ^ (uintptr_t)front;

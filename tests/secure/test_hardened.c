@@ -195,6 +195,24 @@ static void grown_guards(void)
     }
 }
 
+/* A freed slab block waits in the quarantine zeroed whole: a read through
+ * the dangling pointer sees none of the program's bytes, nor the free
+ * mark (which would tell the secret it is made from). */
+static void freed_reads_zero(void)
+{
+    static const size_t sizes[] = { 16, 24, 100, 1000, 5000, 20000, 50000 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i], nonzero = 0;
+        unsigned char *p = malloc(n);
+        memset(p, 'a', n);
+        const volatile unsigned char *q = tu_launder(p);
+        free(p);
+        for (size_t k = 0; k < n; k++)
+            nonzero += q[k] != 0;
+        CHECK(nonzero == 0, "%zu of the %zu bytes of a freed block read non-zero", nonzero, n);
+    }
+}
+
 /* malloc_usable_size of a pointer that is no live block is a misuse the
  * hardened build reports (the default build returns 0) */
 static void usable_of(size_t which)
@@ -360,6 +378,7 @@ int main(void)
     guards();
     grown_guards();
     random_order();
+    freed_reads_zero();
     usable_of_no_block();
     map_count_limit();
     return TU_DONE();
