@@ -23,6 +23,10 @@ TESTSRC := $(wildcard tests/test_*.c)
 #   (hak_fault_inject); zerofree: CANARY and ZERO_ON_FREE alone, without
 #   the quarantine and guard pages (core/mitigations.h), so that a
 #   mitigation is tested apart from the others that usually come with it;
+#   guard: GUARD_PAGES alone; quarantine: CANARY and QUARANTINE, without
+#   zeroing or guard pages (the generic tests of tests/mitigations.list:
+#   the sets a user may build, whose paths neither the default build nor
+#   the hardened one takes);
 # ubsan, tsan, fuzz: clang builds without the glibc names
 #   (-DHAK_NO_GLIBC_NAMES): the sanitizer runtime interposes malloc itself,
 #   so their drivers call hak_* only.  (-Wno-unused-function: valloc and
@@ -32,10 +36,12 @@ TESTSRC := $(wildcard tests/test_*.c)
 # and test binaries.
 SAN_CC  ?= clang
 NOGLIBC := -DHAK_NO_GLIBC_NAMES -Wno-unused-function
-VARIANTS := release debug secure fault zerofree ubsan tsan fuzz
+VARIANTS := release debug secure fault zerofree guard quarantine ubsan tsan fuzz
 CFLAGS_secure := $(CFLAGS_release) -DHAK_SECURE
 CFLAGS_fault  := $(CFLAGS_debug) -DHAK_FAULT_INJECTION
 CFLAGS_zerofree := $(CFLAGS_debug) -DHAK_HARDEN_CANARY=1 -DHAK_HARDEN_ZERO_ON_FREE=1
+CFLAGS_guard  := $(CFLAGS_debug) -DHAK_HARDEN_GUARD_PAGES=1
+CFLAGS_quarantine := $(CFLAGS_debug) -DHAK_HARDEN_CANARY=1 -DHAK_HARDEN_QUARANTINE=1
 SANFLAGS_ubsan := -fsanitize=undefined -fno-sanitize-recover=all
 SANFLAGS_tsan  := -fsanitize=thread
 CFLAGS_ubsan  := $(BASE) -O1 -g -DHAK_DEBUG=1 $(NOGLIBC) $(SANFLAGS_ubsan)
@@ -46,6 +52,8 @@ CC_debug   := $(CC)
 CC_secure  := $(CC)
 CC_fault   := $(CC)
 CC_zerofree := $(CC)
+CC_guard   := $(CC)
+CC_quarantine := $(CC)
 CC_ubsan   := $(SAN_CC)
 CC_tsan    := $(SAN_CC)
 CC_fuzz    := $(SAN_CC)
@@ -57,6 +65,8 @@ TESTDIRS_debug   := tests tests/fault tests/debug
 TESTDIRS_secure  := tests tests/secure
 TESTDIRS_fault   := tests/fault
 TESTDIRS_zerofree := tests/zerofree
+TESTDIRS_guard   := tests
+TESTDIRS_quarantine := tests
 TESTDIRS_ubsan   := tests/sanitize
 TESTDIRS_tsan    := tests/sanitize
 
@@ -112,6 +122,7 @@ out/release out/fuzz $(foreach v,$(VARIANTS),out/$(v)/obj out/$(v)/tests):
 # the exact tier boundaries (canaries add 8 bytes to each block): the list
 # is tests/secure/tests.list, which run.sh reads too.
 SECURE_TESTS := $(shell cat tests/secure/tests.list)
+MITIGATION_TESTS := $(shell cat tests/mitigations.list)
 FUZZ_SECONDS ?= 60
 FUZZ_SEED    ?= 0
 # The sanitizer and fuzzing builds need clang with its runtimes: on a
@@ -127,6 +138,7 @@ HAVE_SAN := $(shell printf 'int main(void){return 0;}' | \
 # small ulimit -v.)
 CHECK_BINS := $(SECURE_TESTS:%=out/secure/tests/%) out/fault/tests/test_fault out/release/tests/oom_ulimit out/debug/tests/oom_ulimit \
               out/debug/tests/test_validate out/zerofree/tests/test_zero_on_free \
+              $(MITIGATION_TESTS:%=out/guard/tests/%) $(MITIGATION_TESTS:%=out/quarantine/tests/%) \
               $(if $(HAVE_SAN),$(SAN_BINS))
 
 .PHONY: fault sanitize fuzz fuzz-run

@@ -115,6 +115,14 @@ run_bin debug/test_validate 300 out/debug/tests/test_validate
 # pages): freed blocks of every tier come back zeroed.
 run_bin zerofree/test_zero_on_free 300 out/zerofree/tests/test_zero_on_free
 
+# Builds with one set of mitigations a user may choose (guard pages alone;
+# canary and quarantine without zeroing or guards): the generic tests.
+for v in guard quarantine; do
+    for t in $(cat tests/mitigations.list); do
+        run_bin "$v/$t" 300 out/$v/tests/$t
+    done
+done
+
 # Fault injection build (HAK_FAULT_INJECTION): every tier under failing
 # mmap/madvise/mremap.
 run_bin fault/test_fault 300 out/fault/tests/test_fault

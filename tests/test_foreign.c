@@ -187,14 +187,25 @@ static void do_invalid(int which)
         munmap(m, 2 * 4096);
         break;
     }
+    case 5: { /* a pointer into a large block just freed: with a quarantine
+               * its extent waits PROT_NONE, and the "header" is in it */
+        char *p = malloc(300000);
+        if (!p) break;
+        memset(p, 6, 8192);
+        char *inside = tu_launder(p + 4096);
+        free(p);
+        free(inside);
+        break;
+    }
     }
 }
 
 static const char *const invalid_name[] = { "free(stack address)", "free(middle of large block)",
                                             "double free of large block",
                                             "double free of large block after 40 bigger frees",
-                                            "free(address in PROT_NONE memory)" };
-#define N_INVALID 5
+                                            "free(address in PROT_NONE memory)",
+                                            "free(inside a large block just freed)" };
+#define N_INVALID 6
 
 static void invalid_abort(void)
 {
