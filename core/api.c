@@ -248,8 +248,9 @@ static inline __attribute__((always_inline)) unsigned aligned_class(size_t size,
 /* The size (and alignment) a program says a block has must be ones that
  * give the block's class, or one realloc kept it at (slab tiers), or
  * exactly its requested size (large blocks; the hardened build knows it
- * for every block), and the block must have that alignment.  free_sized, free_aligned_sized and C++'s sized
- * deletes where the quick test below did not settle it. */
+ * for every block), and the block must have that alignment.  free_sized,
+ * free_aligned_sized and C++'s sized deletes where the quick test below
+ * did not settle it. */
 static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
 {
     unsigned kind = registry_kind(p);
@@ -258,17 +259,15 @@ static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
         unsigned c = aligned_class(size, align), cls = span_of(ss, p)->cls;
-        /* (C++'s operator new(0) asks malloc for 1 byte, and its sized
-         * delete passes 0; an aligned block never comes from realloc) */
         live = true;
-        if (align > HAK_MIN_ALIGN)
-            match = c == cls;
-        else if (!HAK_HARDEN_CANARY)
-            match = c == cls || (c < HAK_NCLASS && small_keeps(p, size));
-        else
-            match = true;
+        /* The hardened build knows the requested size (C++'s operator
+         * new(0) asks malloc for 1 byte, and its sized delete passes 0),
+         * and the class still tells the alignment.  An aligned block
+         * never comes from realloc. */
         if (HAK_HARDEN_CANARY)
-            match = match && (usable == size || (size == 0 && usable == 1));
+            match = (usable == size || (size == 0 && usable == 1)) && (align <= HAK_MIN_ALIGN || c == cls);
+        else
+            match = c == cls || (align <= HAK_MIN_ALIGN && c < HAK_NCLASS && small_keeps(p, size));
     } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
         live = h != NULL;
