@@ -293,7 +293,10 @@ static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
  * itself (free_checked). */
 static inline __attribute__((always_inline)) void sized_free(void *p, size_t size, size_t align)
 {
-    if (!HAK_HARDEN_CANARY && likely(slab_pointer(p) && is_pow2(align) && !((uintptr_t)p & (align - 1)))) {
+    /* (slab_pointer rejects a p that is not 16-aligned: for free_sized,
+     * align is the constant HAK_MIN_ALIGN, and the test folds away) */
+    if (!HAK_HARDEN_CANARY &&
+        likely(slab_pointer(p) && is_pow2(align) && (align <= HAK_MIN_ALIGN || !((uintptr_t)p & (align - 1))))) {
         SuperSlab *ss = superslab_of(p);
         unsigned page = page_index(p), c = aligned_class(size, align);
         if (likely(c < HAK_NCLASS && c == ss->page_cls[page])) {
@@ -304,11 +307,8 @@ static inline __attribute__((always_inline)) void sized_free(void *p, size_t siz
     free_checked(p, size, align);
 }
 HAK_API void hak_free_sized(void *p, size_t size) { sized_free(p, size, HAK_MIN_ALIGN); }
-void free_sized_aligned(void *p, size_t size, size_t align)
-{
-    if (p) /* (as free(NULL), whatever the alignment) */
-        sized_free(p, size, align);
-}
+/* (NULL, whatever the alignment, reaches hak_free: nothing) */
+void free_sized_aligned(void *p, size_t size, size_t align) { sized_free(p, size, align); }
 
 HAK_API unsigned hak_mitigations(void) { return HAK_MITIGATIONS; }
 

@@ -3,10 +3,10 @@
  * static type's size, which hak_free_sized compares with the block's, so
  * `delete` of the wrong type and `delete` of a new[] array are reported.
  * The aligned sized forms are checked the same way, against the class
- * aligned_alloc takes for that size and alignment.  operator new is cxx_new.c's: new and delete come as a
- * set, or a library after hakmem in the lookup order that has its own
- * pair (a pool, tcmalloc linked with -l) would see its new paired with
- * hakmem's delete.
+ * aligned_alloc takes for that size and alignment.  operator new is
+ * cxx_new.c's: new and delete come as a set, or a library after hakmem in
+ * the lookup order that has its own pair (a pool, tcmalloc linked with -l)
+ * would see its new paired with hakmem's delete.
  *
  * A program may replace operator new and delete (a pool, a leak tracker,
  * blocks with a header of its own), often only the plain pair.  The
@@ -36,17 +36,17 @@ static inline bool plain_is_ours(void) { return likely(_ZdlPv == delete_plain); 
 static inline bool array_is_ours(void) { return likely(_ZdaPv == delete_array) && plain_is_ours(); }
 
 /* A sized form: checked here while its plain forms are hakmem's */
-#define CXX_SIZED(mangled, ours, plain)        \
-    CXX_API void mangled(void *p, size_t n);   \
-    CXX_API void mangled(void *p, size_t n)    \
-    {                                          \
-        if (ours())                            \
-            hak_free_sized(p, n);              \
-        else                                   \
-            plain(p);                          \
+#define CXX_SIZED(mangled, params, ours, checked, plain) \
+    CXX_API void mangled params;                         \
+    CXX_API void mangled params                          \
+    {                                                    \
+        if (ours())                                      \
+            checked;                                     \
+        else                                             \
+            plain;                                       \
     }
-CXX_SIZED(_ZdlPvm, plain_is_ours, _ZdlPv)
-CXX_SIZED(_ZdaPvm, array_is_ours, _ZdaPv)
+CXX_SIZED(_ZdlPvm, (void *p, size_t n), plain_is_ours, hak_free_sized(p, n), _ZdlPv(p))
+CXX_SIZED(_ZdaPvm, (void *p, size_t n), array_is_ours, hak_free_sized(p, n), _ZdaPv(p))
 
 #define CXX_FORWARD(mangled, params, call) \
     CXX_API void mangled params;           \
@@ -67,17 +67,10 @@ static inline bool array_aligned_is_ours(void)
 {
     return likely(_ZdaPvSt11align_val_t == delete_array_aligned) && aligned_is_ours();
 }
-#define CXX_SIZED_ALIGNED(mangled, ours, plain)          \
-    CXX_API void mangled(void *p, size_t n, size_t al);  \
-    CXX_API void mangled(void *p, size_t n, size_t al)   \
-    {                                                    \
-        if (ours())                                      \
-            free_sized_aligned(p, n, al);                \
-        else                                             \
-            plain(p, al);                                \
-    }
-CXX_SIZED_ALIGNED(_ZdlPvmSt11align_val_t, aligned_is_ours, _ZdlPvSt11align_val_t)
-CXX_SIZED_ALIGNED(_ZdaPvmSt11align_val_t, array_aligned_is_ours, _ZdaPvSt11align_val_t)
+CXX_SIZED(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t al), aligned_is_ours, free_sized_aligned(p, n, al),
+          _ZdlPvSt11align_val_t(p, al))
+CXX_SIZED(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t al), array_aligned_is_ours,
+          free_sized_aligned(p, n, al), _ZdaPvSt11align_val_t(p, al))
 CXX_FORWARD(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),
             _ZdlPvSt11align_val_t(p, al))
 CXX_FORWARD(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, const void *nt),

@@ -7,8 +7,8 @@
  * does not know a pointer, we look at the glibc chunk header in front of
  * it, but only after mincore() has confirmed that its page is mapped,
  * and os_readable that it is not PROT_NONE (pages of glibc's arenas are
- * remembered, so repeated foreign frees cost no syscall).  A plausible glibc chunk goes to glibc's own free; anything
- * else is an invalid free.
+ * remembered, so repeated foreign frees cost no syscall).  A plausible
+ * glibc chunk goes to glibc's own free; anything else is an invalid free.
  * SPDX-License-Identifier: MIT */
 #include "os.h"
 

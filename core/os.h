@@ -6,8 +6,8 @@
  * sleep on are here too, the purger's look at /proc/self/stat
  * (os_last_thread), and the question whether memory can be read
  * (os_readable: a large block's header where free memory is PROT_NONE, a
- * foreign pointer's glibc header).  The others are pthreads' (the purger thread),
- * getauxval and getrusage, and error.c's write to stderr.
+ * foreign pointer's glibc header).  The others are pthreads' (the purger
+ * thread), getauxval and getrusage, and error.c's write to stderr.
  * SPDX-License-Identifier: MIT */
 #ifndef HAK_OS_H
 #define HAK_OS_H
