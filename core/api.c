@@ -250,7 +250,19 @@ static inline __attribute__((always_inline)) unsigned aligned_class(size_t size,
  * exactly its requested size (large blocks; the hardened build knows it
  * for every block), and the block must have that alignment.  free_sized,
  * free_aligned_sized and C++'s sized deletes where the quick test below
- * did not settle it. */
+ * did not settle it.
+ * Requested sizes other than size that a correct program gets: 1 for a
+ * C++ new of 0 bytes (it asks for 1, its sized delete passes 0), and,
+ * for an aligned new, that rounded up to the alignment: when hakmem runs
+ * out, the C++ runtime's aligned new takes over (its new handler loop)
+ * and asks aligned_alloc for a multiple of the alignment. */
+static inline bool requested_as(size_t got, size_t size, size_t align)
+{
+    size_t one = size ? size : 1;
+    return got == size || got == one ||
+           (align > HAK_MIN_ALIGN && !(got & (align - 1)) && got > one && got - one < align);
+}
+
 static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
 {
     unsigned kind = registry_kind(p);
@@ -259,19 +271,20 @@ static HAK_NOINLINE void free_checked(void *p, size_t size, size_t align)
     if (kind == CHUNK_SUPERSLAB && small_live(p, &usable)) {
         SuperSlab *ss = superslab_of(p);
         unsigned c = aligned_class(size, align), cls = span_of(ss, p)->cls;
+        if (c != cls && align > HAK_MIN_ALIGN && size < HAK_SLAB_REQUEST_MAX) /* (the runtime's rounding) */
+            c = aligned_class(align_up(size ? size : 1, align), align);
         live = true;
-        /* The hardened build knows the requested size (C++'s operator
-         * new(0) asks malloc for 1 byte, and its sized delete passes 0),
-         * and the class still tells the alignment.  An aligned block
-         * never comes from realloc. */
+        /* The hardened build knows the requested size, and the class
+         * still tells the alignment.  An aligned block never comes from
+         * realloc. */
         if (HAK_HARDEN_CANARY)
-            match = (usable == size || (size == 0 && usable == 1)) && (align <= HAK_MIN_ALIGN || c == cls);
+            match = requested_as(usable, size, align) && (align <= HAK_MIN_ALIGN || c == cls);
         else
             match = c == cls || (align <= HAK_MIN_ALIGN && c < HAK_NCLASS && small_keeps(p, size));
     } else if (kind == CHUNK_EXTENT) {
         LargeHeader *h = large_header(p);
         live = h != NULL;
-        match = live && (h->size == size || (size == 0 && h->size == 1));
+        match = live && requested_as(h->size, size, align);
 #if HAK_HARDEN_ZERO_SIZE_GUARD
     } else if (kind == CHUNK_ZERO) {
         live = zero_live(p);
