@@ -142,8 +142,13 @@ HAK_API void *hak_calloc(size_t count, size_t size)
     if (total > HAK_SLAB_REQUEST_MAX)
         return large_alloc(total, 0, true); /* fresh extents are known zero */
     void *p = hak_malloc(total);
+    /* All that malloc_usable_size reports is zero, as under glibc (which
+     * clears the whole chunk): a tiny block's whole class (its slack
+     * held the free list's link and the last owner's bytes); a mid
+     * block reports its request. */
     if (likely(p != NULL))
-        memset(p, 0, total);
+        memset(p, 0, !HAK_HARDEN_CANARY && total <= HAK_TINY_MAX
+                         ? size_classes[size_class(slab_request(total))].block_size : total);
     return p;
 }
 
@@ -492,21 +497,34 @@ EXPORT(__libc_realloc, hak_realloc);
 EXPORT(__libc_memalign, hak_memalign);
 EXPORT(__libc_valloc, valloc_impl);
 EXPORT(__libc_pvalloc, pvalloc_impl);
+/* cfree: glibc declared it before 2.26, and libc.so.6 still defines it
+ * for binaries built then (cfree@GLIBC_2.2.5, its free): without ours,
+ * they gave hakmem's blocks to glibc.  Weak: a static program may have a
+ * cfree of its own. */
+void cfree(void *p) __attribute__((weak, alias("hak_free"), visibility("default")));
 
 HAK_API int malloc_trim(size_t pad) { return hak_trim(); }
-HAK_API void malloc_stats(void) { hak_stats_print(); }
+/* To stderr as the program has it, as glibc's: after what its stream
+ * holds, and into the file a program may have made stderr. */
+HAK_API void malloc_stats(void)
+{
+    int saved = errno;
+    fflush(stderr);
+    int fd = fileno(stderr);
+    errno = saved;
+    stats_print(fd >= 0 ? fd : 2);
+}
 
 /* mallopt: glibc's tuning parameters do not apply to hakmem and have no
- * effect (docs/OPTIONS.md); the answer is glibc's: 0 for the values it
- * refuses (M_MXFAST outside 0..160, M_MMAP_THRESHOLD above 32 MiB), 1,
- * "success", otherwise. */
+ * effect (docs/OPTIONS.md); the answer is glibc 2.36's: 0 for the values
+ * it refuses (M_MXFAST outside 0..160), 1, "success", otherwise (code
+ * checks it: M_MMAP_THRESHOLD above 32 MiB, refused by glibc before
+ * 2.35, is taken). */
 HAK_API int mallopt(int param, int value)
 {
-    enum { MXFAST = 1, MMAP_THRESHOLD = -3 }; /* <malloc.h>'s M_* */
+    enum { MXFAST = 1 }; /* <malloc.h>'s M_MXFAST */
     if (param == MXFAST)
         return value >= 0 && value <= 160;
-    if (param == MMAP_THRESHOLD)
-        return (size_t)value <= (size_t)32 << 20;
     return 1;
 }
 EXPORT(__libc_mallopt, mallopt);

@@ -32,7 +32,9 @@
 #include <time.h>
 #include <string.h>
 
-typedef struct Reservation { uintptr_t start; size_t len; } Reservation;
+/* solo: mapped for one request bigger than the reservation due next
+ * (reserve_and_lock), of that request's size. */
+typedef struct Reservation { uintptr_t start; size_t len; bool solo; } Reservation;
 
 static Lock ext_lock = LOCK_INIT;
 /* Taken (before ext_lock) by a thread that found no fit, for as long as it
@@ -141,14 +143,53 @@ static inline void ranges_validate_sometimes(void) { }
 
 /* Free ranges never span two reservations, so that a reservation that is
  * entirely free is one range (extent_trim unmaps it). */
-bool extent_reservation_starts_at(uintptr_t addr)
+static size_t reservation_index(uintptr_t addr) /* the first starting at addr or above */
 {
     size_t lo = 0, hi = nreservations;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
         if (reservations[mid].start < addr) lo = mid + 1; else hi = mid;
     }
-    return lo < nreservations && reservations[lo].start == addr;
+    return lo;
+}
+
+bool extent_reservation_starts_at(uintptr_t addr)
+{
+    size_t k = reservation_index(addr);
+    return k < nreservations && reservations[k].start == addr;
+}
+
+/* Unmap reservation k, entirely free: r, its one free range, goes. */
+static void reservation_unmap(size_t k, FreeRange *r)
+{
+    Reservation rv = reservations[k];
+    range_remove(r);
+    registry_set((void *)rv.start, rv.len, CHUNK_NONE);
+    os_unmap((void *)rv.start, rv.len);
+    bytes_mapped -= rv.len;
+    memmove(&reservations[k], &reservations[k + 1], (nreservations - k - 1) * sizeof *reservations);
+    __atomic_store_n(&nreservations, nreservations - 1, __ATOMIC_RELAXED);
+}
+
+/* Purge a free range, dirty and due (decay, the cap), or unmap it if it
+ * is a solo reservation, entirely free: no other request can use it
+ * whole, for free ranges never span reservations, and one a little
+ * bigger would map one more.  (A loop of blocks of 1 GiB and a little
+ * more each time, freed at once, mapped a reservation a round for good,
+ * to 19 TiB of address space and the commit charge of its blocks, until
+ * the table of reservations was full and malloc failed with nothing in
+ * use: review 15.)  The reservations of the schedule stay, for the next
+ * requests of any size.  False if madvise failed. */
+static bool purge_or_unmap(FreeRange *r)
+{
+    size_t k = reservation_index(r->start);
+    if (k < nreservations && reservations[k].solo && reservations[k].start == r->start &&
+        reservations[k].len == r->len) {
+        range_bytes_purged += r->dirty;
+        reservation_unmap(k, r);
+        return true;
+    }
+    return range_purge(r);
 }
 
 /* Above the cap on resident free memory, the ranges least recently made
@@ -157,7 +198,7 @@ static __attribute__((noinline)) void purge_down_to(size_t cap)
 {
     while (range_bytes_dirty > cap) {
         FreeRange *oldest = ranges_dirty_oldest();
-        if (!oldest || !range_purge(oldest)) /* madvise failed: later */
+        if (!oldest || !purge_or_unmap(oldest)) /* madvise failed: later */
             break;
     }
 }
@@ -188,8 +229,8 @@ static uint64_t decay_now(uint64_t now)
     for (FreeRange *r = ranges_dirty(), *n; r; r = n) {
         n = r->dirty_next; /* a purge takes r off the list */
         if (now - r->dirty_since >= decay) {
-            FreeRange before = *r; /* range_purge clears its counts */
-            if (range_purge(r)) {
+            FreeRange before = *r; /* the purge clears its counts */
+            if (purge_or_unmap(r)) {
                 purge_noted(&before, now);
                 if (before.dirty) /* (a range counted clean, left by a carve */
                     decay_purged_since_change = true; /* from its resident end) */
@@ -504,6 +545,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
                   : align_up(len + offset + slack, HAK_CHUNK_SIZE);
     /* A reservation of the request's own size is one block's: the kernel
      * judges it (os_map_aligned). */
+    size_t planned = want;
     if (need > want) want = need;
     void *p = need ? os_map_aligned(want, HAK_CHUNK_SIZE, want == need) : NULL;
     if (!p && need && want > need) {
@@ -524,7 +566,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
         reservations[k] = reservations[k - 1];
         k--;
     }
-    reservations[k] = (Reservation){ (uintptr_t)p, want };
+    reservations[k] = (Reservation){ (uintptr_t)p, want, want != planned };
     __atomic_store_n(&nreservations, nreservations + 1, __ATOMIC_RELAXED); /* read unlocked */
     bytes_mapped += want;
     free_range_locked((uintptr_t)p, want, 0, 0, 0, NULL);
@@ -536,7 +578,7 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
  * opposite ends instead of interleaving: holes left by big buffers then
  * stay big (bench_large: -12% peak RSS).  A close fit goes against the
  * range's resident end instead (range_find_fit). */
-void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
+static void *extent_alloc_once(size_t len, size_t align, size_t offset, bool *zeroed)
 {
     HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && offset % HAK_PAGE_SIZE == 0 && is_pow2(align) &&
                align >= HAK_PAGE_SIZE);
@@ -604,6 +646,28 @@ void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
     if (zeroed)
         *zeroed = was_purged;
     return (void *)at;
+}
+
+/* Out of memory, or of address space (RLIMIT_AS): the memory hakmem keeps
+ * that holds no block goes back to the OS, as malloc_trim gives it, and
+ * the request is tried once more.  glibc unmaps a big block at its free:
+ * without this, a program under `ulimit -v` that freed 800 MiB could not
+ * have 1000, nor a C++ new handler that frees a reserve get its retry.
+ * Only what takes no lock a caller may hold (a new heap is made under
+ * the heap list's): the central large cache and the extents' own free
+ * memory, where wholly free reservations are unmapped.  (Running
+ * threads' fronts stay theirs; the hardened build's large quarantine
+ * keeps its blocks, whose protection could not be lifted anyway at the
+ * kernel's cap on mappings.) */
+void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
+{
+    void *p = extent_alloc_once(len, align, offset, zeroed);
+    if (likely(p != NULL))
+        return p;
+    large_cache_decay(true);
+    if (!extent_trim())
+        return NULL;
+    return extent_alloc_once(len, align, offset, zeroed);
 }
 
 void extent_free(void *p, size_t len) { extent_free_since(p, len, 0); }
@@ -682,13 +746,8 @@ size_t extent_trim(void)
             k++;
             continue;
         }
-        range_remove(f);
-        registry_set((void *)rv.start, rv.len, CHUNK_NONE);
-        os_unmap((void *)rv.start, rv.len);
-        bytes_mapped -= rv.len;
+        reservation_unmap(k, f);
         released += rv.len;
-        memmove(&reservations[k], &reservations[k + 1], (nreservations - k - 1) * sizeof *reservations);
-        __atomic_store_n(&nreservations, nreservations - 1, __ATOMIC_RELAXED);
     }
     extent_unlock();
     return released;

@@ -216,7 +216,8 @@ typedef struct ClassStats {
     uint64_t refills;
 } ClassStats;
 void  heaps_stats(struct hak_stats *st, ClassStats *by_class);
-void  heaps_report_remote(void); /* HAKMEM_STATS lines, busiest heaps */
+void  heaps_report_remote(int fd); /* HAKMEM_STATS lines, busiest heaps */
+void  stats_print(int fd);         /* the whole report, to fd */
 /* Secret, options and class tables are set up by the first thread heap;
  * paths that may run before any heap exists call this first. */
 extern HAK_HIDDEN bool runtime_ready;

@@ -252,6 +252,11 @@ bool os_move_pages(void *old, size_t len, void *dst)
             STAT_INC(os_failures);
             STAT_INC(fallbacks);
             memcpy(to, from, (size_t)(end - from));
+            /* the old range must read as zero (the caller frees it as
+             * purged), whether or not the fresh mapping below is had: a
+             * calloc there returned the block's bytes (review 15) */
+            if (!os_purge(from, (size_t)(end - from)))
+                memset(from, 0, (size_t)(end - from));
             break;
         }
         from += part;
@@ -262,7 +267,8 @@ bool os_move_pages(void *old, size_t len, void *dst)
      * merges back: a fresh one in its place (still ours, so MAP_FIXED
      * replaces nothing anyone else has) merges with the reservation around
      * it, so that moves do not pile mappings up towards vm.max_map_count.
-     * If this fails, the old mapping stays, empty: nothing is lost. */
+     * If this fails, the old mapping stays, empty (what was copied is
+     * purged above): nothing is lost. */
     map_anon(old, len, MAP_FIXED, false);
     return true;
 }

@@ -36,9 +36,9 @@ HAK_API void hak_stats_get(struct hak_stats *st)
  * printed nothing for ls and cat.  The copy is used only if it is still
  * open on the same file: a program that closed it may have opened one of
  * its own under that number, which the report must not write into. */
-static int out_fd = 2, exit_fd = -1;
+static int exit_fd = -1;
 static uint64_t exit_file[2];
-#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); write_fd(out_fd, buf); } while (0)
+#define LINE(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); write_fd(fd, buf); } while (0)
 
 void stats_init(void)
 {
@@ -50,7 +50,7 @@ void stats_init(void)
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 
-HAK_API void hak_stats_print(void)
+void stats_print(int fd)
 {
     char buf[256];
     struct hak_stats st;
@@ -107,18 +107,19 @@ HAK_API void hak_stats_print(void)
          (unsigned long long)st.lock_heaps_acquired, (unsigned long long)st.lock_heaps_contended,
          (unsigned long long)st.lock_extents_acquired, (unsigned long long)st.lock_extents_contended,
          (unsigned long long)st.lock_growth_acquired, (unsigned long long)st.lock_growth_contended);
-    heaps_report_remote();
+    heaps_report_remote(fd);
     LINE("  peak RSS %.2f MiB\n", mib(st.peak_rss));
 }
+
+HAK_API void hak_stats_print(void) { stats_print(2); }
 
 /* HAKMEM_STATS=1: the report at exit. */
 __attribute__((destructor)) static void stats_at_exit(void)
 {
     if (options.stats) {
         uint64_t file[2];
-        if (exit_fd >= 0 && os_fd_file(exit_fd, file) && file[0] == exit_file[0] && file[1] == exit_file[1])
-            out_fd = exit_fd;
-        hak_stats_print();
+        bool copy = exit_fd >= 0 && os_fd_file(exit_fd, file) && file[0] == exit_file[0] && file[1] == exit_file[1];
+        stats_print(copy ? exit_fd : 2);
     }
 }
 
@@ -127,7 +128,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 
 /* HAKMEM_STATS: the cross-thread frees each heap's threads sent, for the
  * busiest heaps (where threads collide on each other's spans). */
-void heaps_report_remote(void)
+void heaps_report_remote(int fd)
 {
     enum { TOP = 8 };
     Heap *top[TOP] = { 0 };
@@ -154,7 +155,7 @@ void heaps_report_remote(void)
     for (unsigned i = 0; i < n; i++) {
         snprintf(buf, sizeof buf, "  heap %u: %llu cross-thread frees sent\n", heap_no[i],
                  (unsigned long long)sent[i]);
-        write_fd(out_fd, buf); /* the report's own descriptor */
+        write_fd(fd, buf);
     }
 }
 

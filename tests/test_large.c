@@ -5,6 +5,7 @@
 #include <malloc.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include "testutil.h"
@@ -238,6 +239,96 @@ static void larger_than_memory(void)
     free(r ? r : q);
 }
 
+/* Out of address space (RLIMIT_AS, `ulimit -v`): memory that was freed
+ * serves a later request of another size, as under glibc, which unmaps a
+ * freed big block at once: a big block after a smaller one (whose own
+ * reservation must be unmapped for it), a big block after many 1 MiB
+ * ones (the large cache's and the extents' free memory), and mid blocks
+ * after those (new SuperSlabs).  In a child, which keeps the limit; its
+ * exit status says which step failed (until 2026-12-08, 11: hakmem kept
+ * every reservation it had mapped and never looked at them again). */
+static size_t vm_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    size_t pages = 0;
+    if (!f || fscanf(f, "%zu", &pages) != 1)
+        pages = 0;
+    if (f)
+        fclose(f);
+    return pages * 4096;
+}
+
+static void address_limit_child(size_t limit)
+{
+    struct rlimit rl = { vm_bytes() + limit, RLIM_INFINITY };
+    if (setrlimit(RLIMIT_AS, &rl) != 0)
+        _exit(9);
+    char *a = malloc(limit * 2 / 3);
+    if (!a)
+        _exit(10);
+    a[0] = a[limit * 2 / 3 - 1] = 1;
+    free(a);
+    char *b = malloc(limit * 5 / 6);
+    if (!b)
+        _exit(11);
+    b[0] = b[limit * 5 / 6 - 1] = 1;
+    free(b);
+    static char *blocks[16384];
+    size_t n = 0;
+    while (n < 4096 && (blocks[n] = malloc(MiB)) != NULL)
+        blocks[n++][0] = 1;
+    if (n == 4096 || n < limit / MiB / 2 || errno != ENOMEM)
+        _exit(12); /* the limit holds, and failing says so */
+    for (size_t i = 0; i < n; i++)
+        free(blocks[i]);
+    b = malloc(n / 2 * MiB);
+    if (!b)
+        _exit(13);
+    free(b);
+    size_t mids = 0;
+    while (mids < 16384 && mids * 32 * KiB < n / 3 * MiB && (blocks[mids] = malloc(32 * KiB)) != NULL)
+        blocks[mids++][0] = 1;
+    if (mids * 32 * KiB < n / 3 * MiB)
+        _exit(14);
+}
+
+static void address_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur != RLIM_INFINITY) {
+        printf("SKIP address_limit: RLIMIT_AS is set already\n");
+        return;
+    }
+    char err[512];
+    int st = tu_in_child(address_limit_child, 1200 * MiB, err, sizeof err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "under RLIMIT_AS: step %d failed (status %#x) %s",
+          WIFEXITED(st) ? WEXITSTATUS(st) : -1, st, err);
+}
+
+/* A block bigger than the next reservation gets one of its own size,
+ * which no bigger request can use: freed and purged (past the cap on
+ * resident free memory, or its decay time), it is unmapped, so a loop of
+ * ever bigger blocks freed at once keeps its address space bounded (it
+ * kept every one until malloc_trim: 100 rounds mapped 120 GiB, and at
+ * 4096 reservations malloc failed with nothing in use). */
+static void solo_reservations(void)
+{
+    size_t most = 0;
+    for (size_t i = 0; i < 100; i++) {
+        size_t n = 1024 * MiB + i * 4 * MiB;
+        char *p = tu_launder(malloc(n));
+        CHECK(p != NULL, "malloc(%zu) in round %zu", n, i);
+        if (!p)
+            break;
+        p[0] = p[n - 1] = 1;
+        free(p);
+        struct hak_stats st = tu_stats();
+        if (st.bytes_mapped > most)
+            most = st.bytes_mapped;
+    }
+    CHECK(most < 4096 * MiB, "100 blocks of 1-1.4 GiB, each freed at once, kept %zu MiB mapped", most / MiB);
+}
+
 /* malloc and free keep errno (POSIX: free shall not modify it), also
  * when their lock is contended and a thread sleeps on its futex, whose
  * system call fails with EAGAIN whenever the lock was released first.
@@ -423,6 +514,8 @@ int main(void)
     tail_canary();
     aligned_huge();
     larger_than_memory();
+    address_limit();
+    solo_reservations();
     errno_kept();
     reservation_race();
     return TU_DONE();

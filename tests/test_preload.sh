@@ -218,6 +218,33 @@ EOF
     gcc -O1 -o names names.c && ./names
 }
 
+# A binary built against glibc before 2.26 binds cfree by its old version
+# (cfree@GLIBC_2.2.5, which libc.so.6 still defines: its free): glibc's
+# free got hakmem's blocks and aborted until hakmem defined cfree too.
+w_cfree() {
+    cat > old.c <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+void cfree(void *);
+__asm__(".symver cfree,cfree@GLIBC_2.2.5");
+int main(void) {
+    static const size_t sizes[] = { 24, 5000, 300000, 3 << 20 };
+    unsigned long sum = 0;
+    for (int round = 0; round < 100; round++)
+        for (int i = 0; i < 4; i++) {
+            char *p = malloc(sizes[i]);
+            memset(p, round, sizes[i]);
+            sum += (unsigned char)p[sizes[i] - 1];
+            cfree(p);
+        }
+    printf("%lu\n", sum);
+    return 0;
+}
+EOF
+    gcc -O1 -o old old.c && ./old
+}
+
 # A failed dlopen, then a free of one of glibc's own blocks, then dlerror():
 # the free must not clear the error the program has not read yet (hakmem
 # looks glibc's free up by name, once, when it starts, not inside a free).
@@ -419,6 +446,7 @@ check sqlite3 sqlite3 awk
 check git git awk
 check gcc gcc
 check libc_names gcc
+check cfree gcc
 check dlerror gcc
 check deepbind gcc
 check php php

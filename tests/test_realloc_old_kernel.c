@@ -13,7 +13,11 @@
  * into an extent with a hole in it), keep its contents, and change
  * address as rarely as on a new kernel; and keep its contents when parts
  * of a move fail (ENOMEM, before anything is unmapped, as the kernel's
- * check of the count of mappings).
+ * check of the count of mappings).  Last, a move whose second part fails
+ * and whose old range cannot be mapped afresh either (out of mappings
+ * too; this program's mmap refuses it): the old range, which realloc
+ * frees as reading zero, must read zero, or a calloc given it returns the
+ * block's old bytes (until 2026-12-08: review 15).
  * SPDX-License-Identifier: MIT */
 #include <stdarg.h>
 #include <sys/mman.h>
@@ -23,6 +27,7 @@
 #include "testutil.h"
 
 static unsigned refused, passed, fail_every, failed_parts;
+static volatile unsigned fail_from_part, parts_seen, remaps_refused;
 
 /* How many mappings [start, end) touches, from /proc/self/maps (read
  * without allocating: this runs inside realloc). */
@@ -57,6 +62,10 @@ void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
     va_start(ap, flags);
     void *dst = va_arg(ap, void *);
     va_end(ap);
+    if (fail_from_part && ++parts_seen >= fail_from_part) { /* out of mappings from here on */
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
     if (fail_every && (passed + 1) % fail_every == 0) { /* out of mappings */
         passed++;
         failed_parts++;
@@ -71,6 +80,19 @@ void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
     }
     passed++;
     return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, dst);
+}
+
+/* After a part failed: the old range mapped afresh in place needs a
+ * mapping more, and there is none. */
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (fail_from_part && parts_seen >= fail_from_part && (flags & MAP_FIXED) &&
+        !(flags & MAP_FIXED_NOREPLACE)) {
+        remaps_refused++;
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 }
 
 int uname(struct utsname *u)
@@ -123,6 +145,40 @@ static void grow_phase(size_t fail)
     _exit(tu_failures() != failures);
 }
 
+/* A 2 MiB block, its mapping split in two (as a program's madvise does),
+ * grown where it cannot grow in place: its second part fails to move and
+ * is copied, and its old range is not mapped afresh. */
+static void calloc_after_failed_move(size_t unused)
+{
+    (void)unused;
+    unsigned long failures = tu_failures();
+    const size_t n = (2u << 20) - 64;
+    unsigned char *p = malloc(n), *blocker = malloc(n);
+    memset(p, 0xA5, n);
+    memset(blocker, 1, 64);
+    CHECK(madvise((char *)(((uintptr_t)p + n / 2) & ~(uintptr_t)4095), 4096, MADV_RANDOM) == 0, "madvise: %s",
+          strerror(errno));
+    uintptr_t old = (uintptr_t)p;
+    fail_from_part = 2;
+    unsigned char *q = realloc(p, 16u << 20);
+    fail_from_part = 0;
+    CHECK(q && (uintptr_t)q != old && remaps_refused > 0, "the move: %#lx -> %p, %u parts, %u remaps refused",
+          (unsigned long)old, (void *)q, parts_seen, remaps_refused);
+    size_t lost = 0;
+    for (size_t i = 0; q && i < n; i++)
+        lost += q[i] != 0xA5;
+    CHECK(lost == 0, "%zu bytes of the moved block lost", lost);
+    for (int k = 0; k < 4; k++) {
+        unsigned char *c = calloc(1, n);
+        size_t dirty = 0;
+        for (size_t i = 0; c && i < n; i++)
+            dirty += c[i] != 0;
+        CHECK(c && dirty == 0, "calloc #%d (%p, the old block was at %#lx): %zu bytes not zero", k, (void *)c,
+              (unsigned long)old, dirty);
+    }
+    _exit(tu_failures() != failures);
+}
+
 int main(void)
 {
     /* MREMAP_DONTUNMAP needs Linux 5.7: without it every move copies */
@@ -139,5 +195,8 @@ int main(void)
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "moves as before Linux 6.17 (status %#x):\n%s", st, err);
     st = tu_in_child(grow_phase, 2, err, sizeof err);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "every other part failing too (status %#x):\n%s", st, err);
+    st = tu_in_child(calloc_after_failed_move, 0, err, sizeof err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "calloc after a move that failed part-way (status %#x):\n%s", st,
+          err);
     return TU_DONE();
 }

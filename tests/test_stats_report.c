@@ -6,6 +6,7 @@
  * this program re-executed with HAKMEM_STATS=1, stderr on a pipe.
  * SPDX-License-Identifier: MIT */
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "testutil.h"
@@ -112,6 +113,25 @@ int main(int argc, char **argv)
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child (reuse) exited with status %d", st);
     CHECK(strstr(out, "peak RSS") != NULL, "no report on stderr when the copy was closed");
     CHECK(file_is(path, "mine\n"), "the program's own file holds more than its line (the report went into it?)");
+
+    /* malloc_stats() writes to stderr as the program has it (glibc's
+     * fprintf to stderr): after the text its stream holds, into the file
+     * it made stderr (until 2026-12-08 always descriptor 2, first) */
+    FILE *saved = stderr, *mine = fopen(path, "w+");
+    CHECK(mine != NULL, "fopen %s", path);
+    if (mine) {
+        stderr = mine;
+        setvbuf(mine, NULL, _IOFBF, 4096);
+        fputs("before\n", stderr);
+        malloc_stats();
+        stderr = saved;
+        char got[8192] = { 0 };
+        rewind(mine);
+        size_t n = fread(got, 1, sizeof got - 1, mine);
+        fclose(mine);
+        CHECK(n > 7 && !strncmp(got, "before\nhakmem ", 14) && strstr(got, "peak RSS"),
+              "malloc_stats did not follow the program's text into its stderr file: \"%.40s\"", got);
+    }
     unlink(path);
     return TU_DONE();
 }
