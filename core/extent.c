@@ -573,16 +573,36 @@ static bool reserve_and_lock(size_t len, size_t align, size_t offset)
     return true;
 }
 
+/* Out of memory, or of address space (RLIMIT_AS): the memory hakmem keeps
+ * that holds no block goes back to the OS, as malloc_trim gives it, and
+ * the request is tried once more (extent_alloc).  glibc unmaps a big
+ * block at its free: without this, a program under `ulimit -v` that freed
+ * 800 MiB could not have 1000, nor a C++ new handler that frees a reserve
+ * get its retry.
+ * Only what takes no lock a caller may hold (a new heap is made under
+ * the heap list's): the central large cache and the extents' own free
+ * memory, where wholly free reservations are unmapped.  (Running
+ * threads' fronts stay theirs; the hardened build's large quarantine
+ * keeps its blocks, whose protection could not be lifted anyway at the
+ * kernel's cap on mappings.) */
+static __attribute__((noinline, cold)) bool extent_reclaim(void)
+{
+    large_cache_decay(true);
+    return extent_trim() != 0;
+}
+
 /* Big extents (BIG_EXTENT, tunables.h) are placed at the top of their
  * range and the rest at the bottom, so the two populations grow from
  * opposite ends instead of interleaving: holes left by big buffers then
  * stay big (bench_large: -12% peak RSS).  A close fit goes against the
  * range's resident end instead (range_find_fit). */
-static void *extent_alloc_once(size_t len, size_t align, size_t offset, bool *zeroed)
+void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
 {
     HAK_ASSERT(len % HAK_PAGE_SIZE == 0 && offset % HAK_PAGE_SIZE == 0 && is_pow2(align) &&
                align >= HAK_PAGE_SIZE);
     uintptr_t at;
+    bool reclaimed = false;
+again:
     extent_lock();
     /* Once the purger runs, decay by time is its work (it wakes when the
      * next range is due): an allocation then reads no clock, unless it
@@ -604,6 +624,10 @@ static void *extent_alloc_once(size_t len, size_t align, size_t offset, bool *ze
                 !(f = range_find_fit(len, align, offset, &at))) {
                 extent_unlock();
                 lock_release(&grow_lock);
+                if (!reclaimed && extent_reclaim()) {
+                    reclaimed = true;
+                    goto again;
+                }
                 return NULL;
             }
         }
@@ -648,27 +672,6 @@ static void *extent_alloc_once(size_t len, size_t align, size_t offset, bool *ze
     return (void *)at;
 }
 
-/* Out of memory, or of address space (RLIMIT_AS): the memory hakmem keeps
- * that holds no block goes back to the OS, as malloc_trim gives it, and
- * the request is tried once more.  glibc unmaps a big block at its free:
- * without this, a program under `ulimit -v` that freed 800 MiB could not
- * have 1000, nor a C++ new handler that frees a reserve get its retry.
- * Only what takes no lock a caller may hold (a new heap is made under
- * the heap list's): the central large cache and the extents' own free
- * memory, where wholly free reservations are unmapped.  (Running
- * threads' fronts stay theirs; the hardened build's large quarantine
- * keeps its blocks, whose protection could not be lifted anyway at the
- * kernel's cap on mappings.) */
-void *extent_alloc(size_t len, size_t align, size_t offset, bool *zeroed)
-{
-    void *p = extent_alloc_once(len, align, offset, zeroed);
-    if (likely(p != NULL))
-        return p;
-    large_cache_decay(true);
-    if (!extent_trim())
-        return NULL;
-    return extent_alloc_once(len, align, offset, zeroed);
-}
 
 void extent_free(void *p, size_t len) { extent_free_since(p, len, 0); }
 
