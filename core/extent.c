@@ -672,7 +672,6 @@ again:
     return (void *)at;
 }
 
-
 void extent_free(void *p, size_t len) { extent_free_since(p, len, 0); }
 
 void extent_free_since(void *p, size_t len, uint64_t since)
